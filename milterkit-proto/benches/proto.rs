@@ -1,0 +1,2 @@
+//! Criterion benchmarks (placeholder, filled in next).
+fn main() {}

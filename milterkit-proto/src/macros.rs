@@ -1,0 +1,239 @@
+//! Macros: the values the MTA sends before each command, with libmilter's lifetimes, and the
+//! macro lists a milter may request (`smfi_setsymlist`).
+
+use bytes::Bytes;
+
+use crate::stage::Stage;
+
+/// A stage number of the OPTNEG macro-list section (`SMFIM_*`). Unknown numbers are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacroStage(pub u32);
+
+impl MacroStage {
+    /// `SMFIM_CONNECT`: macros sent before CONNECT.
+    pub const CONNECT: MacroStage = MacroStage(0);
+    /// `SMFIM_HELO`: macros sent before HELO.
+    pub const HELO: MacroStage = MacroStage(1);
+    /// `SMFIM_ENVFROM`: macros sent before MAIL.
+    pub const MAIL: MacroStage = MacroStage(2);
+    /// `SMFIM_ENVRCPT`: macros sent before RCPT.
+    pub const RCPT: MacroStage = MacroStage(3);
+    /// `SMFIM_DATA`: macros sent before DATA.
+    pub const DATA: MacroStage = MacroStage(4);
+    /// `SMFIM_EOM`: macros sent before end of message (numerically before EOH).
+    pub const EOM: MacroStage = MacroStage(5);
+    /// `SMFIM_EOH`: macros sent before end of headers.
+    pub const EOH: MacroStage = MacroStage(6);
+
+    /// The macro-list stage of a reply-bearing stage, for the seven stages that have one.
+    pub const fn of(stage: Stage) -> Option<MacroStage> {
+        Some(match stage {
+            Stage::Connect => Self::CONNECT,
+            Stage::Helo => Self::HELO,
+            Stage::Mail => Self::MAIL,
+            Stage::Rcpt => Self::RCPT,
+            Stage::Data => Self::DATA,
+            Stage::Eoh => Self::EOH,
+            Stage::Eom => Self::EOM,
+            _ => return None,
+        })
+    }
+
+    /// The stage this number belongs to, if it is one of the seven defined.
+    pub const fn stage(self) -> Option<Stage> {
+        Some(match self.0 {
+            0 => Stage::Connect,
+            1 => Stage::Helo,
+            2 => Stage::Mail,
+            3 => Stage::Rcpt,
+            4 => Stage::Data,
+            5 => Stage::Eom,
+            6 => Stage::Eoh,
+            _ => return None,
+        })
+    }
+}
+
+/// The macro lists of an OPTNEG reply: for some stages, the names the MTA should send there,
+/// replacing its own list for that stage.
+///
+/// ```
+/// # use milterkit_proto::{MacroLists, MacroStage};
+/// let mut lists = MacroLists::default();
+/// lists.set(MacroStage::CONNECT, ["{client_addr}", "j"]);
+/// assert_eq!(lists.get(MacroStage::CONNECT), Some(&b"{client_addr} j"[..]));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[doc(alias = "smfi_setsymlist")]
+pub struct MacroLists {
+    entries: Vec<(MacroStage, Bytes)>,
+}
+
+impl MacroLists {
+    /// Sets the list for `stage` (replacing an earlier one). Write one-letter names plain (`j`)
+    /// and longer ones in braces (`{daemon_name}`): Sendmail needs the braces.
+    pub fn set<I, N>(&mut self, stage: MacroStage, names: I)
+    where
+        I: IntoIterator<Item = N>,
+        N: AsRef<[u8]>,
+    {
+        let mut joined = Vec::new();
+        for name in names {
+            if !joined.is_empty() {
+                joined.push(b' ');
+            }
+            joined.extend_from_slice(name.as_ref());
+        }
+        self.set_raw(stage, Bytes::from(joined));
+    }
+
+    /// Sets the list for `stage` as the space-separated string that goes on the wire.
+    pub fn set_raw(&mut self, stage: MacroStage, names: Bytes) {
+        match self.entries.iter_mut().find(|(s, _)| *s == stage) {
+            Some(entry) => entry.1 = names,
+            None => self.entries.push((stage, names)),
+        }
+    }
+
+    /// Appends an entry as it came off the wire, keeping duplicates and order.
+    pub(crate) fn push(&mut self, stage: MacroStage, names: Bytes) {
+        self.entries.push((stage, names));
+    }
+
+    /// The space-separated list for `stage`, if one was set.
+    pub fn get(&self, stage: MacroStage) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, n)| &n[..])
+    }
+
+    /// The entries, in the order they were set.
+    pub fn iter(&self) -> impl Iterator<Item = (MacroStage, &[u8])> {
+        self.entries.iter().map(|(s, n)| (*s, &n[..]))
+    }
+
+    /// True when no list was set.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage.
+type Slot = Vec<(Bytes, Bytes)>;
+
+/// The macros in effect, kept the way libmilter keeps them: one slot per stage (CONNECT, HELO,
+/// MAIL, RCPT, DATA, EOH, EOM) holding the latest packet for it; each command clears the slots
+/// of later stages; lookup goes from the latest stage back, so later values shadow earlier ones.
+///
+/// Connection macros therefore last until the next CONNECT, HELO macros until the next HELO, and
+/// message macros until the message ends: unlike libmilter, ABORT clears the MAIL…EOM slots, so a
+/// message's macros are gone once it is aborted.
+///
+/// Names are compared with one pair of surrounding braces removed, so `{i}` finds `i` and
+/// `daemon_name` finds `{daemon_name}`.
+///
+/// ```
+/// # use milterkit_proto::Macros;
+/// # use bytes::Bytes;
+/// let mut m = Macros::default();
+/// m.set(b'C', vec![(Bytes::from("j"), Bytes::from("mx.example.org"))]);
+/// m.set(b'M', vec![(Bytes::from("{mail_addr}"), Bytes::from("a@example.org"))]);
+/// assert_eq!(m.get("{j}"), Some(&b"mx.example.org"[..]));
+/// m.clear_message();
+/// assert_eq!(m.get("mail_addr"), None);
+/// assert!(m.get("j").is_some());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[doc(alias = "smfi_getsymval")]
+pub struct Macros {
+    slots: [Slot; 7],
+}
+
+/// Slot index of a `SMFIC_MACRO` stage byte, for the seven stages libmilter keeps.
+fn slot(code: u8) -> Option<usize> {
+    Some(match code {
+        b'C' => 0,
+        b'H' => 1,
+        b'M' => 2,
+        b'R' => 3,
+        b'T' => 4,
+        b'N' => 5,
+        b'E' => 6,
+        _ => return None,
+    })
+}
+
+fn strip_braces(name: &[u8]) -> &[u8] {
+    match name {
+        [b'{', inner @ .., b'}'] => inner,
+        other => other,
+    }
+}
+
+impl Macros {
+    /// Stores a `SMFIC_MACRO` packet for the command `code`: it replaces that stage's slot.
+    /// Packets for stages libmilter does not keep (Postfix's `L`, `B`, `U`) and packets without
+    /// pairs are ignored, as libmilter ignores them.
+    pub fn set(&mut self, code: u8, pairs: Vec<(Bytes, Bytes)>) {
+        if pairs.is_empty() {
+            return;
+        }
+        if let Some(i) = slot(code) {
+            self.slots[i] = pairs;
+        }
+    }
+
+    /// Applies the clearing a command causes when it arrives: CONNECT clears HELO…EOM, HELO
+    /// clears MAIL…EOM, MAIL clears RCPT…EOM, RCPT clears DATA…EOM; others clear nothing.
+    pub fn command(&mut self, stage: Stage) {
+        let from = match stage {
+            Stage::Connect => 1,
+            Stage::Helo => 2,
+            Stage::Mail => 3,
+            Stage::Rcpt => 4,
+            _ => return,
+        };
+        self.slots[from..].iter_mut().for_each(Vec::clear);
+    }
+
+    /// Forgets the macros of the message (MAIL…EOM slots), as after ABORT.
+    pub fn clear_message(&mut self) {
+        self.slots[2..].iter_mut().for_each(Vec::clear);
+    }
+
+    /// Forgets everything, as after OPTNEG, QUIT and QUIT_NC.
+    pub fn clear(&mut self) {
+        self.slots.iter_mut().for_each(Vec::clear);
+    }
+
+    /// The value of macro `name` in effect (`smfi_getsymval`).
+    pub fn get(&self, name: impl AsRef<[u8]>) -> Option<&[u8]> {
+        let name = strip_braces(name.as_ref());
+        self.slots.iter().rev().find_map(|slot| {
+            slot.iter()
+                .find(|(n, _)| strip_braces(n) == name)
+                .map(|(_, v)| &v[..])
+        })
+    }
+
+    /// Every macro in effect, as (name as sent, value), earliest stage first; a name shadowed by a
+    /// later stage appears once, with the later value.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.slots.iter().enumerate().flat_map(move |(i, slot)| {
+            slot.iter()
+                .filter(move |(n, _)| {
+                    let name = strip_braces(n);
+                    !self.slots[i + 1..]
+                        .iter()
+                        .any(|later| later.iter().any(|(m, _)| strip_braces(m) == name))
+                })
+                .map(|(n, v)| (&n[..], &v[..]))
+        })
+    }
+
+    /// True when no macro is in effect.
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(Vec::is_empty)
+    }
+}

@@ -1,0 +1,577 @@
+//! The milter side of a session: commands in, events up, decisions and modifications out.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::{Command, Connect, Envelope};
+use crate::error::{Incompatible, MisuseError, ProtocolError};
+use crate::frame::{FrameDecoder, MILTER_CHUNK_SIZE};
+use crate::macros::Macros;
+use crate::negotiate::{negotiate, Agreement, Offer, Request};
+use crate::response::{Decision, Modification, Response};
+use crate::stage::{Order, Phase, Stage, Stages};
+
+/// What the MTA asked of the milter, one per command (macros are not events: they update
+/// [`MilterSession::macros`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// OPTNEG: answer with [`MilterSession::negotiate`].
+    Negotiate(Offer),
+    /// CONNECT (`xxfi_connect`).
+    Connect(Connect),
+    /// HELO/EHLO (`xxfi_helo`).
+    Helo {
+        /// The name the client gave.
+        name: Bytes,
+    },
+    /// MAIL FROM (`xxfi_envfrom`): a message starts.
+    Mail(Envelope),
+    /// RCPT TO (`xxfi_envrcpt`).
+    Rcpt(Envelope),
+    /// DATA (`xxfi_data`).
+    Data,
+    /// One header (`xxfi_header`).
+    Header {
+        /// Field name.
+        name: Bytes,
+        /// Value (folded lines joined with LF).
+        value: Bytes,
+    },
+    /// End of headers (`xxfi_eoh`).
+    Eoh,
+    /// A body chunk (`xxfi_body`).
+    Body(Bytes),
+    /// End of message (`xxfi_eom`): modify, then decide.
+    Eom,
+    /// An SMTP command the MTA did not know (`xxfi_unknown`).
+    Unknown {
+        /// The command line.
+        line: Bytes,
+    },
+    /// The open message is over without end of message (`xxfi_abort`): the MTA sent ABORT, a new
+    /// MAIL or HELO came inside the message, or the connection ended. Never answered.
+    Abort,
+    /// QUIT: the session is over (`xxfi_close` follows). Never answered.
+    Quit,
+    /// QUIT_NC: this session is over (`xxfi_close`), a new one starts on the same connection with
+    /// CONNECT, keeping the agreement. Never answered.
+    QuitNc,
+}
+
+/// What the session waits for from its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Nothing,
+    Negotiation(Offer),
+    Decision(Stage),
+}
+
+/// State of the replacement body run at end of message (Postfix needs one contiguous run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyRun {
+    NotStarted,
+    Open,
+    Ended,
+}
+
+/// The milter side of one connection, without I/O.
+///
+/// # Contract
+/// 1. When bytes arrive, pass them to [`handle_input`](Self::handle_input) (or read straight into
+///    [`input_mut`](Self::input_mut)); at end of stream call [`handle_eof`](Self::handle_eof).
+/// 2. Call [`poll_event`](Self::poll_event) until it returns `Ok(None)`.
+///    - For [`Event::Negotiate`], call [`negotiate`](Self::negotiate) once.
+///    - When [`awaiting`](Self::awaiting) is `Some(stage)` after an event, answer with exactly one
+///      [`decide`](Self::decide); at end of message, call [`modify`](Self::modify) and
+///      [`progress`](Self::progress) any number of times first. Until then `poll_event` returns
+///      `Ok(None)`, so macros stay as they were for that event.
+///    - Other events (ABORT, QUIT, no-reply stages) need no answer.
+/// 3. Call [`poll_transmit`](Self::poll_transmit) and write what it gives in **one** write.
+/// 4. A `ProtocolError` from `poll_event` means: close the connection (after calling the abort
+///    and close handlers). A `MisuseError` means the call was refused and nothing changed.
+///
+/// The session never reads a clock and never blocks. It sends nothing for ABORT, MACRO, QUIT and
+/// no-reply stages; answers CONTINUE itself for stages the milter did not ask for but the MTA
+/// sent anyway, and for no-reply stages the MTA could not leave unanswered; refuses modifications
+/// that were not negotiated or come outside end of message; and splits replacement bodies into
+/// 65,535-byte chunks.
+///
+/// ```
+/// use milterkit_proto::{Actions, Command, Decision, Event, MilterSession, Modification, Offer, Request, Stages};
+/// use bytes::{Bytes, BytesMut};
+///
+/// let mut session = MilterSession::new(Default::default());
+/// let mut wire = BytesMut::new();
+/// Command::Optneg(Offer::default()).encode(&mut wire);
+/// Command::Eom { chunk: Bytes::new() }.encode(&mut wire); // an MTA that skipped every stage
+/// session.handle_input(&wire);
+///
+/// let request = Request { stages: Stages::EOM, actions: Actions::ADD_HEADER, ..Request::default() };
+/// while let Some(event) = session.poll_event()? {
+///     match event {
+///         Event::Negotiate(_) => { session.negotiate(&request).unwrap(); }
+///         Event::Eom => {
+///             session.modify(Modification::AddHeader { name: "X-Seen".into(), value: "yes".into() }).unwrap();
+///             session.decide(Decision::Continue).unwrap();
+///         }
+///         other => panic!("unexpected {other:?}"),
+///     }
+/// }
+/// let mut out = BytesMut::new();
+/// session.poll_transmit(&mut out);
+/// assert!(out.ends_with(b"\0\0\0\x01c"));
+/// # Ok::<(), milterkit_proto::ProtocolError>(())
+/// ```
+#[derive(Debug)]
+pub struct MilterSession {
+    decoder: FrameDecoder,
+    input: BytesMut,
+    out: BytesMut,
+    phase: Phase,
+    agreement: Option<Agreement>,
+    /// Stages the milter asked to see.
+    wanted: Stages,
+    /// No-reply stages the MTA still expects a reply for: answered CONTINUE by the session.
+    emulated_no_reply: Stages,
+    macros: Macros,
+    /// Clears to apply before the next frame: set by ABORT and QUIT_NC so the handler of that
+    /// event still sees the macros.
+    clear_message_macros: bool,
+    clear_all_macros: bool,
+    ready: VecDeque<(Event, Pending)>,
+    pending: Pending,
+    body_run: BodyRun,
+    error: Option<ProtocolError>,
+}
+
+/// Settings of a [`MilterSession`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MilterConfig {
+    /// Largest payload accepted from the MTA; default [`DEFAULT_MAX_PAYLOAD`](crate::frame::DEFAULT_MAX_PAYLOAD).
+    pub max_payload: usize,
+}
+
+impl Default for MilterConfig {
+    fn default() -> Self {
+        MilterConfig {
+            max_payload: crate::frame::DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// Why [`MilterSession::negotiate`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NegotiateError {
+    /// No OPTNEG is waiting for an answer.
+    #[error(transparent)]
+    Misuse(#[from] MisuseError),
+    /// The MTA cannot give what the milter needs; the session is closed and the connection should
+    /// be closed without a reply, as libmilter does.
+    #[error(transparent)]
+    Incompatible(#[from] Incompatible),
+}
+
+impl MilterSession {
+    /// A session waiting for the MTA's OPTNEG.
+    pub fn new(config: MilterConfig) -> Self {
+        MilterSession {
+            decoder: FrameDecoder::new(config.max_payload),
+            input: BytesMut::new(),
+            out: BytesMut::new(),
+            phase: Phase::Init,
+            agreement: None,
+            wanted: Stages::all(),
+            emulated_no_reply: Stages::empty(),
+            macros: Macros::default(),
+            clear_message_macros: false,
+            clear_all_macros: false,
+            ready: VecDeque::new(),
+            pending: Pending::Nothing,
+            body_run: BodyRun::NotStarted,
+            error: None,
+        }
+    }
+
+    /// Buffers bytes received from the MTA.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        self.input.extend_from_slice(data);
+    }
+
+    /// The input buffer, to read into directly (append at its end).
+    pub fn input_mut(&mut self) -> &mut BytesMut {
+        &mut self.input
+    }
+
+    /// The MTA closed the connection: an open message is aborted, then the session ends. No
+    /// decision is owed any more.
+    pub fn handle_eof(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.ready.clear();
+        self.pending = Pending::Nothing;
+        if self.phase.in_message() {
+            self.ready.push_back((Event::Abort, Pending::Nothing));
+        }
+        self.phase = Phase::Closed;
+    }
+
+    /// The next event, `Ok(None)` when more input is needed or an answer is awaited.
+    pub fn poll_event(&mut self) -> Result<Option<Event>, ProtocolError> {
+        loop {
+            if let Some(e) = &self.error {
+                return Err(e.clone());
+            }
+            if self.pending != Pending::Nothing {
+                return Ok(None);
+            }
+            if let Some((event, pending)) = self.ready.pop_front() {
+                self.pending = pending;
+                return Ok(Some(event));
+            }
+            if self.phase == Phase::Closed {
+                return Ok(None);
+            }
+            if std::mem::take(&mut self.clear_all_macros) {
+                self.macros.clear();
+            }
+            if std::mem::take(&mut self.clear_message_macros) {
+                self.macros.clear_message();
+            }
+            let frame = match self.decoder.decode(&mut self.input) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            match Command::decode(frame) {
+                Ok(cmd) => {
+                    if let Err(e) = self.command(cmd) {
+                        return Err(self.fail(e));
+                    }
+                }
+                // libmilter ignores macro packets it cannot parse, as long as they have a stage.
+                Err(ProtocolError::Malformed { code: b'D', reason })
+                    if reason != "macro packet without a stage" => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+    }
+
+    fn fail(&mut self, e: ProtocolError) -> ProtocolError {
+        self.error = Some(e.clone());
+        self.pending = Pending::Nothing;
+        self.ready.clear();
+        e
+    }
+
+    fn command(&mut self, cmd: Command) -> Result<(), ProtocolError> {
+        let code = cmd.code();
+        if self.agreement.is_none() && !matches!(cmd, Command::Optneg(_)) {
+            return Err(ProtocolError::OutOfOrder {
+                code,
+                state: "before negotiation",
+            });
+        }
+        let (event, stage) = match cmd {
+            Command::Optneg(offer) => {
+                if self.phase != Phase::Init {
+                    return Err(ProtocolError::OutOfOrder {
+                        code,
+                        state: "after negotiation",
+                    });
+                }
+                self.macros.clear();
+                self.ready
+                    .push_back((Event::Negotiate(offer), Pending::Negotiation(offer)));
+                return Ok(());
+            }
+            Command::Macro { stage, pairs } => {
+                self.macros.set(stage, pairs);
+                return Ok(());
+            }
+            Command::Abort => {
+                if self.phase.in_message() {
+                    self.ready.push_back((Event::Abort, Pending::Nothing));
+                    self.phase = Phase::Connected;
+                    self.clear_message_macros = true;
+                }
+                return Ok(());
+            }
+            Command::Quit | Command::QuitNc => {
+                if self.phase.in_message() {
+                    self.ready.push_back((Event::Abort, Pending::Nothing));
+                }
+                let quit_nc = matches!(cmd, Command::QuitNc);
+                self.ready.push_back((
+                    if quit_nc { Event::QuitNc } else { Event::Quit },
+                    Pending::Nothing,
+                ));
+                self.phase = if quit_nc {
+                    Phase::Negotiated
+                } else {
+                    Phase::Closed
+                };
+                self.clear_all_macros = true;
+                return Ok(());
+            }
+            Command::Connect(c) => (Event::Connect(c), Stage::Connect),
+            Command::Helo { name } => (Event::Helo { name }, Stage::Helo),
+            Command::Mail(e) => (Event::Mail(e), Stage::Mail),
+            Command::Rcpt(e) => (Event::Rcpt(e), Stage::Rcpt),
+            Command::Data => (Event::Data, Stage::Data),
+            Command::Header { name, value } => (Event::Header { name, value }, Stage::Header),
+            Command::Eoh => (Event::Eoh, Stage::Eoh),
+            Command::Body(chunk) => (Event::Body(chunk), Stage::Body),
+            Command::Eom { chunk } => {
+                if !chunk.is_empty() && self.wanted.has(Stage::Body) {
+                    // libmilter hands a chunk inside BODYEOB to the body callback first; its
+                    // decision cannot be sent (the EOM reply is the only one owed), so none is asked.
+                    self.ready.push_back((Event::Body(chunk), Pending::Nothing));
+                }
+                (Event::Eom, Stage::Eom)
+            }
+            Command::Unknown { line } => (Event::Unknown { line }, Stage::Unknown),
+        };
+        let (mail_sent, expects_reply) = self.agreement.as_ref().map_or((true, true), |a| {
+            (a.sends(Stage::Mail), a.expects_reply(stage))
+        });
+        match self.phase.admit(stage, mail_sent) {
+            Order::Refuse(state) => return Err(ProtocolError::OutOfOrder { code, state }),
+            Order::AbortFirst => {
+                self.ready.push_back((Event::Abort, Pending::Nothing));
+                self.phase = Phase::Connected;
+            }
+            Order::Ok => {}
+        }
+        self.macros.command(stage);
+        self.phase = self.phase.after(stage);
+        let wanted = self.wanted.has(stage) || stage == Stage::Eom;
+        if expects_reply && (!wanted || self.emulated_no_reply.has(stage)) {
+            Response::Decision(Decision::Continue).encode(&mut self.out);
+        }
+        if wanted {
+            let pending = if expects_reply && !self.emulated_no_reply.has(stage) {
+                Pending::Decision(stage)
+            } else {
+                Pending::Nothing
+            };
+            self.ready.push_back((event, pending));
+        }
+        Ok(())
+    }
+
+    /// Answers the OPTNEG with what `request` asks for, within what the MTA offered. On
+    /// [`NegotiateError::Incompatible`] nothing is sent and the session is closed: close the
+    /// connection (libmilter does the same; the MTA then applies its failure policy).
+    pub fn negotiate(&mut self, request: &Request) -> Result<&Agreement, NegotiateError> {
+        let Pending::Negotiation(offer) = self.pending else {
+            return Err(MisuseError::NotAwaiting.into());
+        };
+        self.pending = Pending::Nothing;
+        let agreement = match negotiate(&offer, request) {
+            Ok(a) => a,
+            Err(e) => {
+                self.fail(ProtocolError::Incompatible(e.clone()));
+                return Err(e.into());
+            }
+        };
+        self.wanted = request.stages | Stages::EOM;
+        self.emulated_no_reply = Stage::ALL
+            .into_iter()
+            .filter(|s| request.no_reply.has(*s) && agreement.expects_reply(*s))
+            .fold(Stages::empty(), |acc, s| acc | s.as_set());
+        Response::Optneg(agreement.clone()).encode(&mut self.out);
+        self.phase = Phase::Negotiated;
+        Ok(self.agreement.insert(agreement))
+    }
+
+    /// Answers the event awaiting a decision.
+    ///
+    /// Refused (nothing sent, still awaiting) when no decision is awaited, for SKIP outside BODY
+    /// or without `SMFIP_SKIP`, and for DISCARD at CONNECT, HELO or UNKNOWN.
+    pub fn decide(&mut self, decision: Decision) -> Result<(), MisuseError> {
+        if self.error.is_some() {
+            return Err(MisuseError::Closed);
+        }
+        let Pending::Decision(stage) = self.pending else {
+            return Err(MisuseError::NotAwaiting);
+        };
+        let skip_ok = self.agreement.as_ref().is_some_and(Agreement::skip);
+        let allowed = match decision {
+            Decision::Skip => stage == Stage::Body && skip_ok,
+            Decision::Discard => !matches!(stage, Stage::Connect | Stage::Helo | Stage::Unknown),
+            _ => true,
+        };
+        if !allowed {
+            return Err(MisuseError::DecisionNotAllowed {
+                stage,
+                decision: decision.name(),
+            });
+        }
+        let ends_message = ends_message(stage, &decision);
+        Response::Decision(decision).encode(&mut self.out);
+        self.pending = Pending::Nothing;
+        self.phase = self.phase.after_decision(stage, ends_message);
+        if stage == Stage::Eom {
+            self.body_run = BodyRun::NotStarted;
+        }
+        Ok(())
+    }
+
+    /// Queues a modification, at end of message before the decision. Checked against the
+    /// agreement and the limits of the MTAs; a replacement body of any size is split into
+    /// 65,535-byte chunks.
+    pub fn modify(&mut self, m: Modification) -> Result<(), MisuseError> {
+        self.check_eom(m.name())?;
+        let agreement = self.agreement.as_ref().ok_or(MisuseError::Closed)?;
+        if !agreement.actions.contains(m.action()) {
+            return Err(MisuseError::NotNegotiated {
+                what: m.name(),
+                needs: m.action(),
+            });
+        }
+        validate(&m)?;
+        if let Modification::ReplaceBody { chunk } = m {
+            if self.body_run == BodyRun::Ended {
+                return Err(MisuseError::BodyNotContiguous);
+            }
+            self.body_run = BodyRun::Open;
+            // An empty replacement is one empty packet; anything else goes in full-size chunks.
+            let mut rest = chunk;
+            loop {
+                let part = rest.split_to(rest.len().min(MILTER_CHUNK_SIZE));
+                Response::Modification(Modification::ReplaceBody { chunk: part })
+                    .encode(&mut self.out);
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let len = m.payload_len();
+        if len > agreement.max_payload() {
+            return Err(MisuseError::TooLarge {
+                len,
+                max: agreement.max_payload(),
+            });
+        }
+        if self.body_run == BodyRun::Open {
+            self.body_run = BodyRun::Ended;
+        }
+        Response::Modification(m).encode(&mut self.out);
+        Ok(())
+    }
+
+    /// Queues `SMFIR_PROGRESS` (`smfi_progress`): at end of message, tells the MTA to keep waiting.
+    #[doc(alias = "smfi_progress")]
+    pub fn progress(&mut self) -> Result<(), MisuseError> {
+        self.check_eom("progress")?;
+        Response::Progress.encode(&mut self.out);
+        Ok(())
+    }
+
+    fn check_eom(&self, what: &'static str) -> Result<(), MisuseError> {
+        if self.error.is_some() {
+            return Err(MisuseError::Closed);
+        }
+        match self.pending {
+            Pending::Decision(Stage::Eom) => Ok(()),
+            _ => Err(MisuseError::OutsideEom(what)),
+        }
+    }
+
+    /// Moves every queued byte into `dst`; true if there was any. Write `dst` in one write.
+    pub fn poll_transmit(&mut self, dst: &mut BytesMut) -> bool {
+        if self.out.is_empty() {
+            return false;
+        }
+        if dst.is_empty() {
+            std::mem::swap(dst, &mut self.out);
+        } else {
+            dst.extend_from_slice(&self.out);
+            self.out.clear();
+        }
+        true
+    }
+
+    /// The stage whose decision is awaited, if any.
+    pub fn awaiting(&self) -> Option<Stage> {
+        match self.pending {
+            Pending::Decision(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The agreement, once negotiated.
+    pub fn agreement(&self) -> Option<&Agreement> {
+        self.agreement.as_ref()
+    }
+
+    /// The macros in effect for the latest event.
+    pub fn macros(&self) -> &Macros {
+        &self.macros
+    }
+
+    /// True while a message is open (from its first command until its end, abort, or a decision
+    /// that ends it).
+    pub fn in_message(&self) -> bool {
+        self.phase.in_message()
+    }
+
+    /// True once the session has ended (QUIT, end of stream, or a protocol error).
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed || self.error.is_some()
+    }
+
+    /// Bytes received and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.input.len()
+    }
+}
+
+/// True if `decision` at `stage` ends the open message: everything at EOM; accept and discard at
+/// RCPT (reject and tempfail there refuse one recipient); anything but continue and skip at the
+/// other message stages.
+pub(crate) fn ends_message(stage: Stage, decision: &Decision) -> bool {
+    match stage {
+        Stage::Eom => true,
+        Stage::Rcpt => matches!(decision, Decision::Accept | Decision::Discard),
+        Stage::Mail | Stage::Data | Stage::Header | Stage::Eoh | Stage::Body => {
+            !matches!(decision, Decision::Continue | Decision::Skip)
+        }
+        Stage::Connect | Stage::Helo | Stage::Unknown => false,
+    }
+}
+
+/// Checks what the MTAs refuse or misread: NUL inside a string, an empty header name, empty
+/// sender or recipient, an empty quarantine reason.
+pub(crate) fn validate(m: &Modification) -> Result<(), MisuseError> {
+    let what = m.name();
+    if m.strings().iter().any(|s| crate::frame::has_nul(s)) {
+        return Err(MisuseError::Invalid {
+            what,
+            reason: "contains a NUL byte",
+        });
+    }
+    let empty = match m {
+        Modification::AddHeader { name, .. }
+        | Modification::InsertHeader { name, .. }
+        | Modification::ChangeHeader { name, .. } => name.is_empty(),
+        Modification::ChangeFrom { sender: a, .. }
+        | Modification::AddRcpt { rcpt: a }
+        | Modification::AddRcptPar { rcpt: a, .. }
+        | Modification::DeleteRcpt { rcpt: a }
+        | Modification::Quarantine { reason: a } => a.is_empty(),
+        Modification::ReplaceBody { .. } => false,
+    };
+    if empty {
+        return Err(MisuseError::Invalid {
+            what,
+            reason: "empty name, address or reason",
+        });
+    }
+    Ok(())
+}
