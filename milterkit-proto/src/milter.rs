@@ -143,6 +143,8 @@ pub struct MilterSession {
     ready: VecDeque<(Event, Pending)>,
     pending: Pending,
     body_run: BodyRun,
+    /// The MTA closed its end.
+    eof: bool,
     error: Option<ProtocolError>,
 }
 
@@ -191,6 +193,7 @@ impl MilterSession {
             ready: VecDeque::new(),
             pending: Pending::Nothing,
             body_run: BodyRun::NotStarted,
+            eof: false,
             error: None,
         }
     }
@@ -205,18 +208,11 @@ impl MilterSession {
         &mut self.input
     }
 
-    /// The MTA closed the connection: an open message is aborted, then the session ends. No
-    /// decision is owed any more.
+    /// The MTA closed the connection. Complete commands still buffered are handed up first; then
+    /// an open message is aborted ([`Event::Abort`]) and the session ends. A trailing partial
+    /// frame is dropped.
     pub fn handle_eof(&mut self) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        self.ready.clear();
-        self.pending = Pending::Nothing;
-        if self.phase.in_message() {
-            self.ready.push_back((Event::Abort, Pending::Nothing));
-        }
-        self.phase = Phase::Closed;
+        self.eof = true;
     }
 
     /// The next event, `Ok(None)` when more input is needed or an answer is awaited.
@@ -243,6 +239,13 @@ impl MilterSession {
             }
             let frame = match self.decoder.decode(&mut self.input) {
                 Ok(Some(f)) => f,
+                Ok(None) if self.eof => {
+                    if self.phase.in_message() {
+                        self.ready.push_back((Event::Abort, Pending::Nothing));
+                    }
+                    self.phase = Phase::Closed;
+                    continue;
+                }
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(self.fail(e.into())),
             };
