@@ -237,3 +237,96 @@ impl Macros {
         self.slots.iter().all(Vec::is_empty)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(p: &[(&'static str, &'static str)]) -> Vec<(Bytes, Bytes)> {
+        p.iter()
+            .map(|(n, v)| {
+                (
+                    Bytes::from_static(n.as_bytes()),
+                    Bytes::from_static(v.as_bytes()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_command_clears_the_slots_of_later_stages_only() {
+        let mut m = Macros::default();
+        m.set(b'C', pairs(&[("j", "mx")]));
+        m.set(b'H', pairs(&[("{tls_version}", "TLSv1.3")]));
+        m.set(b'M', pairs(&[("{mail_addr}", "a@b")]));
+        m.set(b'R', pairs(&[("{rcpt_addr}", "c@d")]));
+        m.set(b'E', pairs(&[("i", "Q1")]));
+        m.command(Stage::Rcpt);
+        assert_eq!(m.get("i"), None);
+        assert_eq!(m.get("rcpt_addr"), Some(&b"c@d"[..]));
+        m.command(Stage::Mail);
+        assert_eq!(m.get("rcpt_addr"), None);
+        assert_eq!(m.get("mail_addr"), Some(&b"a@b"[..]));
+        m.command(Stage::Helo);
+        assert_eq!(m.get("mail_addr"), None);
+        assert!(m.get("tls_version").is_some());
+        m.command(Stage::Connect);
+        assert_eq!(m.get("tls_version"), None);
+        assert_eq!(m.get("j"), Some(&b"mx"[..]));
+    }
+
+    #[test]
+    fn a_new_packet_replaces_its_stage_and_later_stages_shadow_earlier_ones() {
+        let mut m = Macros::default();
+        m.set(b'C', pairs(&[("i", "conn"), ("j", "mx")]));
+        m.set(b'M', pairs(&[("i", "Q1")]));
+        assert_eq!(m.get("i"), Some(&b"Q1"[..]));
+        m.set(b'C', pairs(&[("v", "Postfix")]));
+        assert_eq!(m.get("j"), None);
+        let names: Vec<&[u8]> = m.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [&b"v"[..], b"i"]);
+    }
+
+    #[test]
+    fn ignores_empty_packets_and_stages_libmilter_does_not_keep() {
+        let mut m = Macros::default();
+        m.set(b'C', pairs(&[("j", "mx")]));
+        m.set(b'C', Vec::new());
+        m.set(b'L', pairs(&[("i", "Q")]));
+        m.set(b'B', pairs(&[("i", "Q")]));
+        m.set(b'U', pairs(&[("x", "y")]));
+        assert_eq!(m.get("j"), Some(&b"mx"[..]));
+        assert_eq!(m.get("i"), None);
+    }
+
+    #[test]
+    fn braces_are_optional_on_lookup_for_any_name() {
+        let mut m = Macros::default();
+        m.set(
+            b'C',
+            pairs(&[("{daemon_name}", "mx"), ("_", "host [1.2.3.4]")]),
+        );
+        assert!(m.get("daemon_name").is_some());
+        assert!(m.get("{daemon_name}").is_some());
+        assert!(m.get("{_}").is_some());
+        assert!(m.get("{daemon}").is_none());
+    }
+
+    #[test]
+    fn macro_lists_keep_one_entry_per_stage_in_order() {
+        let mut l = MacroLists::default();
+        l.set(MacroStage::EOM, ["i"]);
+        l.set(MacroStage::CONNECT, ["j", "{client_addr}"]);
+        l.set(MacroStage::EOM, ["{msg_id}"]);
+        let v: Vec<(MacroStage, &[u8])> = l.iter().collect();
+        assert_eq!(
+            v,
+            [
+                (MacroStage::EOM, &b"{msg_id}"[..]),
+                (MacroStage::CONNECT, b"j {client_addr}")
+            ]
+        );
+        assert_eq!(MacroStage::EOH.stage(), Some(Stage::Eoh));
+        assert_eq!(MacroStage(9).stage(), None);
+    }
+}

@@ -338,10 +338,10 @@ impl MilterSession {
             }
             Command::Unknown { line } => (Event::Unknown { line }, Stage::Unknown),
         };
-        let (mail_sent, expects_reply) = self.agreement.as_ref().map_or((true, true), |a| {
-            (a.sends(Stage::Mail), a.expects_reply(stage))
+        let (sent, expects_reply) = self.agreement.as_ref().map_or((Stages::all(), true), |a| {
+            (a.sent_stages(), a.expects_reply(stage))
         });
-        match self.phase.admit(stage, mail_sent) {
+        match self.phase.admit(stage, sent) {
             Order::Refuse(state) => return Err(ProtocolError::OutOfOrder { code, state }),
             Order::AbortFirst => {
                 self.ready.push_back((Event::Abort, Pending::Nothing));

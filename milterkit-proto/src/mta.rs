@@ -238,12 +238,12 @@ impl MtaSession {
         if self.skips(stage) {
             return Ok(Sent::Skipped);
         }
-        let (sends, expects_reply, mail_sent) = (
+        let (sends, expects_reply, sent) = (
             agreement.sends(stage),
             agreement.expects_reply(stage),
-            agreement.sends(Stage::Mail),
+            agreement.sent_stages(),
         );
-        match self.phase.admit(stage, mail_sent) {
+        match self.phase.admit(stage, sent) {
             Order::Refuse(state) => {
                 return Err(MisuseError::CannotSend {
                     command: name,

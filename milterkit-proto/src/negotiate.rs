@@ -237,6 +237,14 @@ impl Agreement {
         !self.protocol.intersects(stage.suppress_flag()) && self.version >= stage.min_version()
     }
 
+    /// The stages the MTA sends.
+    pub fn sent_stages(&self) -> Stages {
+        Stage::ALL
+            .into_iter()
+            .filter(|s| self.sends(*s))
+            .fold(Stages::empty(), |acc, s| acc | s.as_set())
+    }
+
     /// True if the MTA waits for a reply to `stage` (no `SMFIP_NR_*` bit for it).
     pub fn expects_reply(&self, stage: Stage) -> bool {
         !self.protocol.intersects(stage.no_reply_flag())
@@ -335,4 +343,137 @@ pub fn negotiate(offer: &Offer, request: &Request) -> Result<Agreement, Incompat
         protocol,
         macros: request.macros.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suppresses_every_stage_not_requested_and_asks_for_offered_no_reply_bits() {
+        let request = Request {
+            stages: Stages::CONNECT | Stages::HEADER | Stages::EOM,
+            no_reply: Stages::HEADER,
+            options: ProtocolFlags::SKIP | ProtocolFlags::HDR_LEADSPC,
+            ..Request::default()
+        };
+        let a = negotiate(&Offer::default(), &request).unwrap();
+        assert_eq!(
+            a.protocol,
+            ProtocolFlags::NOHELO
+                | ProtocolFlags::NOMAIL
+                | ProtocolFlags::NORCPT
+                | ProtocolFlags::NODATA
+                | ProtocolFlags::NOEOH
+                | ProtocolFlags::NOBODY
+                | ProtocolFlags::NOUNKNOWN
+                | ProtocolFlags::NR_HDR
+                | ProtocolFlags::SKIP
+                | ProtocolFlags::HDR_LEADSPC
+        );
+        assert_eq!(
+            a.sent_stages(),
+            Stages::CONNECT | Stages::HEADER | Stages::EOM
+        );
+        assert!(!a.expects_reply(Stage::Header));
+        assert!(a.skip() && a.leading_space());
+    }
+
+    #[test]
+    fn replies_with_the_lower_version_and_asks_only_for_what_is_offered() {
+        let offer = Offer {
+            version: 2,
+            actions: Actions::V1,
+            protocol: ProtocolFlags::V1 | ProtocolFlags::NR_HDR,
+        };
+        let request = Request {
+            stages: Stages::EOM,
+            no_reply: Stages::all(),
+            options: ProtocolFlags::SKIP,
+            ..Request::default()
+        };
+        let a = negotiate(&offer, &request).unwrap();
+        assert_eq!(a.version, 2);
+        assert!(!a
+            .protocol
+            .intersects(ProtocolFlags::NODATA | ProtocolFlags::SKIP));
+        assert!(!a.sends(Stage::Data) && !a.sends(Stage::Unknown));
+    }
+
+    #[test]
+    fn fails_when_an_action_or_a_required_capability_is_not_offered() {
+        let offer = Offer {
+            actions: Actions::ADD_HEADER,
+            protocol: ProtocolFlags::CURRENT - ProtocolFlags::RCPT_REJ,
+            ..Offer::default()
+        };
+        let need = |actions, required| Request {
+            actions,
+            required,
+            ..Request::default()
+        };
+        assert_eq!(
+            negotiate(&offer, &need(Actions::CHANGE_BODY, ProtocolFlags::empty())),
+            Err(Incompatible::MissingActions {
+                missing: Actions::CHANGE_BODY
+            })
+        );
+        assert_eq!(
+            negotiate(&offer, &need(Actions::empty(), ProtocolFlags::RCPT_REJ)),
+            Err(Incompatible::MissingProtocol {
+                missing: ProtocolFlags::RCPT_REJ
+            })
+        );
+        assert_eq!(
+            negotiate(
+                &Offer {
+                    version: 1,
+                    ..offer
+                },
+                &Request::default()
+            ),
+            Err(Incompatible::VersionTooOld(1))
+        );
+    }
+
+    #[test]
+    fn an_mta_offering_nothing_means_version_1_actions_and_steps() {
+        let offer = Offer {
+            version: 6,
+            actions: Actions::empty(),
+            protocol: ProtocolFlags::empty(),
+        };
+        let a = negotiate(
+            &offer,
+            &Request {
+                actions: Actions::ADD_HEADER,
+                stages: Stages::EOM,
+                ..Request::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(a.actions, Actions::ADD_HEADER);
+        assert!(a.protocol.contains(ProtocolFlags::NOCONNECT));
+    }
+
+    #[test]
+    fn the_mta_side_checks_the_reply_against_the_offer() {
+        let offer = Offer::default();
+        let check = |v, a, p| Agreement::from_reply(&offer, v, a, p, MacroLists::default());
+        assert!(check(6, Actions::CURRENT, ProtocolFlags::CURRENT).is_ok());
+        assert!(check(2, Actions::empty(), ProtocolFlags::empty()).is_ok());
+        assert!(check(7, Actions::empty(), ProtocolFlags::empty()).is_err());
+        assert!(check(1, Actions::empty(), ProtocolFlags::empty()).is_err());
+        assert!(check(6, Actions::from_bits_retain(0x200), ProtocolFlags::empty()).is_err());
+        assert!(check(6, Actions::empty(), ProtocolFlags::MDS_1M).is_err());
+    }
+
+    #[test]
+    fn flag_sets_keep_unknown_bits() {
+        assert_eq!(Actions::from_bits_retain(0x8000_0001).bits(), 0x8000_0001);
+        assert_eq!(
+            ProtocolFlags::from_bits_retain(0x4000_0000).bits(),
+            0x4000_0000
+        );
+    }
 }

@@ -47,10 +47,8 @@ impl Reply {
         }
         let mut out = Vec::new();
         push_line(&mut out, code, b' ', enhanced.as_bytes(), text.as_ref())?;
-        Ok(Reply {
-            code,
-            text: out.into(),
-        })
+        // A text that starts with a digit would be read as an enhanced code by Postfix.
+        Reply::parse(out.into())
     }
 
     /// A reply of 1 to 32 lines (`smfi_setmlreply`). An empty `enhanced` defaults to `4.0.0` or
@@ -86,15 +84,13 @@ impl Reply {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        Ok(Reply {
-            code,
-            text: out.into(),
-        })
+        Reply::parse(out.into())
     }
 
     /// Checks reply text as it came off the wire (without its NUL) the way Postfix 3.12 does: every
     /// line `DDD-` but the last `DDD `, one code, 4xx or 5xx, enhanced code of the same class.
-    /// `%` signs are kept as sent.
+    /// `%` signs are kept as sent. Text right after the code that starts with a digit is taken as
+    /// an enhanced code and must be one, as Postfix requires.
     pub fn parse(text: Bytes) -> Result<Reply, ReplyError> {
         let mut code = None;
         let mut lines = text.split(|&b| b == b'\n').peekable();
@@ -277,4 +273,96 @@ fn undouble(s: &[u8]) -> Vec<u8> {
         };
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn builds_the_forms_smfi_setreply_builds() {
+        let r = |code, x, t: &str| Reply::new(code, x, t).unwrap().as_bytes().to_vec();
+        assert_eq!(r(550, "5.7.1", "go away"), b"550 5.7.1 go away");
+        assert_eq!(r(451, "", "later"), b"451 later");
+        assert_eq!(r(554, "5.7.0", ""), b"554 5.7.0");
+        assert_eq!(r(421, "", ""), b"421 ");
+    }
+
+    #[test]
+    fn refuses_text_that_postfix_would_read_as_a_wrong_enhanced_code() {
+        assert_eq!(Reply::new(400, "", "0 items"), Err(ReplyError::Enhanced));
+        assert!(Reply::new(450, "", "4.2.0 busy").is_ok());
+        assert!(Reply::new(450, "", "5.2.0 busy").is_err());
+    }
+
+    #[test]
+    fn multiline_defaults_the_enhanced_code_by_class_and_uses_a_space_on_the_last_line() {
+        let r = Reply::multiline(550, "", ["a", "b", "c"]).unwrap();
+        assert_eq!(r.as_bytes(), b"550-5.0.0 a\r\n550-5.0.0 b\r\n550 5.0.0 c");
+        let one = Reply::multiline(421, "", ["bye"]).unwrap();
+        assert_eq!(one.as_bytes(), b"421 4.0.0 bye");
+    }
+
+    #[test]
+    fn refuses_what_the_mtas_refuse() {
+        assert_eq!(Reply::new(250, "", "ok"), Err(ReplyError::Code(250)));
+        assert_eq!(Reply::new(600, "", "x"), Err(ReplyError::Code(600)));
+        assert_eq!(
+            Reply::new(550, "4.7.1", "x"),
+            Err(ReplyError::ClassMismatch {
+                code: 550,
+                enhanced: 4
+            })
+        );
+        assert_eq!(Reply::new(550, "5.7", "x"), Err(ReplyError::Enhanced));
+        assert_eq!(Reply::new(550, "5.7.1000", "x"), Err(ReplyError::Enhanced));
+        assert_eq!(
+            Reply::new(550, "", "a\r\nb"),
+            Err(ReplyError::ControlCharacter)
+        );
+        assert_eq!(
+            Reply::new(550, "", "a\0"),
+            Err(ReplyError::ControlCharacter)
+        );
+        assert_eq!(
+            Reply::new(550, "", [b'x'; 981]),
+            Err(ReplyError::LineTooLong(981))
+        );
+        assert_eq!(
+            Reply::multiline(550, "", Vec::<&str>::new()),
+            Err(ReplyError::LineCount(0))
+        );
+        assert_eq!(
+            Reply::multiline(550, "", vec!["x"; 33]),
+            Err(ReplyError::LineCount(33))
+        );
+        assert!(Reply::multiline(550, "", vec!["x"; 32]).is_ok());
+    }
+
+    #[test]
+    fn doubles_percent_signs_and_lines_undoubles_them() {
+        let r = Reply::new(550, "5.7.1", "100% sure, 50%% off").unwrap();
+        assert_eq!(r.as_bytes(), b"550 5.7.1 100%% sure, 50%%%% off");
+        assert_eq!(r.lines(), [b"100% sure, 50%% off".to_vec()]);
+    }
+
+    #[test]
+    fn parses_wire_text_like_postfix_3_12() {
+        let ok = |t: &'static [u8]| Reply::parse(Bytes::from_static(t));
+        assert_eq!(ok(b"451-4.7.1 a\r\n451 4.7.1 b").unwrap().code(), 451);
+        assert_eq!(ok(b"550 5.7.1 x").unwrap().enhanced(), Some(&b"5.7.1"[..]));
+        assert_eq!(ok(b"550 no code").unwrap().enhanced(), None);
+        for bad in [
+            &b"550"[..],
+            b"550-x",
+            b"550 x\r\n551 y",
+            b"550-x\n550 y",
+            b"550 4.7.1 x",
+            b"250 ok",
+            b"550-a\r\n550-b",
+        ] {
+            assert!(ok(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 }

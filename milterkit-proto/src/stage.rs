@@ -257,30 +257,34 @@ pub(crate) enum Order {
 }
 
 impl Phase {
-    /// Decides whether `stage` may come now. `mail_sent` says whether the agreement lets the MTA
-    /// send MAIL: when it does not, the first message command opens the message.
-    pub(crate) fn admit(self, stage: Stage, mail_sent: bool) -> Order {
+    /// Decides whether `stage` may come now, given the stages the MTA sends under the agreement.
+    /// When MAIL is not sent, the first message command opens the message. Inside a message the
+    /// stages that always come when sent (RCPT, DATA, EOH) may not be jumped over: BODY before
+    /// DATA, or DATA before any RCPT, is out of order.
+    pub(crate) fn admit(self, stage: Stage, sent: Stages) -> Order {
         use Stage::*;
+        let mail_sent = sent.has(Mail);
+        let skipped = |last: Stage| {
+            [Rcpt, Data, Eoh]
+                .into_iter()
+                .any(|m| last < m && m < stage && sent.has(m))
+        };
         match self {
             Phase::Init => Order::Refuse("before negotiation"),
             Phase::Closed => Order::Refuse("after the session ended"),
-            Phase::Negotiated => match stage {
-                Connect | Unknown | Helo => Order::Ok,
-                Mail => Order::Ok,
-                _ if !mail_sent => Order::Ok,
-                _ => Order::Refuse("outside a message"),
-            },
-            Phase::Connected => match stage {
-                Connect => Order::Refuse("after CONNECT"),
-                Helo | Mail | Unknown => Order::Ok,
-                _ if !mail_sent => Order::Ok,
-                _ => Order::Refuse("outside a message"),
+            Phase::Negotiated | Phase::Connected => match stage {
+                Connect if self == Phase::Connected => Order::Refuse("after CONNECT"),
+                Connect | Helo | Mail | Unknown => Order::Ok,
+                _ if mail_sent => Order::Refuse("outside a message"),
+                _ if skipped(Mail) => Order::Refuse("before a stage the MTA always sends"),
+                _ => Order::Ok,
             },
             Phase::Message(last) => match stage {
                 Connect => Order::Refuse("inside a message"),
                 Helo | Mail => Order::AbortFirst,
                 Unknown if matches!(last, Mail | Rcpt) => Order::Ok,
                 Unknown => Order::Refuse("during message content"),
+                _ if skipped(last) => Order::Refuse("before a stage the MTA always sends"),
                 Eom => Order::Ok,
                 Rcpt | Header | Body if last == stage => Order::Ok,
                 _ if stage > last => Order::Ok,
@@ -293,10 +297,7 @@ impl Phase {
     pub(crate) fn after(self, stage: Stage) -> Phase {
         match stage {
             Stage::Connect | Stage::Helo => Phase::Connected,
-            Stage::Unknown => match self {
-                Phase::Negotiated => Phase::Connected,
-                other => other,
-            },
+            Stage::Unknown => self,
             s => Phase::Message(s),
         }
     }

@@ -625,7 +625,15 @@ fn captures_show_what_the_fixtures_readme_says_of_each_mta() {
             .collect();
         let count = |pred: &dyn Fn(&Command) -> bool| cmds.iter().filter(|c| pred(c)).count();
         let content = count(&|c| matches!(c, Command::Header { .. } | Command::Body(_)));
-        let content_macros = count(&|c| matches!(c, Command::Macro { stage: b'L' | b'B', .. }));
+        let content_macros = count(&|c| {
+            matches!(
+                c,
+                Command::Macro {
+                    stage: b'L' | b'B',
+                    ..
+                }
+            )
+        });
         if c.folder.starts_with("postfix") {
             assert_eq!(content_macros, content, "{}", c.id());
         } else {
