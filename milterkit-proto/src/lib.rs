@@ -66,6 +66,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod macros;
+pub mod message;
 pub mod milter;
 pub mod mta;
 pub mod negotiate;

@@ -70,6 +70,13 @@ pub struct MacroLists {
 }
 
 impl MacroLists {
+    /// No lists.
+    pub const fn new() -> Self {
+        MacroLists {
+            entries: Vec::new(),
+        }
+    }
+
     /// Sets the list for `stage` (replacing an earlier one). Write one-letter names plain (`j`)
     /// and longer ones in braces (`{daemon_name}`): Sendmail needs the braces.
     pub fn set<I, N>(&mut self, stage: MacroStage, names: I)

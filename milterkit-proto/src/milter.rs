@@ -143,6 +143,8 @@ pub struct MilterSession {
     ready: VecDeque<(Event, Pending)>,
     pending: Pending,
     body_run: BodyRun,
+    /// Where the output for the awaited decision starts: what `discard_modifications` drops to.
+    reply_start: usize,
     /// The MTA closed its end.
     eof: bool,
     error: Option<ProtocolError>,
@@ -193,6 +195,7 @@ impl MilterSession {
             ready: VecDeque::new(),
             pending: Pending::Nothing,
             body_run: BodyRun::NotStarted,
+            reply_start: 0,
             eof: false,
             error: None,
         }
@@ -226,6 +229,7 @@ impl MilterSession {
             }
             if let Some((event, pending)) = self.ready.pop_front() {
                 self.pending = pending;
+                self.reply_start = self.out.len();
                 return Ok(Some(event));
             }
             if self.phase == Phase::Closed {
@@ -486,8 +490,19 @@ impl MilterSession {
         }
     }
 
+    /// Drops the modifications and progress queued for the awaited end of message (and not yet
+    /// taken by [`poll_transmit`](Self::poll_transmit)), so that a fail-safe decision goes out
+    /// alone.
+    pub fn discard_modifications(&mut self) {
+        if self.pending == Pending::Decision(Stage::Eom) {
+            self.out.truncate(self.reply_start);
+            self.body_run = BodyRun::NotStarted;
+        }
+    }
+
     /// Moves every queued byte into `dst`; true if there was any. Write `dst` in one write.
     pub fn poll_transmit(&mut self, dst: &mut BytesMut) -> bool {
+        self.reply_start = 0;
         if self.out.is_empty() {
             return false;
         }

@@ -1,0 +1,55 @@
+//! The smallest useful milter: logs each message's sender and recipients and accepts it.
+//!
+//! Run: `cargo run -p milterkit --example minimal -- inet:7357@127.0.0.1`, then point Postfix at it
+//! (`smtpd_milters = inet:127.0.0.1:7357`).
+
+use milterkit::{Decision, Eom, Mail, Milter, Rcpt, Result, Stages};
+
+/// One value per MTA connection; no connection state needed.
+#[derive(Default)]
+struct Logger;
+
+/// What the logger remembers of a message.
+#[derive(Default)]
+struct Envelope {
+    from: String,
+    to: Vec<String>,
+}
+
+impl Milter for Logger {
+    type Message = Envelope;
+    const STAGES: Stages = Stages::MAIL.union(Stages::RCPT).union(Stages::EOM);
+
+    async fn mail(&mut self, m: &mut Envelope, mail: Mail<'_>) -> Result<Decision> {
+        m.from = mail.address().to_string();
+        Ok(Decision::Continue)
+    }
+
+    async fn rcpt(&mut self, m: &mut Envelope, rcpt: Rcpt<'_>) -> Result<Decision> {
+        m.to.push(rcpt.address().to_string());
+        Ok(Decision::Continue)
+    }
+
+    async fn eom(&mut self, m: &mut Envelope, eom: &mut Eom<'_>) -> Result<Decision> {
+        let id = eom
+            .macro_value("i")
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        println!("message {id}: from {} to {}", m.from, m.to.join(", "));
+        Ok(Decision::Accept)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let spec = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
+    let listener = milterkit::bind(&spec).await?;
+    milterkit::serve(listener, Logger::default)
+        .with_graceful_shutdown(async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Prints every stage and every macro the MTA hands over: a way to see what Postfix or Sendmail
+//! really sends. Accepts everything.
+//!
+//! Run: `cargo run -p milterkit --example trace -- unix:/run/milter/trace.sock`.
+
+use milterkit::{
+    Body, Connect, Context, Decision, Eom, Header, Helo, Macros, Mail, Milter, Offer, Rcpt,
+    Request, Result, Unknown,
+};
+
+/// Counts connections' messages; prints everything.
+#[derive(Default)]
+struct Trace {
+    messages: u32,
+}
+
+fn show(stage: &str, what: String, macros: &Macros) {
+    println!("{stage} {what}");
+    for (name, value) in macros.iter() {
+        println!(
+            "    {} = {}",
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value)
+        );
+    }
+}
+
+impl Milter for Trace {
+    type Message = ();
+
+    async fn negotiate(&mut self, offer: &Offer, _: &mut Request) -> Result<()> {
+        println!(
+            "negotiate version={} actions={:#x} protocol={:#x}",
+            offer.version,
+            offer.actions.bits(),
+            offer.protocol.bits()
+        );
+        Ok(())
+    }
+
+    async fn connect(&mut self, c: Connect<'_>) -> Result<Decision> {
+        let what = format!(
+            "{} {:?} {} port {}",
+            c.hostname(),
+            c.family(),
+            c.address(),
+            c.port()
+        );
+        show("connect", what, c.macros());
+        Ok(Decision::Continue)
+    }
+
+    async fn helo(&mut self, h: Helo<'_>) -> Result<Decision> {
+        show("helo", h.name().to_string(), h.macros());
+        Ok(Decision::Continue)
+    }
+
+    async fn mail(&mut self, _: &mut (), m: Mail<'_>) -> Result<Decision> {
+        self.messages += 1;
+        let args: Vec<String> = m.args().map(|a| a.to_string()).collect();
+        show(
+            "mail",
+            format!("{} {}", m.address(), args.join(" ")),
+            m.macros(),
+        );
+        Ok(Decision::Continue)
+    }
+
+    async fn rcpt(&mut self, _: &mut (), r: Rcpt<'_>) -> Result<Decision> {
+        show("rcpt", r.address().to_string(), r.macros());
+        Ok(Decision::Continue)
+    }
+
+    async fn data(&mut self, _: &mut (), d: Context<'_>) -> Result<Decision> {
+        show("data", String::new(), d.macros());
+        Ok(Decision::Continue)
+    }
+
+    async fn header(&mut self, _: &mut (), h: Header<'_>) -> Result<Decision> {
+        println!("header {}: {:?}", h.name(), h.value());
+        Ok(Decision::Continue)
+    }
+
+    async fn eoh(&mut self, _: &mut (), e: Context<'_>) -> Result<Decision> {
+        show("eoh", String::new(), e.macros());
+        Ok(Decision::Continue)
+    }
+
+    async fn body(&mut self, _: &mut (), b: Body<'_>) -> Result<Decision> {
+        println!("body {} bytes", b.chunk().len());
+        Ok(Decision::Continue)
+    }
+
+    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
+        show("eom", format!("message {}", self.messages), eom.macros());
+        Ok(Decision::Continue)
+    }
+
+    async fn abort(&mut self, _: (), a: Context<'_>) -> Result<()> {
+        show("abort", String::new(), a.macros());
+        Ok(())
+    }
+
+    async fn unknown(&mut self, u: Unknown<'_>) -> Result<Decision> {
+        show("unknown", u.line().to_string(), u.macros());
+        Ok(Decision::Continue)
+    }
+
+    async fn close(&mut self) {
+        println!("close after {} messages", self.messages);
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let spec = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
+    let listener = milterkit::bind(&spec).await?;
+    milterkit::serve(listener, Trace::default)
+        .with_graceful_shutdown(async {
+            tokio::signal::ctrl_c().await.ok();
+        })
+        .await?;
+    Ok(())
+}

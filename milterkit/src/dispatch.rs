@@ -1,0 +1,443 @@
+//! Runs one event of the core through a [`Milter`]: the handler call with its deadline and panic
+//! guard, the per-message state, and the fail-safe. Shared by the connection loop and the harness.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use milterkit_proto::{Decision, Event, MilterSession, Request, Stage};
+use tracing::{debug, warn};
+
+use crate::eom::{Eom, Progress};
+use crate::milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Unknown};
+use crate::{Config, Error, Result};
+
+/// What the driver of a session does while a handler runs: the connection loop sends progress
+/// at end of message; the harness just waits.
+pub(crate) trait Waiter: Send {
+    /// Drives `fut` to completion. An I/O error ends the connection.
+    fn wait<F: Future + Send>(
+        &mut self,
+        stage: Stage,
+        progress: &Progress,
+        fut: F,
+    ) -> impl Future<Output = std::io::Result<F::Output>> + Send;
+}
+
+/// The waiter that does nothing but wait.
+pub(crate) struct JustWait;
+
+impl Waiter for JustWait {
+    async fn wait<F: Future + Send>(
+        &mut self,
+        _: Stage,
+        _: &Progress,
+        fut: F,
+    ) -> std::io::Result<F::Output> {
+        Ok(fut.await)
+    }
+}
+
+/// What the caller does after an event.
+#[derive(Debug)]
+pub(crate) enum Flow {
+    /// Keep reading.
+    Continue,
+    /// QUIT: the session is over.
+    Quit,
+    /// Close the connection (after flushing what was queued) because of this error.
+    Close(Error),
+}
+
+/// How a guarded handler call ended, besides returning.
+enum Failure {
+    Panicked,
+    TimedOut,
+}
+
+/// Polls a future, turning a panic into an error (the `catch_unwind` of one handler call).
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Failure>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *inner).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Failure::Panicked)),
+        }
+    }
+}
+
+/// Runs `fut` with a deadline and a panic guard.
+async fn guarded<F: Future + Send>(deadline: Duration, fut: F) -> Result<F::Output, Failure> {
+    let fut = pin!(tokio::time::timeout(deadline, fut));
+    match CatchUnwind(fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_elapsed)) => Err(Failure::TimedOut),
+        Err(f) => Err(f),
+    }
+}
+
+/// One milter value and the state the protocol gives it.
+pub(crate) struct Dispatcher<M: Milter> {
+    pub(crate) milter: M,
+    message: Option<M::Message>,
+    /// A handler failed at a stage that owed no reply: the next reply is the fail-safe.
+    failed: Option<Error>,
+    /// Shutdown: connection-level commands get the fail-safe decision instead of the handlers.
+    pub(crate) draining: bool,
+    /// Shutdown, grace period over: the next reply is the fail-safe, then the connection closes.
+    pub(crate) closing: bool,
+    fail_safe: Decision,
+    handler_timeout: Duration,
+    eom_timeout: Duration,
+    progress: Progress,
+}
+
+impl<M: Milter> Dispatcher<M> {
+    pub(crate) fn new(milter: M, config: &Config) -> Self {
+        Dispatcher {
+            milter,
+            message: None,
+            failed: None,
+            draining: false,
+            closing: false,
+            fail_safe: config.fail_safe.clone(),
+            handler_timeout: config.handler_timeout,
+            eom_timeout: config.eom_timeout,
+            progress: Progress::default(),
+        }
+    }
+
+    /// How many progress packets handlers asked for.
+    pub(crate) fn progress_requests(&self) -> u32 {
+        self.progress
+            .count
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Handles one event from the session; the session's output then holds the answer.
+    pub(crate) async fn event<W: Waiter>(
+        &mut self,
+        session: &mut MilterSession,
+        event: Event,
+        waiter: &mut W,
+    ) -> Flow {
+        let stage = match stage_of(&event) {
+            Some(stage) => stage,
+            None => return self.lifecycle(session, event, waiter).await,
+        };
+        if session.awaiting().is_some() {
+            if let Some(err) = self.failed.take() {
+                return self.fail(session, stage, err);
+            }
+            if self.closing {
+                self.fail_safe(session, stage);
+                return Flow::Close(Error::Shutdown);
+            }
+            // MAIL has already opened the message in the session; it is still connection level.
+            if self.draining && (!session.in_message() || stage == Stage::Mail) {
+                debug!(%stage, "shutting down: fail-safe instead of the handler");
+                return self.fail_safe(session, stage);
+            }
+        }
+        if stage.in_message() && self.message.is_none() {
+            self.message = Some(M::Message::default());
+        }
+        let deadline = self.handler_timeout;
+        let macros_owner: &MilterSession = session;
+        let macros = macros_owner.macros();
+        let milter = &mut self.milter;
+        let msg = &mut self.message;
+        let result = match (&event, msg.as_mut()) {
+            (Event::Connect(c), _) => {
+                let args = Connect { connect: c, macros };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.connect(args)),
+                    )
+                    .await
+            }
+            (Event::Helo { name }, _) => {
+                let args = Helo { name, macros };
+                waiter
+                    .wait(stage, &self.progress, guarded(deadline, milter.helo(args)))
+                    .await
+            }
+            (Event::Unknown { line }, _) => {
+                let args = Unknown { line, macros };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.unknown(args)),
+                    )
+                    .await
+            }
+            (Event::Mail(envelope), Some(m)) => {
+                let args = Mail { envelope, macros };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.mail(m, args)),
+                    )
+                    .await
+            }
+            (Event::Rcpt(envelope), Some(m)) => {
+                let args = Rcpt { envelope, macros };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.rcpt(m, args)),
+                    )
+                    .await
+            }
+            (Event::Data, Some(m)) => {
+                let args = Context { macros };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.data(m, args)),
+                    )
+                    .await
+            }
+            (Event::Header { name, value }, Some(m)) => {
+                let args = Header {
+                    name,
+                    value,
+                    macros,
+                };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.header(m, args)),
+                    )
+                    .await
+            }
+            (Event::Eoh, Some(m)) => {
+                let args = Context { macros };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.eoh(m, args)),
+                    )
+                    .await
+            }
+            (Event::Body(chunk), Some(m)) => {
+                let args = Body { chunk, macros };
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, milter.body(m, args)),
+                    )
+                    .await
+            }
+            (Event::Eom, Some(m)) => {
+                let mut eom = Eom::new(session, &self.progress);
+                let fut = guarded(self.eom_timeout, milter.eom(m, &mut eom));
+                let r = waiter.wait(stage, &self.progress, fut).await;
+                let finished = eom.finish();
+                match (r, finished) {
+                    (Ok(Ok(Ok(_))), Err(source)) => {
+                        return self.fail(session, stage, Error::Misuse { stage, source })
+                    }
+                    (r, _) => r,
+                }
+            }
+            _ => Ok(Ok(Ok(Decision::Continue))),
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(io) => return Flow::Close(Error::Io(io)),
+        };
+        let flow = self.conclude(session, stage, result);
+        if !session.in_message() {
+            self.message = None;
+        }
+        flow
+    }
+
+    /// Turns a handler's outcome into the answer.
+    fn conclude(
+        &mut self,
+        session: &mut MilterSession,
+        stage: Stage,
+        result: Result<Result<Decision>, Failure>,
+    ) -> Flow {
+        let decision = match result {
+            Ok(Ok(d)) => d,
+            Ok(Err(source)) => return self.fail(session, stage, Error::Handler { stage, source }),
+            Err(Failure::Panicked) => return self.fail(session, stage, Error::Panicked { stage }),
+            Err(Failure::TimedOut) => {
+                return self.fail(session, stage, Error::HandlerTimeout { stage })
+            }
+        };
+        if session.awaiting().is_none() {
+            if decision != Decision::Continue {
+                debug!(%stage, decision = decision.name(), "decision at a no-reply stage ignored");
+            }
+            return Flow::Continue;
+        }
+        debug!(%stage, decision = decision.name(), "decided");
+        match session.decide(decision) {
+            Ok(()) => Flow::Continue,
+            Err(source) => self.fail(session, stage, Error::Misuse { stage, source }),
+        }
+    }
+
+    /// A handler failed: the fail-safe goes out now if a reply is owed (then the connection
+    /// closes), or at the next reply otherwise.
+    fn fail(&mut self, session: &mut MilterSession, stage: Stage, err: Error) -> Flow {
+        if session.awaiting().is_none() {
+            warn!(%stage, error = %err, source = ?std::error::Error::source(&err), "handler failed; the next reply is the fail-safe");
+            self.failed = Some(err);
+            return Flow::Continue;
+        }
+        warn!(%stage, error = %err, source = ?std::error::Error::source(&err), "handler failed; fail-safe reply");
+        session.discard_modifications();
+        self.fail_safe(session, stage);
+        if !session.in_message() {
+            self.message = None;
+        }
+        Flow::Close(err)
+    }
+
+    /// Answers the awaited stage with the configured fail-safe decision (tempfail where the
+    /// configured one is not allowed).
+    fn fail_safe(&mut self, session: &mut MilterSession, stage: Stage) -> Flow {
+        if session.decide(self.fail_safe.clone()).is_err() {
+            // Tempfail is allowed at every stage that is answered.
+            let _ = session.decide(Decision::Tempfail);
+        }
+        debug!(%stage, "fail-safe decision sent");
+        if !session.in_message() {
+            self.message = None;
+        }
+        Flow::Continue
+    }
+
+    /// OPTNEG, ABORT, QUIT and QUIT_NC.
+    async fn lifecycle<W: Waiter>(
+        &mut self,
+        session: &mut MilterSession,
+        event: Event,
+        waiter: &mut W,
+    ) -> Flow {
+        match event {
+            Event::Negotiate(offer) => {
+                let mut request = Request {
+                    stages: M::STAGES,
+                    actions: M::ACTIONS,
+                    ..Request::default()
+                };
+                let hook = guarded(
+                    self.handler_timeout,
+                    self.milter.negotiate(&offer, &mut request),
+                );
+                let result = match waiter.wait(Stage::Connect, &self.progress, hook).await {
+                    Ok(r) => r,
+                    Err(io) => return Flow::Close(Error::Io(io)),
+                };
+                let err = match result {
+                    Ok(Ok(())) => match session.negotiate(&request) {
+                        Ok(agreement) => {
+                            debug!(version = agreement.version, actions = ?agreement.actions, protocol = ?agreement.protocol, "negotiated");
+                            return Flow::Continue;
+                        }
+                        Err(milterkit_proto::NegotiateError::Incompatible(e)) => {
+                            Error::Protocol(milterkit_proto::ProtocolError::Incompatible(e))
+                        }
+                        Err(milterkit_proto::NegotiateError::Misuse(source)) => Error::Misuse {
+                            stage: Stage::Connect,
+                            source,
+                        },
+                        Err(_) => Error::Protocol(milterkit_proto::ProtocolError::Closed),
+                    },
+                    Ok(Err(source)) => Error::Handler {
+                        stage: Stage::Connect,
+                        source,
+                    },
+                    Err(Failure::Panicked) => Error::Panicked {
+                        stage: Stage::Connect,
+                    },
+                    Err(Failure::TimedOut) => Error::HandlerTimeout {
+                        stage: Stage::Connect,
+                    },
+                };
+                warn!(error = %err, "negotiation failed; closing without a reply");
+                Flow::Close(err)
+            }
+            Event::Abort => {
+                self.abort(session, waiter).await;
+                Flow::Continue
+            }
+            Event::Quit => Flow::Quit,
+            Event::QuitNc => {
+                self.close().await;
+                self.failed = None;
+                Flow::Continue
+            }
+            _ => Flow::Continue,
+        }
+    }
+
+    /// Runs the abort handler for the open message, if any.
+    pub(crate) async fn abort<W: Waiter>(&mut self, session: &MilterSession, waiter: &mut W) {
+        let message = self.message.take().unwrap_or_default();
+        let args = Context {
+            macros: session.macros(),
+        };
+        let fut = guarded(self.handler_timeout, self.milter.abort(message, args));
+        match waiter.wait(Stage::Eom, &self.progress, fut).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "abort handler failed"),
+            Ok(Err(_)) => warn!("abort handler panicked or ran past its deadline"),
+            Err(e) => warn!(error = %e, "i/o error while the abort handler ran"),
+        }
+    }
+
+    /// Runs the close handler, guarded.
+    pub(crate) async fn close(&mut self) {
+        self.message = None;
+        if guarded(self.handler_timeout, self.milter.close())
+            .await
+            .is_err()
+        {
+            warn!("close handler panicked or ran past its deadline");
+        }
+    }
+
+    /// True while a message's state exists.
+    pub(crate) fn has_message(&self) -> bool {
+        self.message.is_some()
+    }
+}
+
+/// The reply-bearing stage of an event; `None` for OPTNEG, ABORT, QUIT and QUIT_NC.
+fn stage_of(event: &Event) -> Option<Stage> {
+    Some(match event {
+        Event::Connect(_) => Stage::Connect,
+        Event::Helo { .. } => Stage::Helo,
+        Event::Mail(_) => Stage::Mail,
+        Event::Rcpt(_) => Stage::Rcpt,
+        Event::Data => Stage::Data,
+        Event::Header { .. } => Stage::Header,
+        Event::Eoh => Stage::Eoh,
+        Event::Body(_) => Stage::Body,
+        Event::Eom => Stage::Eom,
+        Event::Unknown { .. } => Stage::Unknown,
+        _ => return None,
+    })
+}

@@ -1,0 +1,87 @@
+//! Errors of the async layer, and what each puts on the wire.
+
+use std::io;
+
+use milterkit_proto::{MisuseError, ProtocolError, Stage};
+
+/// What a handler returns on failure: any error, boxed. `?` works on every error type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`BoxError`] as the default error, for handlers and `main`.
+pub type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+/// Why a connection, a bind or a serve loop ended in error.
+///
+/// Nothing from one connection reaches [`serve`](crate::serve): connection errors are logged
+/// there and returned only by [`serve_connection`](crate::serve_connection) and the test harness.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Reading from or writing to the MTA failed.
+    #[error("i/o error")]
+    Io(#[from] io::Error),
+    /// The MTA broke the protocol (or cannot give what the milter needs).
+    #[error("protocol error")]
+    Protocol(#[from] ProtocolError),
+    /// The milter did something the protocol or the agreement forbids (a decision not allowed at
+    /// the stage, a modification not negotiated).
+    #[error("milter misuse at {stage}")]
+    Misuse {
+        /// The stage being handled.
+        stage: Stage,
+        /// What was refused.
+        #[source]
+        source: MisuseError,
+    },
+    /// The MTA sent nothing within the read timeout, or did not take our bytes within the
+    /// write timeout.
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    /// A handler ran past its deadline.
+    #[error("handler at {stage} ran past its deadline")]
+    HandlerTimeout {
+        /// The stage being handled.
+        stage: Stage,
+    },
+    /// A handler returned an error.
+    #[error("handler failed at {stage}")]
+    Handler {
+        /// The stage being handled.
+        stage: Stage,
+        /// The handler's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A handler panicked.
+    #[error("handler panicked at {stage}")]
+    Panicked {
+        /// The stage being handled.
+        stage: Stage,
+    },
+    /// The server is shutting down and the grace period is over.
+    #[error("shutting down")]
+    Shutdown,
+    /// A socket specification that does not parse, or a socket that cannot be bound.
+    #[error("cannot bind {spec}: {reason}")]
+    Bind {
+        /// The specification given.
+        spec: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// What this error puts on the wire when it happens while the MTA is owed a reply: the
+    /// fail-safe decision for errors of the milter (handler error, panic, deadline, misuse),
+    /// nothing for errors of the peer or the transport, where the connection is just closed.
+    pub fn sends_fail_safe(&self) -> bool {
+        matches!(
+            self,
+            Error::Handler { .. }
+                | Error::Panicked { .. }
+                | Error::Misuse { .. }
+                | Error::HandlerTimeout { .. }
+        )
+    }
+}

@@ -1,0 +1,157 @@
+//! # milterkit
+//!
+//! Write sendmail/Postfix mail filters (milters) in Rust on tokio, test them in process, and
+//! drive any milter from Rust. Built on the sans-I/O core [`milterkit_proto`].
+//!
+//! ```text
+//!   Postfix / Sendmail ──socket──► serve() ─► one task per connection:
+//!                                   read ─► MilterSession ─► Event ─► your Milter's async fn
+//!                                   write ◄─ one write per turn ◄─ Decision + Eom modifications
+//!   tests ─► testing::Harness ─► MtaSession ⇄ MilterSession in memory ─► Outcome
+//! ```
+//!
+//! A milter that refuses recipients of a retired domain and stamps every message:
+//!
+//! ```no_run
+//! use milterkit::{Actions, Decision, Eom, Milter, Rcpt, Reply, Result, Stages};
+//!
+//! #[derive(Default)]
+//! struct Guard { messages: u32 }              // one value per MTA connection
+//!
+//! impl Milter for Guard {
+//!     type Message = Vec<String>;             // per-message state: created at MAIL, dropped at EOM/ABORT
+//!     const STAGES: Stages = Stages::RCPT.union(Stages::EOM);   // the MTA skips every other stage
+//!     const ACTIONS: Actions = Actions::ADD_HEADER;
+//!
+//!     async fn rcpt(&mut self, refused: &mut Vec<String>, rcpt: Rcpt<'_>) -> Result<Decision> {
+//!         let addr = rcpt.address().to_str()?;
+//!         if addr.ends_with("@old.example>") {
+//!             refused.push(addr.to_owned());
+//!             return Ok(Decision::Reply(Reply::new(550, "5.1.6", "mailbox has moved")?));
+//!         }
+//!         Ok(Decision::Continue)
+//!     }
+//!
+//!     async fn eom(&mut self, refused: &mut Vec<String>, eom: &mut Eom<'_>) -> Result<Decision> {
+//!         self.messages += 1;
+//!         eom.add_header("X-Guard", format!("msg={} refused={}", self.messages, refused.len()))?;
+//!         Ok(Decision::Continue)
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<()> {
+//!     let listener = milterkit::bind("inet:7357@127.0.0.1").await?;
+//!     milterkit::serve(listener, Guard::default)
+//!         .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.ok(); })
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! The same milter, tested without an MTA or a socket:
+//!
+//! ```
+//! # use milterkit::{Actions, Decision, Eom, Milter, Rcpt, Reply, Result, Stages};
+//! # #[derive(Default)] struct Guard { messages: u32 }
+//! # impl Milter for Guard {
+//! #     type Message = Vec<String>;
+//! #     const STAGES: Stages = Stages::RCPT.union(Stages::EOM);
+//! #     const ACTIONS: Actions = Actions::ADD_HEADER;
+//! #     async fn rcpt(&mut self, refused: &mut Vec<String>, rcpt: Rcpt<'_>) -> Result<Decision> {
+//! #         let addr = rcpt.address().to_str()?;
+//! #         if addr.ends_with("@old.example>") {
+//! #             refused.push(addr.to_owned());
+//! #             return Ok(Decision::Reply(Reply::new(550, "5.1.6", "mailbox has moved")?));
+//! #         }
+//! #         Ok(Decision::Continue)
+//! #     }
+//! #     async fn eom(&mut self, refused: &mut Vec<String>, eom: &mut Eom<'_>) -> Result<Decision> {
+//! #         self.messages += 1;
+//! #         eom.add_header("X-Guard", format!("msg={} refused={}", self.messages, refused.len()))?;
+//! #         Ok(Decision::Continue)
+//! #     }
+//! # }
+//! use milterkit::{mta::Transaction, testing::Harness, Modification, Stage};
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let mut h = Harness::postfix(Guard::default());
+//! let tx = Transaction::new().to("<bob@old.example>").to("<carol@new.example>");
+//! let outcome = h.run(&tx).await?;
+//! assert!(matches!(outcome.decision(Stage::Rcpt), Some(Decision::Reply(r)) if r.code() == 550));
+//! assert_eq!(
+//!     outcome.modifications,
+//!     [Modification::AddHeader { name: "X-Guard".into(), value: "msg=1 refused=1".into() }]
+//! );
+//! # Ok::<(), milterkit::Error>(()) }).unwrap();
+//! ```
+//!
+//! ## Where everything of libmilter and the other milter libraries lives
+//!
+//! | libmilter | node-milter | milterjs | phalaaxx/milter (Go) | cwedgwood/milter (Go) | milterkit |
+//! |---|---|---|---|---|---|
+//! | `smfi_register` flags, `xxfi_*` presence | `milter.start(…, flags, …)` | `on(event)` | `OptAction`, `OptProtocol` | same | [`Milter::ACTIONS`], [`Milter::STAGES`] |
+//! | `xxfi_negotiate`, `SMFIS_ALL_OPTS` | `negotiate`, `env.negotiate(f0…f3)` | – | – | – | [`Milter::negotiate`] editing a [`Request`] |
+//! | `smfi_setsymlist` | `env.setsymlist` | – | – | – | [`Request::macros`], [`MacroLists::set`] |
+//! | `xxfi_connect` | `connect` | `connect` | `Milter.Connect` | `Connect` | [`Milter::connect`], [`Connect`] |
+//! | `xxfi_helo` | `helo` | `helo` | `Helo` | `Helo` | [`Milter::helo`] |
+//! | `xxfi_envfrom` | `mailfrom` | `envfrom` | `MailFrom` | `NewMessage` + `MailFrom` | [`Milter::mail`]; per-message state [`Milter::Message`] |
+//! | `xxfi_envrcpt` | `rcptto` | `envrcpt` | `RcptTo` | `RcptTo` | [`Milter::rcpt`] |
+//! | `xxfi_data` | `data` | `data` | – | – | [`Milter::data`] |
+//! | `xxfi_header` | `header` | `header` | `Header` | `Header` | [`Milter::header`] |
+//! | `xxfi_eoh` | `eoh` | `eoh` | `Headers` | `Headers` | [`Milter::eoh`] |
+//! | `xxfi_body` | `segment` | `body` | `BodyChunk` | `BodyChunk` | [`Milter::body`] |
+//! | `xxfi_eom` | `eom` | `eom` | `Body` | `Body` | [`Milter::eom`] with [`Eom`] |
+//! | `xxfi_abort` | `abort` | `abort` | – | `Reset` | [`Milter::abort`] (gets the message state) |
+//! | `xxfi_close` | `close` | `close` | – | `EndSession` | [`Milter::close`] |
+//! | `xxfi_unknown` | `unknown` | `unknown` | – | – | [`Milter::unknown`] |
+//! | – | – | – | `NewMilter` factory | `NewSession` | the factory given to [`serve`] |
+//! | `SMFIS_CONTINUE` / `ACCEPT` / `REJECT` / `TEMPFAIL` / `DISCARD` / `SKIP` | `env.done(SMFIS_*)` | `ctx.continue()`… | `RespContinue`… | same | [`Decision`] |
+//! | `SMFIS_NOREPLY` | `SMFIS_NOREPLY` | – | – | – | [`Request::no_reply`] (the session answers for you where the MTA cannot skip the reply) |
+//! | `smfi_setreply`, `smfi_setmlreply` | `env.setreply`, `env.setmlreply` | `ctx.replycode` | `NewResponse` | same | [`Decision::Reply`] with [`Reply::new`], [`Reply::multiline`] |
+//! | `smfi_addheader` | `env.addheader` | `ctx.addheader` | `Modifier.AddHeader` | same | [`Eom::add_header`] |
+//! | `smfi_insheader` | `env.insheader` | – | – | – | [`Eom::insert_header`] |
+//! | `smfi_chgheader` | `env.chgheader` | `ctx.chgheader` | `ChangeHeader` | same | [`Eom::change_header`], [`Eom::delete_header`] |
+//! | `smfi_chgfrom` | `env.chgfrom` | `ctx.setsender` | – | – | [`Eom::change_from`], [`Eom::change_from_with_args`] |
+//! | `smfi_addrcpt`, `smfi_addrcpt_par` | `env.addrcpt`, `env.addrcpt_par` | `ctx.addrcpt` | `AddRecipient` | same | [`Eom::add_rcpt`], [`Eom::add_rcpt_with_args`] |
+//! | `smfi_delrcpt` | `env.delrcpt` | `ctx.delrcpt` | `DeleteRecipient` | same | [`Eom::delete_rcpt`] |
+//! | `smfi_replacebody` | `env.replacebody` | `ctx.replacebody` | `ReplaceBody` | same | [`Eom::replace_body`] |
+//! | `smfi_quarantine` | `env.quarantine` | `ctx.quarantine` | `Quarantine` | same | [`Eom::quarantine`] |
+//! | `smfi_progress` | `env.progress` | `ctx.progress` | – | – | [`Eom::progress`], and automatic every [`Config::progress_interval`] |
+//! | `smfi_getsymval` | `env.getsymval` | `ctx.macros` | `Modifier.Macros` | accumulating `Macros` | `macro_value` on every stage's arguments; [`Macros`] |
+//! | `smfi_getpriv` / `smfi_setpriv` | – | – | – | – | `self` (connection) and [`Milter::Message`] (message) |
+//! | `smfi_setconn`, `smfi_opensocket` | `milter.start` description | `listen(port, host)` | `net.Listen` | same | [`bind`] with a [`SocketSpec`] |
+//! | `smfi_main` | `milter.start` | `listen` | `RunServer` | `Server.Serve` | [`serve`] |
+//! | `smfi_stop` | – | – | `Server.Shutdown` | `Server.Close` | [`Serve::with_graceful_shutdown`] |
+//! | `smfi_settimeout`, `smfi_setbacklog`, `smfi_setmaxdatasize` | – | – | – | – | [`Config`] |
+//! | – | – | `ctx.uniqueID`, `error` event | – | – | tracing span `milter_conn{id, peer}`; connection errors logged |
+//! | – | – | – | – | `TestMilter` | [`testing::Harness`] |
+//!
+//! ## Where milterkit differs from libmilter, on purpose
+//! - Per-connection negotiation (libmilter's suppress bits leak across connections).
+//! - QUIT and QUIT_NC are honoured in any state; out-of-order commands close the connection with
+//!   a named error instead of being ignored while the MTA waits.
+//! - A failing, panicking or slow handler gives the configured fail-safe reply; libmilter sends
+//!   nothing (the MTA waits for its own timeout).
+//! - Graceful shutdown waits for open messages; payloads up to 1 MiB are accepted by default.
+
+mod conn;
+mod dispatch;
+mod eom;
+mod error;
+mod listener;
+mod milter;
+pub mod mta;
+mod serve;
+pub mod testing;
+
+pub use eom::Eom;
+pub use error::{BoxError, Error, Result};
+pub use listener::{bind, connect, Listener, SocketSpec, Stream, UnixSocketFile};
+pub use milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Text, Unknown};
+pub use serve::{serve, serve_connection, Config, Serve};
+
+pub use milterkit_proto as proto;
+pub use milterkit_proto::{
+    Actions, Agreement, Decision, MacroLists, MacroStage, Macros, Modification, Offer,
+    ProtocolFlags, Reply, Request, Stage, Stages,
+};

@@ -1,0 +1,338 @@
+//! Socket specifications as libmilter, Sendmail and Postfix write them, and [`bind`].
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::Error;
+
+/// Where a milter listens or an MTA connects, parsed from any of the spellings in use:
+///
+/// | spelling | meaning |
+/// |---|---|
+/// | `inet:PORT@HOST`, `inet:PORT` | IPv4 (libmilter, Sendmail `S=`); HOST a name or `[1.2.3.4]`; no HOST = all addresses |
+/// | `inet6:PORT@HOST`, `inet6:PORT` | IPv6; HOST a name or `[2001:db8::1]` |
+/// | `inet:HOST:PORT`, `inet:[HOST]:PORT` | Postfix's spelling (`smtpd_milters`) |
+/// | `unix:/path`, `local:/path`, `/path` | a Unix-domain socket |
+///
+/// Protocol names are case-insensitive; PORT is a number or a service name from
+/// `/etc/services`.
+///
+/// ```
+/// # use milterkit::SocketSpec;
+/// let a: SocketSpec = "inet:7357@127.0.0.1".parse().unwrap();
+/// let b: SocketSpec = "inet:127.0.0.1:7357".parse().unwrap();
+/// assert_eq!(a, b);
+/// assert_eq!("inet6:7357@[::1]".parse::<SocketSpec>().unwrap().to_string(), "inet6:7357@[::1]");
+/// assert!(matches!("local:/run/milter.sock".parse().unwrap(), SocketSpec::Unix(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketSpec {
+    /// A TCP socket: an IPv4 or IPv6 host (name or literal) and a port.
+    Inet {
+        /// True for `inet6:`.
+        v6: bool,
+        /// The host; `None` for all addresses.
+        host: Option<String>,
+        /// The port.
+        port: u16,
+    },
+    /// A Unix-domain socket at this path.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for SocketSpec {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::Bind {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (proto, rest) = match spec.split_once(':') {
+            Some((p, r)) if !p.contains('/') => (p.to_ascii_lowercase(), r),
+            _ => (String::new(), spec),
+        };
+        match proto.as_str() {
+            "" | "unix" | "local" => {
+                if rest.is_empty() {
+                    return Err(bad("empty socket path"));
+                }
+                Ok(SocketSpec::Unix(PathBuf::from(rest)))
+            }
+            "inet" | "inet6" => {
+                let v6 = proto == "inet6";
+                let (port, host) = if let Some((port, host)) = rest.split_once('@') {
+                    (port, Some(host))
+                } else if let Some((host, port)) = rest.rsplit_once(':') {
+                    // Postfix: inet:HOST:PORT (an IPv6 host is bracketed).
+                    (port, Some(host))
+                } else {
+                    (rest, None)
+                };
+                let port = parse_port(port).ok_or_else(|| bad("unknown port"))?;
+                let host = match host {
+                    None | Some("") | Some("*") => None,
+                    Some(h) => Some(h.trim_start_matches('[').trim_end_matches(']').to_owned()),
+                };
+                let v6 = v6
+                    || host
+                        .as_deref()
+                        .is_some_and(|h| h.parse::<Ipv6Addr>().is_ok());
+                Ok(SocketSpec::Inet { v6, host, port })
+            }
+            _ => Err(bad("unknown protocol (use inet:, inet6:, unix: or local:)")),
+        }
+    }
+}
+
+impl fmt::Display for SocketSpec {
+    /// libmilter's spelling.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SocketSpec::Unix(p) => write!(f, "unix:{}", p.display()),
+            SocketSpec::Inet { v6, host, port } => {
+                write!(f, "{}:{port}", if *v6 { "inet6" } else { "inet" })?;
+                match host {
+                    Some(h) if h.parse::<IpAddr>().is_ok() => write!(f, "@[{h}]"),
+                    Some(h) => write!(f, "@{h}"),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn parse_port(p: &str) -> Option<u16> {
+    if let Ok(n) = p.parse() {
+        return Some(n);
+    }
+    // A service name, as getservbyname(…, "tcp") would find it.
+    let services = std::fs::read_to_string("/etc/services").ok()?;
+    services.lines().find_map(|line| {
+        let line = line.split('#').next()?;
+        let mut words = line.split_whitespace();
+        let name = words.next()?;
+        let (port, proto) = words.next()?.split_once('/')?;
+        let aliases: Vec<&str> = words.collect();
+        (proto == "tcp" && (name == p || aliases.contains(&p)))
+            .then(|| port.parse().ok())
+            .flatten()
+    })
+}
+
+impl SocketSpec {
+    /// The socket addresses this spec names, resolving a host name.
+    pub async fn addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        let SocketSpec::Inet { v6, host, port } = self else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not an inet socket",
+            ));
+        };
+        let any: IpAddr = if *v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        let Some(host) = host else {
+            return Ok(vec![SocketAddr::new(any, *port)]);
+        };
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+            .await?
+            .filter(|a| a.is_ipv6() == *v6)
+            .collect();
+        if addrs.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{host} has no {} address",
+                    if *v6 { "IPv6" } else { "IPv4" }
+                ),
+            ));
+        }
+        Ok(addrs)
+    }
+}
+
+/// A bound socket a milter serves on.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP, IPv4 or IPv6.
+    Tcp(TcpListener),
+    /// A Unix-domain socket; the file is removed when the listener is dropped.
+    Unix(UnixListener, UnixSocketFile),
+}
+
+/// Removes a Unix socket file when dropped (libmilter leaves it behind; a stale file would stop
+/// the next start).
+#[derive(Debug)]
+pub struct UnixSocketFile(PathBuf);
+
+impl Drop for UnixSocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds the socket a spec names (`smfi_setconn` + `smfi_opensocket`).
+///
+/// A Unix socket path that exists is removed first only if it is a socket (as
+/// `smfi_opensocket(true)` does); any other file there is an error.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), milterkit::Error> {
+/// let listener = milterkit::bind("inet:7357@127.0.0.1").await?;
+/// # Ok(()) }
+/// ```
+#[doc(alias = "smfi_setconn")]
+#[doc(alias = "smfi_opensocket")]
+pub async fn bind(spec: &str) -> Result<Listener, Error> {
+    let parsed: SocketSpec = spec.parse()?;
+    let fail = |e: io::Error| Error::Bind {
+        spec: spec.to_owned(),
+        reason: e.to_string(),
+    };
+    match parsed {
+        SocketSpec::Unix(path) => {
+            remove_stale_socket(&path).map_err(fail)?;
+            let listener = UnixListener::bind(&path).map_err(fail)?;
+            Ok(Listener::Unix(listener, UnixSocketFile(path)))
+        }
+        inet => {
+            let addrs = inet.addrs().await.map_err(fail)?;
+            let mut last = None;
+            for addr in addrs {
+                match TcpListener::bind(addr).await {
+                    Ok(l) => return Ok(Listener::Tcp(l)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(fail(last.unwrap_or_else(|| io::Error::other("no address"))))
+        }
+    }
+}
+
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "a file that is not a socket is in the way",
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl Listener {
+    /// Accepts one connection, with `TCP_NODELAY` set on TCP (replies go out in one write each;
+    /// Nagle's algorithm would hold them for the peer's delayed ACK).
+    pub async fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Ok((Stream::Tcp(s), peer.to_string()))
+            }
+            Listener::Unix(l, _) => {
+                let (s, peer) = l.accept().await?;
+                let peer = peer
+                    .as_pathname()
+                    .map_or_else(|| "unix".to_owned(), |p| p.display().to_string());
+                Ok((Stream::Unix(s), peer))
+            }
+        }
+    }
+
+    /// The address bound, for logs and tests (for TCP with port 0, the port chosen).
+    pub fn local_spec(&self) -> io::Result<SocketSpec> {
+        match self {
+            Listener::Tcp(l) => {
+                let a = l.local_addr()?;
+                Ok(SocketSpec::Inet {
+                    v6: a.is_ipv6(),
+                    host: Some(a.ip().to_string()),
+                    port: a.port(),
+                })
+            }
+            Listener::Unix(_, file) => Ok(SocketSpec::Unix(file.0.clone())),
+        }
+    }
+}
+
+/// A connection accepted by a [`Listener`].
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP.
+    Tcp(TcpStream),
+    /// Unix-domain.
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to a milter at `spec` (the MTA side), with `TCP_NODELAY` on TCP.
+pub async fn connect(spec: &SocketSpec) -> io::Result<Stream> {
+    match spec {
+        SocketSpec::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p).await?)),
+        inet => {
+            let mut last = None;
+            for addr in inet.addrs().await? {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        s.set_nodelay(true)?;
+                        return Ok(Stream::Tcp(s));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| io::Error::other("no address")))
+        }
+    }
+}

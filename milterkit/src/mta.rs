@@ -1,0 +1,840 @@
+//! The MTA side: what an MTA sends a milter for one message ([`Transaction`]), how a given MTA
+//! sends it ([`Profile`]), and what came back ([`Outcome`]).
+
+use std::future::Future;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use milterkit_proto::command::{Connect, Envelope, Family};
+use milterkit_proto::message::Message;
+use milterkit_proto::{
+    Agreement, Command, Decision, MacroStage, Modification, Offer, Reply, Sent, Stage,
+};
+
+use crate::Error;
+
+/// Which MTA a [`Profile`] imitates: what it sends and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Flavor {
+    /// Postfix 3.x: a macro packet before every event (also before each header, each body chunk
+    /// and UNKNOWN, empty when no macro has a value), ABORT after every transaction and once more
+    /// before QUIT, the queue id `i` only after the first accepted recipient.
+    Postfix,
+    /// Sendmail 8.17: macro packets only for CONNECT, HELO, MAIL, RCPT, DATA, EOH and EOM and only
+    /// when that stage has a list, ABORT only inside an open transaction, `IPv6:` before IPv6
+    /// addresses, the queue id at MAIL.
+    Sendmail,
+}
+
+/// How an MTA talks to a milter: what it offers, which macros it sends at which stage, and its
+/// habits ([`Flavor`]). `Profile::postfix()` and `Profile::sendmail()` reproduce the captures in
+/// the project's fixtures.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Whose habits.
+    pub flavor: Flavor,
+    /// The OPTNEG offer.
+    pub offer: Offer,
+    /// The macro names sent at each stage (by command code: `C H M R T N E`, and for Postfix `L`
+    /// before headers, `B` before body chunks, `U` before UNKNOWN); a milter's own list replaces
+    /// its stage's.
+    pub macros: Vec<(u8, Vec<&'static str>)>,
+    /// Fixed macro values: the MTA's name, version and the like.
+    pub values: Vec<(&'static str, Bytes)>,
+}
+
+impl Profile {
+    /// Postfix 3.7 with its default macro lists (`postconf milter_*_macros`).
+    pub fn postfix() -> Profile {
+        Profile {
+            flavor: Flavor::Postfix,
+            offer: Offer::default(),
+            macros: vec![
+                (b'C', vec!["j", "{daemon_name}", "{daemon_addr}", "v", "_"]),
+                (
+                    b'H',
+                    vec![
+                        "{tls_version}",
+                        "{cipher}",
+                        "{cipher_bits}",
+                        "{cert_subject}",
+                        "{cert_issuer}",
+                    ],
+                ),
+                (
+                    b'M',
+                    vec![
+                        "i",
+                        "{auth_type}",
+                        "{auth_authen}",
+                        "{auth_author}",
+                        "{mail_addr}",
+                        "{mail_host}",
+                        "{mail_mailer}",
+                    ],
+                ),
+                (
+                    b'R',
+                    vec!["i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"],
+                ),
+                (b'T', vec!["i"]),
+                (b'L', vec!["i"]),
+                (b'N', vec!["i"]),
+                (b'B', vec!["i"]),
+                (b'E', vec!["i"]),
+                (b'U', vec![]),
+            ],
+            values: vec![
+                ("j", Bytes::from_static(b"mx.example.org")),
+                ("{daemon_name}", Bytes::from_static(b"mx.example.org")),
+                ("{daemon_addr}", Bytes::from_static(b"127.0.0.1")),
+                ("v", Bytes::from_static(b"Postfix 3.7.11")),
+                ("{mail_mailer}", Bytes::from_static(b"smtp")),
+                ("{rcpt_mailer}", Bytes::from_static(b"smtp")),
+            ],
+        }
+    }
+
+    /// Sendmail 8.17 with the default lists of `cf/m4/cfhead.m4`.
+    pub fn sendmail() -> Profile {
+        Profile {
+            flavor: Flavor::Sendmail,
+            offer: Offer::default(),
+            macros: vec![
+                (
+                    b'C',
+                    vec!["j", "_", "{daemon_name}", "{if_name}", "{if_addr}"],
+                ),
+                (
+                    b'H',
+                    vec![
+                        "{tls_version}",
+                        "{cipher}",
+                        "{cipher_bits}",
+                        "{cert_subject}",
+                        "{cert_issuer}",
+                    ],
+                ),
+                (
+                    b'M',
+                    vec![
+                        "i",
+                        "{auth_type}",
+                        "{auth_authen}",
+                        "{auth_ssf}",
+                        "{auth_author}",
+                        "{mail_mailer}",
+                        "{mail_host}",
+                        "{mail_addr}",
+                    ],
+                ),
+                (b'R', vec!["{rcpt_mailer}", "{rcpt_host}", "{rcpt_addr}"]),
+                (b'E', vec!["{msg_id}"]),
+            ],
+            values: vec![
+                ("j", Bytes::from_static(b"mx.example.org")),
+                ("{daemon_name}", Bytes::from_static(b"MTA")),
+                ("{if_name}", Bytes::from_static(b"localhost")),
+                ("v", Bytes::from_static(b"8.17.1.9")),
+                ("{mail_mailer}", Bytes::from_static(b"esmtp")),
+                ("{rcpt_mailer}", Bytes::from_static(b"esmtp")),
+            ],
+        }
+    }
+
+    /// The names this profile sends at `stage` under `agreement` (the milter's list wins).
+    fn names(&self, stage: u8, agreement: &Agreement) -> Option<Vec<Bytes>> {
+        let own = Stage::from_code(stage)
+            .and_then(MacroStage::of)
+            .and_then(|s| agreement.macros.get(s));
+        // Sendmail honours an EOM list only if an EOH list came too.
+        let own = match (self.flavor, stage, own) {
+            (Flavor::Sendmail, b'E', Some(_))
+                if agreement.macros.get(MacroStage::EOH).is_none() =>
+            {
+                None
+            }
+            (_, _, own) => own,
+        };
+        if let Some(list) = own {
+            if !list.is_empty() || self.flavor == Flavor::Sendmail {
+                return Some(
+                    list.split(|&c| c == b' ')
+                        .filter(|n| !n.is_empty())
+                        .map(Bytes::copy_from_slice)
+                        .collect(),
+                );
+            }
+        }
+        self.macros
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, names)| {
+                names
+                    .iter()
+                    .map(|n| Bytes::from_static(n.as_bytes()))
+                    .collect()
+            })
+    }
+}
+
+/// The SMTP client of a [`Transaction`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Its host name; `None` when the reverse lookup failed (the MTA then sends the address in
+    /// brackets).
+    pub hostname: Option<Bytes>,
+    /// Its IP address; `None` for an unknown family.
+    pub address: Option<IpAddr>,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Default for Client {
+    /// `client.example.com` at 192.0.2.1, port 50000.
+    fn default() -> Self {
+        Client {
+            hostname: Some(Bytes::from_static(b"client.example.com")),
+            address: Some(IpAddr::from([192, 0, 2, 1])),
+            port: 50_000,
+        }
+    }
+}
+
+/// One message as an MTA hands it to a milter: who connected, HELO, envelope, extra macros, and
+/// the raw RFC 5322 content.
+///
+/// ```
+/// # use milterkit::mta::Transaction;
+/// let t = Transaction::new()
+///     .from("<alice@example.org>")
+///     .to("<bob@example.net>")
+///     .message("Subject: hi\r\n\r\nhello\r\n");
+/// assert_eq!(t.recipients.len(), 1);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// The SMTP client.
+    pub client: Client,
+    /// The HELO/EHLO name.
+    pub helo: Bytes,
+    /// SMTP commands the MTA did not know, sent as UNKNOWN after HELO.
+    pub unknown: Vec<Bytes>,
+    /// MAIL FROM with its ESMTP parameters.
+    pub sender: Envelope,
+    /// RCPT TO, each with its ESMTP parameters.
+    pub recipients: Vec<Envelope>,
+    /// Macro values to send besides the profile's (stage code, name, value); they win over
+    /// computed ones.
+    pub macros: Vec<(u8, Bytes, Bytes)>,
+    /// The message, headers and body, as received (LF or CRLF line ends).
+    pub message: Bytes,
+}
+
+impl Default for Transaction {
+    fn default() -> Self {
+        Transaction::new()
+    }
+}
+
+impl Transaction {
+    /// A small message from `<sender@example.org>` with no recipient yet.
+    pub fn new() -> Transaction {
+        Transaction {
+            client: Client::default(),
+            helo: Bytes::from_static(b"client.example.com"),
+            unknown: Vec::new(),
+            sender: Envelope::new(Bytes::from_static(b"<sender@example.org>")),
+            recipients: Vec::new(),
+            macros: Vec::new(),
+            message: Bytes::from_static(
+                b"From: Sender <sender@example.org>\r\nTo: Recipient <rcpt@example.net>\r\nSubject: Test\r\nMessage-ID: <test@example.org>\r\n\r\nHello.\r\n",
+            ),
+        }
+    }
+
+    /// Sets the sender (`<>` for a bounce).
+    pub fn from(mut self, sender: impl AsRef<[u8]>) -> Self {
+        self.sender = Envelope::new(Bytes::copy_from_slice(sender.as_ref()));
+        self
+    }
+
+    /// Sets the sender with ESMTP parameters.
+    pub fn from_with_args<A: AsRef<[u8]>>(
+        mut self,
+        sender: impl AsRef<[u8]>,
+        args: impl IntoIterator<Item = A>,
+    ) -> Self {
+        self.sender = envelope(sender, args);
+        self
+    }
+
+    /// Adds a recipient.
+    pub fn to(mut self, rcpt: impl AsRef<[u8]>) -> Self {
+        self.recipients
+            .push(Envelope::new(Bytes::copy_from_slice(rcpt.as_ref())));
+        self
+    }
+
+    /// Adds a recipient with ESMTP parameters.
+    pub fn to_with_args<A: AsRef<[u8]>>(
+        mut self,
+        rcpt: impl AsRef<[u8]>,
+        args: impl IntoIterator<Item = A>,
+    ) -> Self {
+        self.recipients.push(envelope(rcpt, args));
+        self
+    }
+
+    /// Sets the HELO name.
+    pub fn helo(mut self, name: impl AsRef<[u8]>) -> Self {
+        self.helo = Bytes::copy_from_slice(name.as_ref());
+        self
+    }
+
+    /// Sets the client.
+    pub fn client(mut self, hostname: Option<&str>, address: Option<IpAddr>, port: u16) -> Self {
+        self.client = Client {
+            hostname: hostname.map(|h| Bytes::copy_from_slice(h.as_bytes())),
+            address,
+            port,
+        };
+        self
+    }
+
+    /// Adds an SMTP command the MTA does not know, sent as UNKNOWN after HELO.
+    pub fn unknown(mut self, line: impl AsRef<[u8]>) -> Self {
+        self.unknown.push(Bytes::copy_from_slice(line.as_ref()));
+        self
+    }
+
+    /// Adds a macro value for a stage (by command code, such as `b'M'`).
+    pub fn with_macro(
+        mut self,
+        stage: u8,
+        name: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Self {
+        self.macros.push((
+            stage,
+            Bytes::copy_from_slice(name.as_ref()),
+            Bytes::copy_from_slice(value.as_ref()),
+        ));
+        self
+    }
+
+    /// Sets the message (headers, empty line, body).
+    pub fn message(mut self, raw: impl Into<Bytes>) -> Self {
+        self.message = raw.into();
+        self
+    }
+}
+
+fn envelope<A: AsRef<[u8]>>(addr: impl AsRef<[u8]>, args: impl IntoIterator<Item = A>) -> Envelope {
+    Envelope {
+        address: Bytes::copy_from_slice(addr.as_ref()),
+        args: args
+            .into_iter()
+            .map(|a| Bytes::copy_from_slice(a.as_ref()))
+            .collect(),
+    }
+}
+
+/// One command of a transaction and what the milter answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The stage.
+    pub stage: Stage,
+    /// Whether it was sent, skipped, or sent without a reply.
+    pub sent: Sent,
+    /// The milter's decision, for a command that got one.
+    pub decision: Option<Decision>,
+}
+
+/// What the MTA would do with the message, after every decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Delivered (with the modifications).
+    Accept,
+    /// Accepted and thrown away.
+    Discard,
+    /// Refused with a 5xx; the milter's own reply if it gave one.
+    Reject(Option<Reply>),
+    /// Refused with a 4xx (the client retries); the milter's own reply if it gave one.
+    Tempfail(Option<Reply>),
+}
+
+/// What happened to one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Every command of the transaction, in order, with its answer.
+    pub steps: Vec<Step>,
+    /// Every modification, in the order received.
+    pub modifications: Vec<Modification>,
+    /// `SMFIR_PROGRESS` packets received.
+    pub progress: u32,
+    /// Recipients the milter refused (reject, tempfail or reply at RCPT).
+    pub refused: Vec<(Bytes, Decision)>,
+    /// The end result.
+    pub verdict: Option<Verdict>,
+    /// Why the milter connection ended early, if it did.
+    pub closed: Option<String>,
+}
+
+impl Outcome {
+    /// The decision at the first step of `stage` that got one.
+    pub fn decision(&self, stage: Stage) -> Option<&Decision> {
+        self.steps
+            .iter()
+            .find(|s| s.stage == stage && s.decision.is_some())
+            .and_then(|s| s.decision.as_ref())
+    }
+
+    fn step(&mut self, stage: Stage, sent: Sent, decision: Option<Decision>) {
+        self.steps.push(Step {
+            stage,
+            sent,
+            decision,
+        });
+    }
+}
+
+/// What one command brought back.
+#[derive(Debug, Default)]
+pub(crate) struct Answer {
+    pub(crate) sent: Option<Sent>,
+    pub(crate) decision: Option<Decision>,
+    pub(crate) modifications: Vec<Modification>,
+    pub(crate) progress: u32,
+    /// The milter connection is gone (after this answer, if any).
+    pub(crate) closed: Option<String>,
+}
+
+/// Carries commands to a milter and brings back its answer: in memory (the harness) or over a
+/// socket.
+pub(crate) trait Link: Send {
+    /// Sends `cmd` through the MTA session and waits for the milter's answer, if one is owed.
+    fn exchange(&mut self, cmd: Command) -> impl Future<Output = Result<Answer, Error>> + Send;
+
+    /// The agreement, once negotiated.
+    fn agreement(&self) -> Option<&Agreement>;
+}
+
+/// Per-connection memory of the driver: what the MTA already did on this connection.
+#[derive(Debug, Default)]
+pub(crate) struct Driver {
+    connected: bool,
+    /// The milter accepted or refused the whole session at CONNECT/HELO.
+    session_decided: bool,
+    pub(crate) queue_ids: u32,
+}
+
+enum Flow {
+    Go,
+    Stop,
+}
+
+impl Driver {
+    /// Runs one transaction as the profile's MTA would.
+    pub(crate) async fn run<L: Link>(
+        &mut self,
+        link: &mut L,
+        profile: &Profile,
+        tx: &Transaction,
+    ) -> Result<Outcome, Error> {
+        let mut out = Outcome::default();
+        self.queue_ids += 1;
+        let mut ctx = Values::new(profile, tx, self.queue_ids);
+        let result = self.steps(link, profile, tx, &mut ctx, &mut out).await;
+        if out.verdict.is_none() {
+            out.verdict = Some(Verdict::Accept);
+        }
+        result.map(|()| out)
+    }
+
+    async fn steps<L: Link>(
+        &mut self,
+        link: &mut L,
+        profile: &Profile,
+        tx: &Transaction,
+        v: &mut Values<'_>,
+        out: &mut Outcome,
+    ) -> Result<(), Error> {
+        let postfix = profile.flavor == Flavor::Postfix;
+        if self.session_decided {
+            out.closed = Some("the milter decided the whole session".into());
+            return Ok(());
+        }
+        if !self.connected {
+            self.connected = true;
+            let connect = v.connect();
+            if let Flow::Stop = self
+                .command(link, v, out, Command::Connect(connect))
+                .await?
+            {
+                self.session_decided = true;
+                return Ok(());
+            }
+            let helo = Command::Helo {
+                name: tx.helo.clone(),
+            };
+            if let Flow::Stop = self.command(link, v, out, helo).await? {
+                self.session_decided = true;
+                return Ok(());
+            }
+        }
+        for line in &tx.unknown {
+            let cmd = Command::Unknown { line: line.clone() };
+            if let Flow::Stop = self.command(link, v, out, cmd).await? {
+                return Ok(());
+            }
+        }
+        let mail = Command::Mail(tx.sender.clone());
+        if let Flow::Stop = self.command(link, v, out, mail).await? {
+            return self.end(link, profile, out).await;
+        }
+        let mut accepted = 0;
+        for rcpt in &tx.recipients {
+            v.rcpt = Some(rcpt.address.clone());
+            let before = out.refused.len();
+            if let Flow::Stop = self
+                .command(link, v, out, Command::Rcpt(rcpt.clone()))
+                .await?
+            {
+                return self.end(link, profile, out).await;
+            }
+            if out.refused.len() == before {
+                accepted += 1;
+                v.accepted_rcpts += 1;
+            }
+        }
+        if accepted == 0 {
+            // No recipient left: the MTA answers DATA with 554 and resets.
+            let last = out.refused.last().map(|(_, d)| d.clone());
+            out.verdict = Some(match last {
+                Some(Decision::Tempfail) => Verdict::Tempfail(None),
+                Some(Decision::Reply(r)) if r.is_temporary() => Verdict::Tempfail(Some(r)),
+                Some(Decision::Reply(r)) => Verdict::Reject(Some(r)),
+                _ => Verdict::Reject(None),
+            });
+            return self.end(link, profile, out).await;
+        }
+        let message = Message::parse(tx.message.clone());
+        v.msg_id = message
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(b"message-id"))
+            .map(|h| trim(&h.value));
+        for cmd in std::iter::once(Command::Data) {
+            if let Flow::Stop = self.command(link, v, out, cmd).await? {
+                return self.end(link, profile, out).await;
+            }
+        }
+        let leading_space = link.agreement().is_some_and(Agreement::leading_space);
+        for h in &message.headers {
+            let cmd = Command::Header {
+                name: h.name.clone(),
+                value: h.value_for_milter(leading_space),
+            };
+            if let Flow::Stop = self.command(link, v, out, cmd).await? {
+                return self.end(link, profile, out).await;
+            }
+        }
+        if let Flow::Stop = self.command(link, v, out, Command::Eoh).await? {
+            return self.end(link, profile, out).await;
+        }
+        let mut body = message.body_crlf();
+        while !body.is_empty() {
+            let chunk = body.split_to(body.len().min(milterkit_proto::frame::MILTER_CHUNK_SIZE));
+            if let Flow::Stop = self.command(link, v, out, Command::Body(chunk)).await? {
+                return self.end(link, profile, out).await;
+            }
+        }
+        let eom = Command::Eom {
+            chunk: Bytes::new(),
+        };
+        self.command(link, v, out, eom).await?;
+        if postfix {
+            self.send(link, out, Command::Abort).await?;
+        }
+        Ok(())
+    }
+
+    /// After a transaction that ended before end of message: Postfix sends ABORT.
+    async fn end<L: Link>(
+        &mut self,
+        link: &mut L,
+        profile: &Profile,
+        out: &mut Outcome,
+    ) -> Result<(), Error> {
+        if profile.flavor == Flavor::Postfix && out.closed.is_none() {
+            self.send(link, out, Command::Abort).await?;
+        }
+        Ok(())
+    }
+
+    /// Ends the session: Postfix sends one more ABORT, then QUIT.
+    pub(crate) async fn quit<L: Link>(
+        &mut self,
+        link: &mut L,
+        profile: &Profile,
+    ) -> Result<(), Error> {
+        let mut out = Outcome::default();
+        if profile.flavor == Flavor::Postfix && self.connected && !self.session_decided {
+            self.send(link, &mut out, Command::Abort).await?;
+        }
+        self.send(link, &mut out, Command::Quit).await
+    }
+
+    async fn send<L: Link>(
+        &mut self,
+        link: &mut L,
+        out: &mut Outcome,
+        cmd: Command,
+    ) -> Result<(), Error> {
+        if out.closed.is_some() {
+            return Ok(());
+        }
+        let answer = link.exchange(cmd).await?;
+        if let Some(c) = answer.closed {
+            out.closed = Some(c);
+        }
+        Ok(())
+    }
+
+    /// Sends the macros of `cmd`'s stage, then `cmd`; records the answer; says whether the
+    /// transaction goes on.
+    async fn command<L: Link>(
+        &mut self,
+        link: &mut L,
+        v: &mut Values<'_>,
+        out: &mut Outcome,
+        cmd: Command,
+    ) -> Result<Flow, Error> {
+        if out.closed.is_some() {
+            return Ok(Flow::Stop);
+        }
+        let Some(stage) = cmd.stage() else {
+            return Ok(Flow::Go);
+        };
+        if let Some(agreement) = link.agreement() {
+            if let Some(pairs) = v.macros(stage, agreement) {
+                let answer = link
+                    .exchange(Command::Macro {
+                        stage: stage.code(),
+                        pairs,
+                    })
+                    .await?;
+                if answer.closed.is_some() {
+                    out.closed = answer.closed;
+                    return Ok(Flow::Stop);
+                }
+            }
+        }
+        let rcpt = match &cmd {
+            Command::Rcpt(e) => Some(e.address.clone()),
+            _ => None,
+        };
+        let answer = link.exchange(cmd).await?;
+        out.modifications.extend(answer.modifications);
+        out.progress += answer.progress;
+        let sent = answer.sent.unwrap_or(Sent::Skipped);
+        out.step(stage, sent, answer.decision.clone());
+        let flow = match answer.decision {
+            None | Some(Decision::Continue) | Some(Decision::Skip) => Flow::Go,
+            Some(d) => verdict(stage, d, rcpt, out),
+        };
+        if answer.closed.is_some() {
+            out.closed = answer.closed;
+            return Ok(Flow::Stop);
+        }
+        Ok(flow)
+    }
+}
+
+/// Records what a decision means for the message; says whether the transaction goes on.
+fn verdict(stage: Stage, d: Decision, rcpt: Option<Bytes>, out: &mut Outcome) -> Flow {
+    let refusal = match &d {
+        Decision::Reject => Some(Verdict::Reject(None)),
+        Decision::Tempfail | Decision::Shutdown => Some(Verdict::Tempfail(None)),
+        Decision::Reply(r) if r.is_temporary() => Some(Verdict::Tempfail(Some(r.clone()))),
+        Decision::Reply(r) => Some(Verdict::Reject(Some(r.clone()))),
+        _ => None,
+    };
+    match (stage, refusal) {
+        (Stage::Rcpt, Some(_)) if d != Decision::Shutdown => {
+            out.refused.push((rcpt.unwrap_or_default(), d));
+            Flow::Go
+        }
+        (Stage::Unknown, Some(_)) => Flow::Go,
+        (_, Some(v)) => {
+            out.verdict = Some(v);
+            Flow::Stop
+        }
+        (Stage::Eom, None) | (_, None) if d == Decision::Discard => {
+            out.verdict = Some(Verdict::Discard);
+            Flow::Stop
+        }
+        _ => {
+            out.verdict = Some(Verdict::Accept);
+            Flow::Stop
+        }
+    }
+}
+
+fn trim(b: &[u8]) -> Bytes {
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let e = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |i| i + 1);
+    Bytes::copy_from_slice(&b[s..e])
+}
+
+/// Macro values of one transaction.
+struct Values<'a> {
+    profile: &'a Profile,
+    tx: &'a Transaction,
+    queue_id: Bytes,
+    rcpt: Option<Bytes>,
+    accepted_rcpts: u32,
+    msg_id: Option<Bytes>,
+}
+
+impl<'a> Values<'a> {
+    fn new(profile: &'a Profile, tx: &'a Transaction, n: u32) -> Self {
+        Values {
+            profile,
+            tx,
+            queue_id: Bytes::from(format!("4Q{n:08X}")),
+            rcpt: None,
+            accepted_rcpts: 0,
+            msg_id: None,
+        }
+    }
+
+    fn sendmail(&self) -> bool {
+        self.profile.flavor == Flavor::Sendmail
+    }
+
+    /// The CONNECT packet as the profile's MTA writes it.
+    fn connect(&self) -> Connect {
+        let c = &self.tx.client;
+        let (family, text) = match c.address {
+            Some(IpAddr::V4(a)) => (Family::Inet, a.to_string()),
+            Some(IpAddr::V6(a)) if self.sendmail() => (Family::Inet6, format!("IPv6:{a}")),
+            Some(IpAddr::V6(a)) => (Family::Inet6, a.to_string()),
+            None => (Family::Unknown, String::new()),
+        };
+        let hostname = match (&c.hostname, c.address) {
+            (Some(h), _) => h.clone(),
+            (None, Some(_)) => Bytes::from(format!("[{text}]")),
+            (None, None) => Bytes::from_static(b"unknown"),
+        };
+        Connect {
+            hostname,
+            family,
+            port: if family == Family::Unknown { 0 } else { c.port },
+            address: Bytes::from(text),
+        }
+    }
+
+    /// The value of `name` now, if it has one.
+    fn value(&self, stage: u8, name: &[u8]) -> Option<Bytes> {
+        let bare = name
+            .strip_prefix(b"{")
+            .and_then(|n| n.strip_suffix(b"}"))
+            .unwrap_or(name);
+        let same = |n: &[u8]| {
+            n.strip_prefix(b"{")
+                .and_then(|n| n.strip_suffix(b"}"))
+                .unwrap_or(n)
+                == bare
+        };
+        if let Some((_, _, v)) = self
+            .tx
+            .macros
+            .iter()
+            .rev()
+            .find(|(s, n, _)| *s == stage && same(n))
+        {
+            return Some(v.clone());
+        }
+        if let Some((_, v)) = self.profile.values.iter().find(|(n, _)| same(n.as_bytes())) {
+            return Some(v.clone());
+        }
+        let unbracket = |a: &Bytes| {
+            Bytes::copy_from_slice(
+                a.strip_prefix(b"<")
+                    .and_then(|a| a.strip_suffix(b">"))
+                    .unwrap_or(a),
+            )
+        };
+        let host = match self.tx.client.address {
+            Some(a) => format!("[{a}]"),
+            None => "unknown".into(),
+        };
+        match bare {
+            b"i" => {
+                // Postfix knows the queue id only once a recipient was accepted.
+                let known =
+                    self.sendmail() || self.accepted_rcpts > 0 || !matches!(stage, b'M' | b'R');
+                known.then(|| self.queue_id.clone())
+            }
+            b"_" => Some(Bytes::from(format!(
+                "{} {host}",
+                self.tx
+                    .client
+                    .hostname
+                    .as_ref()
+                    .map_or("unknown".into(), |h| String::from_utf8_lossy(h)
+                        .into_owned())
+            ))),
+            b"client_addr" => self.tx.client.address.map(|a| Bytes::from(a.to_string())),
+            b"client_port" => Some(Bytes::from(self.tx.client.port.to_string())),
+            b"client_name" => self.tx.client.hostname.clone(),
+            b"mail_addr" => Some(unbracket(&self.tx.sender.address)),
+            b"mail_host" => Some(Bytes::from(host)),
+            b"rcpt_addr" => self.rcpt.as_ref().map(unbracket),
+            b"rcpt_host" => Some(Bytes::from(host)),
+            b"msg_id" => self.msg_id.clone(),
+            _ => None,
+        }
+    }
+
+    /// The macro packet for `stage`, if the profile's MTA sends one.
+    fn macros(&self, stage: Stage, agreement: &Agreement) -> Option<Vec<(Bytes, Bytes)>> {
+        let code = stage.code();
+        let sendmail = self.sendmail();
+        if sendmail && matches!(stage, Stage::Header | Stage::Body | Stage::Unknown) {
+            return None;
+        }
+        // Nothing at all is sent for content stages the milter suppressed.
+        if matches!(stage, Stage::Header | Stage::Eoh | Stage::Body) && !agreement.sends(stage) {
+            return None;
+        }
+        let names = match self.profile.names(code, agreement) {
+            Some(n) => n,
+            None if sendmail => return None,
+            None => Vec::new(),
+        };
+        if sendmail && names.is_empty() {
+            return None;
+        }
+        let mut pairs: Vec<(Bytes, Bytes)> = names
+            .into_iter()
+            .filter_map(|n| self.value(code, &n).map(|v| (n, v)))
+            .collect();
+        for (s, n, v) in &self.tx.macros {
+            if *s == code && !pairs.iter().any(|(m, _)| m == n) {
+                pairs.push((n.clone(), v.clone()));
+            }
+        }
+        Some(pairs)
+    }
+}

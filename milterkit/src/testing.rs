@@ -1,0 +1,229 @@
+//! Test a milter in process: no MTA, no socket, no spawned task.
+//!
+//! [`Harness`] drives a [`Milter`] through the core's MTA side exactly as the connection loop
+//! would over a socket, imitating Postfix or Sendmail (their commands, macros and extra aborts).
+//!
+//! ```
+//! use milterkit::testing::Harness;
+//! use milterkit::mta::{Transaction, Verdict};
+//! use milterkit::{Decision, Milter, Rcpt, Result, Stages, Stage};
+//!
+//! #[derive(Default)]
+//! struct NoOld;
+//! impl Milter for NoOld {
+//!     type Message = ();
+//!     const STAGES: Stages = Stages::RCPT;
+//!     async fn rcpt(&mut self, _: &mut (), rcpt: Rcpt<'_>) -> Result<Decision> {
+//!         Ok(if rcpt.address().ends_with(b"@old.example>") { Decision::Reject } else { Decision::Continue })
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let mut h = Harness::postfix(NoOld);
+//! let outcome = h.run(&Transaction::new().to("<a@old.example>").to("<b@new.example>")).await?;
+//! assert_eq!(outcome.refused.len(), 1);
+//! assert_eq!(outcome.verdict, Some(Verdict::Accept)); // delivered to the other recipient
+//! assert!(outcome.steps.iter().all(|s| s.stage == Stage::Rcpt || s.decision.is_none()));
+//! # Ok::<(), milterkit::Error>(()) }).unwrap();
+//! ```
+
+use bytes::BytesMut;
+use milterkit_proto::{
+    Agreement, Command, MilterConfig, MilterSession, MtaConfig, MtaEvent, MtaSession, Sent,
+};
+
+use crate::dispatch::{Dispatcher, Flow, JustWait};
+use crate::mta::{Answer, Driver, Link, Outcome, Profile, Transaction};
+use crate::{Config, Error, Milter};
+
+/// A milter and an imitated MTA, wired together in memory.
+pub struct Harness<M: Milter> {
+    profile: Profile,
+    mta: MtaSession,
+    session: MilterSession,
+    dispatcher: Dispatcher<M>,
+    driver: Driver,
+    strict: bool,
+    /// The milter's connection ended (QUIT, or a failure).
+    closed: Option<String>,
+    wire: BytesMut,
+}
+
+impl<M: Milter> std::fmt::Debug for Harness<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("profile", &self.profile.flavor)
+            .field("strict", &self.strict)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Milter> Harness<M> {
+    /// A harness imitating Postfix 3.7 ([`Profile::postfix`]).
+    pub fn postfix(milter: M) -> Self {
+        Self::new(milter, Profile::postfix())
+    }
+
+    /// A harness imitating Sendmail 8.17 ([`Profile::sendmail`]).
+    pub fn sendmail(milter: M) -> Self {
+        Self::new(milter, Profile::sendmail())
+    }
+
+    /// A harness with any profile. Strict: protocol misuse by the milter (a decision not allowed
+    /// at its stage, a modification not negotiated) fails [`run`](Self::run) with
+    /// [`Error::Misuse`] instead of becoming the fail-safe reply.
+    pub fn new(milter: M, profile: Profile) -> Self {
+        Self::with_config(milter, profile, Config::default())
+    }
+
+    /// A harness with a server [`Config`] (fail-safe decision, deadlines).
+    pub fn with_config(milter: M, profile: Profile, config: Config) -> Self {
+        Harness {
+            mta: MtaSession::new(profile.offer, MtaConfig::default()),
+            session: MilterSession::new(MilterConfig {
+                max_payload: config.max_frame,
+            }),
+            dispatcher: Dispatcher::new(milter, &config),
+            profile,
+            driver: Driver::default(),
+            strict: true,
+            closed: None,
+            wire: BytesMut::new(),
+        }
+    }
+
+    /// Lets misuse through as production does: the fail-safe decision is sent, the connection
+    /// closes, and the outcome says so.
+    pub fn lenient(mut self) -> Self {
+        self.strict = false;
+        self
+    }
+
+    /// Runs one transaction (several may run on one harness: the connection stays open, as
+    /// several messages in one SMTP session). The first one negotiates and connects.
+    pub async fn run(&mut self, tx: &Transaction) -> Result<Outcome, Error> {
+        if self.mta.agreement().is_none() && self.closed.is_none() {
+            self.negotiate().await?;
+        }
+        let mut driver = std::mem::take(&mut self.driver);
+        let profile = self.profile.clone();
+        let result = driver.run(self, &profile, tx).await;
+        self.driver = driver;
+        result
+    }
+
+    /// Ends the session as the profile's MTA does (Postfix: ABORT, QUIT; Sendmail: QUIT) and
+    /// runs the milter's close handler.
+    pub async fn quit(mut self) -> Result<M, Error> {
+        if self.closed.is_none() {
+            let mut driver = std::mem::take(&mut self.driver);
+            let profile = self.profile.clone();
+            driver.quit(&mut self, &profile).await?;
+        }
+        if self.closed.as_deref() != Some("quit") {
+            // The connection ended otherwise: close still runs once.
+            self.dispatcher.close().await;
+        }
+        Ok(self.dispatcher.milter)
+    }
+
+    /// The milter, to inspect its state.
+    pub fn milter(&self) -> &M {
+        &self.dispatcher.milter
+    }
+
+    /// What was negotiated.
+    pub fn agreement(&self) -> Option<&Agreement> {
+        self.mta.agreement()
+    }
+
+    async fn negotiate(&mut self) -> Result<(), Error> {
+        let answer = self.pump().await?;
+        if let Some(c) = answer.closed {
+            self.closed = Some(c.clone());
+            return Err(Error::Protocol(milterkit_proto::ProtocolError::Closed));
+        }
+        Ok(())
+    }
+
+    /// Moves the MTA's bytes to the milter, runs the milter on them, and brings its bytes back.
+    async fn pump(&mut self) -> Result<Answer, Error> {
+        let mut answer = Answer::default();
+        let progress_before = self.dispatcher.progress_requests();
+        self.mta.poll_transmit(&mut self.wire);
+        self.session.handle_input(&self.wire.split());
+        loop {
+            let event = match self.session.poll_event() {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(e) => return Err(Error::Protocol(e)),
+            };
+            match self
+                .dispatcher
+                .event(&mut self.session, event, &mut JustWait)
+                .await
+            {
+                Flow::Continue => {}
+                Flow::Quit => {
+                    self.dispatcher.close().await;
+                    answer.closed = Some("quit".into());
+                }
+                Flow::Close(e) => {
+                    if self.strict && matches!(e, Error::Misuse { .. }) {
+                        return Err(e);
+                    }
+                    answer.closed = Some(e.to_string());
+                    if self.dispatcher.has_message() || self.session.in_message() {
+                        self.dispatcher.abort(&self.session, &mut JustWait).await;
+                    }
+                    self.dispatcher.close().await;
+                }
+            }
+            if answer.closed.is_some() {
+                break;
+            }
+        }
+        answer.progress = self.dispatcher.progress_requests() - progress_before;
+        self.session.poll_transmit(&mut self.wire);
+        self.mta.handle_input(&self.wire.split());
+        while let Some(event) = self.mta.poll_event()? {
+            match event {
+                MtaEvent::Decision { decision, .. } => answer.decision = Some(decision),
+                MtaEvent::Modification(m) => answer.modifications.push(m),
+                MtaEvent::Progress => answer.progress += 1,
+                _ => {}
+            }
+        }
+        if let Some(c) = &answer.closed {
+            self.closed = Some(c.clone());
+        }
+        Ok(answer)
+    }
+}
+
+impl<M: Milter> Link for Harness<M> {
+    async fn exchange(&mut self, cmd: Command) -> Result<Answer, Error> {
+        if let Some(c) = &self.closed {
+            return Ok(Answer {
+                closed: Some(c.clone()),
+                ..Answer::default()
+            });
+        }
+        let stage = cmd.stage().unwrap_or(milterkit_proto::Stage::Connect);
+        let sent = self
+            .mta
+            .send(cmd)
+            .map_err(|source| Error::Misuse { stage, source })?;
+        let mut answer = match sent {
+            Sent::Skipped => Answer::default(),
+            _ => self.pump().await?,
+        };
+        answer.sent = Some(sent);
+        Ok(answer)
+    }
+
+    fn agreement(&self) -> Option<&Agreement> {
+        self.mta.agreement()
+    }
+}
