@@ -102,9 +102,9 @@ fn rejects_a_helo_without_its_nul() {
 #[test]
 fn rejects_a_truncated_connect() {
     for payload in [
-        &b"host\04"[..],
-        b"host\04\x00",
-        b"host\04\x00\x19127.0.0.1",
+        &b"host\x004"[..],
+        b"host\x004\x00",
+        b"host\x004\x00\x19127.0.0.1",
         b"host",
     ] {
         let (e, _) = milter_error(&frame(b'C', payload));

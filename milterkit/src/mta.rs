@@ -3,14 +3,18 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use milterkit_proto::command::{Connect, Envelope, Family};
 use milterkit_proto::message::Message;
 use milterkit_proto::{
-    Agreement, Command, Decision, MacroStage, Modification, Offer, Reply, Sent, Stage,
+    Agreement, Command, Decision, MacroStage, Modification, MtaConfig, MtaEvent, MtaSession, Offer,
+    Reply, Sent, Stage,
 };
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::listener::{SocketSpec, Stream};
 use crate::Error;
 
 /// Which MTA a [`Profile`] imitates: what it sends and when.
@@ -836,5 +840,173 @@ impl<'a> Values<'a> {
             }
         }
         Some(pairs)
+    }
+}
+
+/// Longest wait for the milter to accept the connection and answer OPTNEG: Postfix's
+/// `milter_connect_timeout` (30 s).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait for one reply: Postfix's `milter_content_timeout` (300 s), the larger of its two
+/// reply timeouts; `SMFIR_PROGRESS` restarts it.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A connection to a milter, driven as the [`Profile`]'s MTA would drive it.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), milterkit::Error> {
+/// use milterkit::mta::{Connection, Profile, Transaction};
+/// let mut conn = Connection::open("inet:7357@127.0.0.1", Profile::postfix()).await?;
+/// let outcome = conn.run(&Transaction::new().to("<bob@example.net>")).await?;
+/// println!("{:?}", outcome.verdict);
+/// conn.quit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Connection<IO = Stream> {
+    io: IO,
+    mta: MtaSession,
+    profile: Profile,
+    driver: Driver,
+    closed: Option<String>,
+    reply_timeout: Duration,
+    buf: BytesMut,
+}
+
+impl Connection<Stream> {
+    /// Connects to the milter at `spec` (any spelling [`SocketSpec`] reads) and negotiates.
+    pub async fn open(spec: &str, profile: Profile) -> Result<Self, Error> {
+        let spec: SocketSpec = spec.parse()?;
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, crate::listener::connect(&spec))
+            .await
+            .map_err(|_| Error::Timeout("connecting to the milter"))??;
+        Connection::negotiate(io, profile).await
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
+    /// Negotiates over an already open stream.
+    pub async fn negotiate(io: IO, profile: Profile) -> Result<Self, Error> {
+        let mut conn = Connection {
+            io,
+            mta: MtaSession::new(profile.offer, MtaConfig::default()),
+            profile,
+            driver: Driver::default(),
+            closed: None,
+            reply_timeout: REPLY_TIMEOUT,
+            buf: BytesMut::new(),
+        };
+        conn.flush().await?;
+        tokio::time::timeout(CONNECT_TIMEOUT, conn.read_until(|s| !s.negotiating()))
+            .await
+            .map_err(|_| Error::Timeout("waiting for the OPTNEG reply"))??;
+        if let Some(c) = &conn.closed {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the milter closed during negotiation: {c}"),
+            )));
+        }
+        Ok(conn)
+    }
+
+    /// Sets the longest wait for one reply (default [`REPLY_TIMEOUT`]).
+    pub fn with_reply_timeout(mut self, limit: Duration) -> Self {
+        self.reply_timeout = limit;
+        self
+    }
+
+    /// Runs one transaction; several may run on one connection.
+    pub async fn run(&mut self, tx: &Transaction) -> Result<Outcome, Error> {
+        let mut driver = std::mem::take(&mut self.driver);
+        let profile = self.profile.clone();
+        let result = driver.run(self, &profile, tx).await;
+        self.driver = driver;
+        result
+    }
+
+    /// Ends the session as the profile's MTA does (Postfix: ABORT then QUIT) and closes.
+    pub async fn quit(mut self) -> Result<(), Error> {
+        let mut driver = std::mem::take(&mut self.driver);
+        let profile = self.profile.clone();
+        driver.quit(&mut self, &profile).await?;
+        let _ = self.io.shutdown().await;
+        Ok(())
+    }
+
+    /// What was negotiated.
+    pub fn agreement(&self) -> Option<&Agreement> {
+        self.mta.agreement()
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        if self.mta.poll_transmit(&mut self.buf) {
+            self.io.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads until `done` holds, collecting what the milter said.
+    async fn read_until(&mut self, done: impl Fn(&MtaSession) -> bool) -> Result<Answer, Error> {
+        let mut answer = Answer::default();
+        loop {
+            while let Some(event) = self.mta.poll_event()? {
+                match event {
+                    MtaEvent::Decision { decision, .. } => answer.decision = Some(decision),
+                    MtaEvent::Modification(m) => answer.modifications.push(m),
+                    MtaEvent::Progress => answer.progress += 1,
+                    _ => {}
+                }
+            }
+            if done(&self.mta) {
+                return Ok(answer);
+            }
+            let input = self.mta.input_mut();
+            input.reserve(4096);
+            let n = tokio::time::timeout(self.reply_timeout, self.io.read_buf(input))
+                .await
+                .map_err(|_| Error::Timeout("waiting for the milter's reply"))??;
+            if n == 0 {
+                let reason = "the milter closed the connection".to_owned();
+                self.closed = Some(reason.clone());
+                answer.closed = Some(reason);
+                return Ok(answer);
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Link for Connection<IO> {
+    async fn exchange(&mut self, cmd: Command) -> Result<Answer, Error> {
+        if let Some(c) = &self.closed {
+            return Ok(Answer {
+                closed: Some(c.clone()),
+                ..Answer::default()
+            });
+        }
+        let stage = cmd.stage().unwrap_or(Stage::Connect);
+        let sent = self
+            .mta
+            .send(cmd)
+            .map_err(|source| Error::Misuse { stage, source })?;
+        if let Err(e) = self.flush().await {
+            let reason = format!("writing to the milter failed: {e}");
+            self.closed = Some(reason.clone());
+            return Ok(Answer {
+                sent: Some(sent),
+                closed: Some(reason),
+                ..Answer::default()
+            });
+        }
+        let mut answer = match sent {
+            Sent::AwaitingReply(_) => self.read_until(|s| s.awaiting().is_none()).await?,
+            _ => Answer::default(),
+        };
+        answer.sent = Some(sent);
+        Ok(answer)
+    }
+
+    fn agreement(&self) -> Option<&Agreement> {
+        self.mta.agreement()
     }
 }

@@ -1,0 +1,220 @@
+//! A handler that errors, panics or runs past its deadline gives the fail-safe reply, closes only
+//! its connection, and `close` runs once.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use milterkit::mta::{Connection, Profile, Transaction, Verdict};
+use milterkit::testing::Harness;
+use milterkit::{Config, Decision, Error, Milter, Rcpt, Result, Stage, Stages};
+
+use crate::scripted::{Script, Scripted};
+use crate::sockets::Server;
+
+fn tx() -> Transaction {
+    Transaction::new().to("<bob@example.net>")
+}
+
+async fn failing(script: Script, config: Config) -> (milterkit::mta::Outcome, Scripted) {
+    let milter = Scripted::new(script);
+    let server = Server::with_config("inet:0@127.0.0.1", milter.clone(), config).await;
+    let mut conn = Connection::open(&server.spec, Profile::postfix())
+        .await
+        .unwrap();
+    let mut out = conn.run(&tx()).await.unwrap();
+    // That connection is over: the next message finds it closed.
+    let next = conn.run(&tx()).await.unwrap();
+    out.closed = next.closed;
+    // The server keeps serving: a second connection gets normal answers.
+    let mut other = Connection::open(&server.spec, Profile::postfix())
+        .await
+        .unwrap();
+    let mut healthy = Transaction::new().to("<carol@example.net>");
+    healthy.helo = "second.example".into();
+    let second = other.run(&healthy).await;
+    assert!(second.is_ok(), "{second:?}");
+    other.quit().await.unwrap();
+    drop(conn);
+    server.stop().await;
+    (out, milter)
+}
+
+#[tokio::test]
+async fn a_panicking_handler_gives_tempfail_and_closes_only_its_connection() {
+    for stage in [
+        Stage::Connect,
+        Stage::Mail,
+        Stage::Rcpt,
+        Stage::Header,
+        Stage::Eom,
+    ] {
+        let script = Script {
+            panic_at: Some(stage),
+            ..Script::default()
+        };
+        let (out, milter) = failing(script, Config::default()).await;
+        assert_eq!(out.decision(stage), Some(&Decision::Tempfail), "{stage}");
+        assert!(out.closed.is_some(), "{stage}: the connection closes");
+        assert_eq!(
+            milter.0.closes.load(Ordering::SeqCst),
+            2,
+            "{stage}: close ran once per connection"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_erroring_handler_gives_the_configured_fail_safe() {
+    let script = Script {
+        error_at: Some(Stage::Mail),
+        ..Script::default()
+    };
+    let config = Config {
+        fail_safe: Decision::Reject,
+        ..Config::default()
+    };
+    let (out, _) = failing(script, config).await;
+    assert_eq!(out.decision(Stage::Mail), Some(&Decision::Reject));
+    assert_eq!(out.verdict, Some(Verdict::Reject(None)));
+}
+
+#[tokio::test]
+async fn a_fail_safe_not_allowed_at_the_stage_falls_back_to_tempfail() {
+    let script = Script {
+        error_at: Some(Stage::Connect),
+        ..Script::default()
+    };
+    let config = Config {
+        fail_safe: Decision::Discard,
+        ..Config::default()
+    };
+    let (out, _) = failing(script, config).await;
+    assert_eq!(out.decision(Stage::Connect), Some(&Decision::Tempfail));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_past_its_deadline_gives_tempfail() {
+    let script = Script {
+        sleep_at: Some((Stage::Rcpt, Duration::from_secs(3600))),
+        ..Script::default()
+    };
+    let milter = Scripted::new(script);
+    let (mta_end, milter_end) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn({
+        let m = milter.clone();
+        async move { milterkit::serve_connection(milter_end, m, &Config::default()).await }
+    });
+    let mut conn = Connection::negotiate(mta_end, Profile::sendmail())
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let out = conn.run(&tx()).await.unwrap();
+    assert_eq!(out.decision(Stage::Rcpt), Some(&Decision::Tempfail));
+    assert_eq!(
+        started.elapsed().as_secs(),
+        8,
+        "the default handler deadline"
+    );
+    assert!(matches!(
+        served.await.unwrap(),
+        Err(Error::HandlerTimeout { stage: Stage::Rcpt })
+    ));
+    assert_eq!(milter.0.closes.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        milter.0.aborts.load(Ordering::SeqCst),
+        1,
+        "the open message is aborted"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_end_of_message_sends_progress_and_is_not_tempfailed() {
+    let script = Script {
+        sleep_at: Some((Stage::Eom, Duration::from_secs(22))),
+        ..Script::default()
+    };
+    let milter = Scripted::new(script);
+    let (mta_end, milter_end) = tokio::io::duplex(64 * 1024);
+    tokio::spawn({
+        let m = milter.clone();
+        async move { milterkit::serve_connection(milter_end, m, &Config::default()).await }
+    });
+    // Sendmail's own per-reply timeout is 10 s: progress must come before that.
+    let mut conn = Connection::negotiate(mta_end, Profile::sendmail())
+        .await
+        .unwrap()
+        .with_reply_timeout(Duration::from_secs(10));
+    let out = conn.run(&tx()).await.unwrap();
+    assert_eq!(out.decision(Stage::Eom), Some(&Decision::Continue));
+    assert_eq!(out.progress, 4, "one progress every 5 s for 22 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_mta_is_dropped_after_the_read_timeout() {
+    let (mta_end, milter_end) = tokio::io::duplex(1024);
+    let milter = Scripted::new(Script::default());
+    let r = milterkit::serve_connection(milter_end, milter.clone(), &Config::default()).await;
+    assert!(matches!(r, Err(Error::Timeout(_))), "{r:?}");
+    assert_eq!(milter.0.closes.load(Ordering::SeqCst), 1);
+    drop(mta_end);
+}
+
+/// A milter that answers SKIP at RCPT, which the protocol does not allow.
+#[derive(Default)]
+struct Misuses;
+
+impl Milter for Misuses {
+    type Message = ();
+    const STAGES: Stages = Stages::RCPT;
+    async fn rcpt(&mut self, _: &mut (), _: Rcpt<'_>) -> Result<Decision> {
+        Ok(Decision::Skip)
+    }
+}
+
+#[tokio::test]
+async fn a_decision_not_allowed_at_its_stage_fails_a_strict_test_and_is_a_fail_safe_in_production()
+{
+    let mut strict = Harness::postfix(Misuses);
+    let err = strict.run(&tx()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Misuse {
+                stage: Stage::Rcpt,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let mut lenient = Harness::postfix(Misuses).lenient();
+    let out = lenient.run(&tx()).await.unwrap();
+    assert_eq!(out.decision(Stage::Rcpt), Some(&Decision::Tempfail));
+    assert!(out.closed.is_some());
+}
+
+#[tokio::test]
+async fn a_failure_at_a_no_reply_stage_is_answered_at_the_next_reply() {
+    /// Fails at HEADER, which it declared it will not answer.
+    #[derive(Default)]
+    struct FailsQuietly;
+    impl Milter for FailsQuietly {
+        type Message = ();
+        async fn negotiate(
+            &mut self,
+            _: &milterkit::Offer,
+            r: &mut milterkit::Request,
+        ) -> Result<()> {
+            r.no_reply = Stages::HEADER;
+            Ok(())
+        }
+        async fn header(&mut self, _: &mut (), _: milterkit::Header<'_>) -> Result<Decision> {
+            Err("bad header".into())
+        }
+    }
+    let mut h = Harness::sendmail(FailsQuietly).lenient();
+    let out = h.run(&tx()).await.unwrap();
+    assert_eq!(out.decision(Stage::Header), None);
+    assert_eq!(out.decision(Stage::Eoh), Some(&Decision::Tempfail));
+    assert_eq!(out.verdict, Some(Verdict::Tempfail(None)));
+}

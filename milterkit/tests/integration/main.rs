@@ -1,0 +1,8 @@
+//! Integration tests of the milter side: real sockets, in-memory streams, the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod failsafe;
+mod scripted;
+mod shutdown;
+mod sockets;

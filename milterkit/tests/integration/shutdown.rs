@@ -1,0 +1,145 @@
+//! Graceful shutdown: messages in flight finish, new ones get the fail-safe, nothing is lost.
+
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use milterkit::mta::{Connection, Profile, Transaction, Verdict};
+use milterkit::{Actions, Decision, Eom, Milter, Result, Stage, Stages};
+use tokio::sync::{oneshot, watch};
+
+/// Holds every message at end of message until the gate opens.
+#[derive(Clone)]
+struct Gate {
+    arrived: Arc<AtomicU32>,
+    open: watch::Receiver<bool>,
+}
+
+impl Milter for Gate {
+    type Message = ();
+    const STAGES: Stages = Stages::MAIL.union(Stages::EOM);
+    const ACTIONS: Actions = Actions::ADD_HEADER;
+
+    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let mut open = self.open.clone();
+        open.wait_for(|o| *o).await?;
+        eom.add_header("X-Gate", "passed")?;
+        Ok(Decision::Continue)
+    }
+}
+
+async fn wait_for(counter: &AtomicU32, n: u32) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while counter.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("messages arrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_completes_all_20_messages_in_flight() {
+    let (open_gate, open) = watch::channel(false);
+    let gate = Gate {
+        arrived: Arc::new(AtomicU32::new(0)),
+        open,
+    };
+    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = milterkit::Config {
+        handler_timeout: Duration::from_secs(60),
+        ..milterkit::Config::default()
+    };
+    let g = gate.clone();
+    let server = tokio::spawn(
+        milterkit::serve(listener, move || g.clone())
+            .with_config(config)
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let spec = spec.clone();
+            tokio::spawn(async move {
+                let mut conn = Connection::open(&spec, Profile::postfix()).await.unwrap();
+                let tx = Transaction::new().to(format!("<rcpt{i}@example.net>"));
+                let out = conn.run(&tx).await.unwrap();
+                conn.quit().await.unwrap();
+                out
+            })
+        })
+        .collect();
+    wait_for(&gate.arrived, 20).await;
+    stop.send(()).unwrap();
+    // The listener closes: no new connection is taken.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(Connection::open(&spec, Profile::postfix()).await.is_err());
+    open_gate.send(true).unwrap();
+    for c in clients {
+        let out = c.await.unwrap();
+        assert_eq!(out.verdict, Some(Verdict::Accept));
+        assert_eq!(out.decision(Stage::Eom), Some(&Decision::Continue));
+        assert_eq!(out.modifications.len(), 1);
+    }
+    tokio::time::timeout(Duration::from_secs(30), server)
+        .await
+        .expect("serve returns once every connection ended")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_message_during_shutdown_gets_the_fail_safe() {
+    let (open_gate, open) = watch::channel(false);
+    let gate = Gate {
+        arrived: Arc::new(AtomicU32::new(0)),
+        open,
+    };
+    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let g = gate.clone();
+    let server = tokio::spawn(
+        milterkit::serve(listener, move || g.clone())
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    let mut conn = Connection::open(&spec, Profile::sendmail()).await.unwrap();
+    let first = tokio::spawn(async move {
+        let out = conn
+            .run(&Transaction::new().to("<a@example.net>"))
+            .await
+            .unwrap();
+        (conn, out)
+    });
+    wait_for(&gate.arrived, 1).await;
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    open_gate.send(true).unwrap();
+    let (mut conn, out) = first.await.unwrap();
+    assert_eq!(
+        out.verdict,
+        Some(Verdict::Accept),
+        "the message in flight finishes"
+    );
+    let second = conn
+        .run(&Transaction::new().to("<b@example.net>"))
+        .await
+        .unwrap();
+    assert_eq!(second.decision(Stage::Mail), Some(&Decision::Tempfail));
+    assert_eq!(
+        second.verdict,
+        Some(Verdict::Tempfail(None)),
+        "retried later, not lost"
+    );
+    conn.quit().await.unwrap();
+    server.await.unwrap().unwrap();
+}

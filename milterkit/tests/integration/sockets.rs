@@ -1,0 +1,316 @@
+//! Real TCP (IPv4, IPv6) and Unix sockets: each decision and modification reaches the wire.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use milterkit::mta::{Connection, Profile, Transaction, Verdict};
+use milterkit::{Decision, Modification, Reply, Stage};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::scripted::{Edit, Script, Scripted};
+
+/// A served milter and the handle to stop it.
+pub(crate) struct Server {
+    pub(crate) spec: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), milterkit::Error>>,
+}
+
+impl Server {
+    pub(crate) async fn start(bind: &str, milter: Scripted) -> Server {
+        Server::with_config(bind, milter, milterkit::Config::default()).await
+    }
+
+    pub(crate) async fn with_config(
+        bind: &str,
+        milter: Scripted,
+        config: milterkit::Config,
+    ) -> Server {
+        let listener = milterkit::bind(bind).await.unwrap();
+        let spec = listener.local_spec().unwrap().to_string();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(
+            milterkit::serve(listener, move || milter.clone())
+                .with_config(config)
+                .with_graceful_shutdown(async {
+                    stopped.await.ok();
+                })
+                .into_future(),
+        );
+        Server {
+            spec,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub(crate) async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            s.send(()).ok();
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("server stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+use std::future::IntoFuture;
+
+fn unix_path(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("milterkit-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("unix:{}", dir.join(name).display())
+}
+
+fn every_change() -> Vec<Edit> {
+    vec![
+        Edit::ChangeFrom("<bounce@example.org>", Some("RET=HDRS ENVID=x1")),
+        Edit::DeleteRcpt("<bob@example.net>"),
+        Edit::AddRcpt("<archive@example.org>", None),
+        Edit::AddRcpt("<copy@example.org>", Some("NOTIFY=NEVER")),
+        Edit::ChangeHeader("Subject", 1, "[checked] Test"),
+        Edit::DeleteHeader("X-Drop", 1),
+        Edit::InsertHeader(0, "X-Top", "first"),
+        Edit::AddHeader("X-Folded", "line one\r\n\tline two"),
+        Edit::ReplaceBody(vec![b'z'; 150_000]),
+        Edit::Quarantine("held for review"),
+    ]
+}
+
+fn expected_changes() -> Vec<Modification> {
+    vec![
+        Modification::ChangeFrom {
+            sender: "<bounce@example.org>".into(),
+            args: Some("RET=HDRS ENVID=x1".into()),
+        },
+        Modification::DeleteRcpt {
+            rcpt: "<bob@example.net>".into(),
+        },
+        Modification::AddRcpt {
+            rcpt: "<archive@example.org>".into(),
+        },
+        Modification::AddRcptPar {
+            rcpt: "<copy@example.org>".into(),
+            args: Some("NOTIFY=NEVER".into()),
+        },
+        Modification::ChangeHeader {
+            index: 1,
+            name: "Subject".into(),
+            value: "[checked] Test".into(),
+        },
+        Modification::ChangeHeader {
+            index: 1,
+            name: "X-Drop".into(),
+            value: "".into(),
+        },
+        Modification::InsertHeader {
+            index: 0,
+            name: "X-Top".into(),
+            value: "first".into(),
+        },
+        // CRLF in a header value becomes the LF the MTAs expect.
+        Modification::AddHeader {
+            name: "X-Folded".into(),
+            value: "line one\n\tline two".into(),
+        },
+        Modification::Quarantine {
+            reason: "held for review".into(),
+        },
+    ]
+}
+
+fn tx() -> Transaction {
+    Transaction::new()
+        .to("<bob@example.net>")
+        .to("<carol@example.net>")
+        .message("Subject: Test\r\nX-Drop: me\r\n\r\nhello\r\n")
+}
+
+async fn modifications_reach_the_wire(bind: &str, profile: Profile) {
+    let script = Script {
+        changes: every_change(),
+        ..Script::default()
+    };
+    let server = Server::start(bind, Scripted::new(script)).await;
+    let mut conn = Connection::open(&server.spec, profile).await.unwrap();
+    let out = conn.run(&tx()).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept));
+    let (body, other): (Vec<_>, Vec<_>) = out
+        .modifications
+        .into_iter()
+        .partition(|m| matches!(m, Modification::ReplaceBody { .. }));
+    assert_eq!(other, expected_changes());
+    let sizes: Vec<usize> = body
+        .iter()
+        .map(|m| match m {
+            Modification::ReplaceBody { chunk } => chunk.len(),
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [65_535, 65_535, 18_930],
+        "body in full chunks, as one run"
+    );
+    conn.quit().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_modification_reaches_the_wire_over_tcp() {
+    modifications_reach_the_wire("inet:0@127.0.0.1", Profile::postfix()).await;
+}
+
+#[tokio::test]
+async fn every_modification_reaches_the_wire_over_ipv6() {
+    modifications_reach_the_wire("inet6:0@[::1]", Profile::sendmail()).await;
+}
+
+#[tokio::test]
+async fn every_modification_reaches_the_wire_over_a_unix_socket() {
+    modifications_reach_the_wire(&unix_path("mods.sock"), Profile::postfix()).await;
+}
+
+/// Runs `tx` against a milter deciding `decision` at `stage`; returns the outcome.
+async fn decide(bind: &str, stage: Stage, decision: Decision) -> milterkit::mta::Outcome {
+    let mut script = Script::default();
+    script.decisions.insert(stage, decision);
+    let server = Server::start(bind, Scripted::new(script)).await;
+    let mut conn = Connection::open(&server.spec, Profile::postfix())
+        .await
+        .unwrap();
+    let out = conn.run(&tx()).await.unwrap();
+    conn.quit().await.unwrap();
+    server.stop().await;
+    out
+}
+
+#[tokio::test]
+async fn each_decision_reaches_the_wire_at_each_stage() {
+    let reply = Reply::multiline(550, "5.7.1", ["no", "thanks"]).unwrap();
+    let cases = [
+        (Stage::Connect, Decision::Tempfail, Verdict::Tempfail(None)),
+        (Stage::Helo, Decision::Reject, Verdict::Reject(None)),
+        (Stage::Mail, Decision::Accept, Verdict::Accept),
+        (
+            Stage::Mail,
+            Decision::Reply(reply.clone()),
+            Verdict::Reject(Some(reply.clone())),
+        ),
+        (Stage::Data, Decision::Discard, Verdict::Discard),
+        (Stage::Header, Decision::Tempfail, Verdict::Tempfail(None)),
+        (Stage::Eoh, Decision::Reject, Verdict::Reject(None)),
+        (Stage::Body, Decision::Accept, Verdict::Accept),
+        (Stage::Eom, Decision::Discard, Verdict::Discard),
+        (
+            Stage::Eom,
+            Decision::Reply(reply.clone()),
+            Verdict::Reject(Some(reply)),
+        ),
+    ];
+    for (stage, decision, verdict) in cases {
+        let out = decide("inet:0@127.0.0.1", stage, decision.clone()).await;
+        assert_eq!(out.decision(stage), Some(&decision), "{stage}");
+        assert_eq!(out.verdict, Some(verdict), "{stage} {decision:?}");
+        let last = out
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.decision.is_some())
+            .unwrap();
+        assert_eq!(
+            last.stage, stage,
+            "nothing is sent after a decision that ends the message"
+        );
+    }
+}
+
+#[tokio::test]
+async fn skip_in_body_stops_the_body_and_end_of_message_still_comes() {
+    let out = decide("inet:0@127.0.0.1", Stage::Body, Decision::Skip).await;
+    let stages: Vec<Stage> = out
+        .steps
+        .iter()
+        .filter(|s| s.sent != milterkit::proto::Sent::Skipped)
+        .map(|s| s.stage)
+        .collect();
+    assert_eq!(stages.iter().filter(|s| **s == Stage::Body).count(), 1);
+    assert_eq!(stages.last(), Some(&Stage::Eom));
+}
+
+#[tokio::test]
+async fn reject_at_rcpt_refuses_one_recipient_and_the_message_goes_on() {
+    let mut script = Script::default();
+    script.rcpt.insert("<bob@example.net>", Decision::Tempfail);
+    let server = Server::start("inet:0@127.0.0.1", Scripted::new(script)).await;
+    let mut conn = Connection::open(&server.spec, Profile::sendmail())
+        .await
+        .unwrap();
+    let out = conn.run(&tx()).await.unwrap();
+    assert_eq!(
+        out.refused,
+        [(Bytes::from("<bob@example.net>"), Decision::Tempfail)]
+    );
+    assert_eq!(out.verdict, Some(Verdict::Accept));
+    // A second message on the same connection.
+    let again = conn.run(&tx()).await.unwrap();
+    assert_eq!(again.refused.len(), 1);
+    conn.quit().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_unix_socket_is_replaced_and_another_file_is_refused() {
+    let spec = unix_path("stale.sock");
+    let path = spec.trim_start_matches("unix:").to_owned();
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // leaves the file behind
+    assert!(std::path::Path::new(&path).exists());
+    let listener = milterkit::bind(&spec).await.unwrap();
+    drop(listener);
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "removed when the listener goes"
+    );
+    std::fs::write(&path, b"not a socket").unwrap();
+    assert!(matches!(
+        milterkit::bind(&spec).await,
+        Err(milterkit::Error::Bind { .. })
+    ));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test]
+async fn binds_every_spelling_of_a_socket() {
+    for spec in [
+        "inet:0@127.0.0.1",
+        "inet:127.0.0.1:0",
+        "inet:0@[127.0.0.1]",
+        "inet6:0@[::1]",
+        "inet:[::1]:0",
+        "INET:0@localhost",
+    ] {
+        let l = milterkit::bind(spec)
+            .await
+            .unwrap_or_else(|e| panic!("{spec}: {e}"));
+        assert!(l.local_spec().is_ok());
+    }
+    assert!(milterkit::bind("tcp:0@127.0.0.1").await.is_err());
+    assert!(milterkit::bind("inet:notaport@127.0.0.1").await.is_err());
+}
+
+#[test]
+fn reads_service_names_from_etc_services() {
+    let services = std::fs::read_to_string("/etc/services").unwrap_or_default();
+    let parsed = "inet:smtp@127.0.0.1".parse::<milterkit::SocketSpec>();
+    if services
+        .lines()
+        .any(|l| l.starts_with("smtp\t") || l.starts_with("smtp "))
+    {
+        assert_eq!(parsed.unwrap().to_string(), "inet:25@[127.0.0.1]");
+    } else {
+        assert!(parsed.is_err());
+    }
+}
