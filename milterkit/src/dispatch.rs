@@ -8,7 +8,8 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use milterkit_proto::{Decision, Event, MilterSession, Request, Stage};
-use tracing::{debug, warn};
+use tracing::field::Empty;
+use tracing::{debug, warn, Instrument, Span};
 
 use crate::eom::{Eom, Progress};
 use crate::milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Unknown};
@@ -72,9 +73,13 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
     }
 }
 
-/// Runs `fut` with a deadline and a panic guard.
-async fn guarded<F: Future + Send>(deadline: Duration, fut: F) -> Result<F::Output, Failure> {
-    let fut = pin!(tokio::time::timeout(deadline, fut));
+/// Runs `fut` with a deadline and a panic guard, inside `span`.
+async fn guarded<F: Future + Send>(
+    deadline: Duration,
+    span: Span,
+    fut: F,
+) -> Result<F::Output, Failure> {
+    let fut = pin!(tokio::time::timeout(deadline, fut).instrument(span));
     match CatchUnwind(fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(_elapsed)) => Err(Failure::TimedOut),
@@ -96,6 +101,8 @@ pub(crate) struct Dispatcher<M: Milter> {
     handler_timeout: Duration,
     eom_timeout: Duration,
     progress: Progress,
+    /// The span of the open message; its `queue_id` is filled in when the MTA sends `i`.
+    span: Option<Span>,
 }
 
 impl<M: Milter> Dispatcher<M> {
@@ -110,7 +117,23 @@ impl<M: Milter> Dispatcher<M> {
             handler_timeout: config.handler_timeout,
             eom_timeout: config.eom_timeout,
             progress: Progress::default(),
+            span: None,
         }
+    }
+
+    /// The span for an event of `stage`: the message's span inside a message, else the current
+    /// (connection) span.
+    fn span(&mut self, stage: Stage, session: &MilterSession) -> Span {
+        if !stage.in_message() {
+            return Span::current();
+        }
+        let span = self
+            .span
+            .get_or_insert_with(|| tracing::debug_span!("message", queue_id = Empty));
+        if let Some(id) = session.macros().get("i") {
+            span.record("queue_id", String::from_utf8_lossy(id).as_ref());
+        }
+        span.clone()
     }
 
     /// How many progress packets handlers asked for.
@@ -148,6 +171,7 @@ impl<M: Milter> Dispatcher<M> {
         if stage.in_message() && self.message.is_none() {
             self.message = Some(M::Message::default());
         }
+        let span = self.span(stage, session);
         let deadline = self.handler_timeout;
         let macros_owner: &MilterSession = session;
         let macros = macros_owner.macros();
@@ -160,14 +184,18 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.connect(args)),
+                        guarded(deadline, span.clone(), milter.connect(args)),
                     )
                     .await
             }
             (Event::Helo { name }, _) => {
                 let args = Helo { name, macros };
                 waiter
-                    .wait(stage, &self.progress, guarded(deadline, milter.helo(args)))
+                    .wait(
+                        stage,
+                        &self.progress,
+                        guarded(deadline, span.clone(), milter.helo(args)),
+                    )
                     .await
             }
             (Event::Unknown { line }, _) => {
@@ -176,7 +204,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.unknown(args)),
+                        guarded(deadline, span.clone(), milter.unknown(args)),
                     )
                     .await
             }
@@ -186,7 +214,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.mail(m, args)),
+                        guarded(deadline, span.clone(), milter.mail(m, args)),
                     )
                     .await
             }
@@ -196,7 +224,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.rcpt(m, args)),
+                        guarded(deadline, span.clone(), milter.rcpt(m, args)),
                     )
                     .await
             }
@@ -206,7 +234,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.data(m, args)),
+                        guarded(deadline, span.clone(), milter.data(m, args)),
                     )
                     .await
             }
@@ -220,7 +248,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.header(m, args)),
+                        guarded(deadline, span.clone(), milter.header(m, args)),
                     )
                     .await
             }
@@ -230,7 +258,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.eoh(m, args)),
+                        guarded(deadline, span.clone(), milter.eoh(m, args)),
                     )
                     .await
             }
@@ -240,13 +268,13 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, milter.body(m, args)),
+                        guarded(deadline, span.clone(), milter.body(m, args)),
                     )
                     .await
             }
             (Event::Eom, Some(m)) => {
                 let mut eom = Eom::new(session, &self.progress);
-                let fut = guarded(self.eom_timeout, milter.eom(m, &mut eom));
+                let fut = guarded(self.eom_timeout, span.clone(), milter.eom(m, &mut eom));
                 let r = waiter.wait(stage, &self.progress, fut).await;
                 let finished = eom.finish();
                 match (r, finished) {
@@ -262,9 +290,10 @@ impl<M: Milter> Dispatcher<M> {
             Ok(r) => r,
             Err(io) => return Flow::Close(Error::Io(io)),
         };
-        let flow = self.conclude(session, stage, result);
+        let flow = span.in_scope(|| self.conclude(session, stage, result));
         if !session.in_message() {
             self.message = None;
+            self.span = None;
         }
         flow
     }
@@ -344,6 +373,7 @@ impl<M: Milter> Dispatcher<M> {
                 };
                 let hook = guarded(
                     self.handler_timeout,
+                    Span::current(),
                     self.milter.negotiate(&offer, &mut request),
                 );
                 let result = match waiter.wait(Stage::Connect, &self.progress, hook).await {
@@ -399,7 +429,8 @@ impl<M: Milter> Dispatcher<M> {
         let args = Context {
             macros: session.macros(),
         };
-        let fut = guarded(self.handler_timeout, self.milter.abort(message, args));
+        let span = self.span.take().unwrap_or_else(Span::current);
+        let fut = guarded(self.handler_timeout, span, self.milter.abort(message, args));
         match waiter.wait(Stage::Eom, &self.progress, fut).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => warn!(error = %e, "abort handler failed"),
@@ -411,10 +442,9 @@ impl<M: Milter> Dispatcher<M> {
     /// Runs the close handler, guarded.
     pub(crate) async fn close(&mut self) {
         self.message = None;
-        if guarded(self.handler_timeout, self.milter.close())
-            .await
-            .is_err()
-        {
+        self.span = None;
+        let close = guarded(self.handler_timeout, Span::current(), self.milter.close());
+        if close.await.is_err() {
             warn!("close handler panicked or ran past its deadline");
         }
     }
