@@ -47,7 +47,7 @@ impl Message {
     /// ```
     /// # use milterkit_proto::message::Message;
     /// let m = Message::parse(b"Subject: Hi\r\n there\r\nTo:  b@x\r\n\r\nbody\n"[..].into());
-    /// assert_eq!(m.headers[0].value, "Hi\n there");
+    /// assert_eq!(m.headers[0].value, " Hi\n there");
     /// assert_eq!(m.headers[1].value_for_milter(false), " b@x");
     /// assert_eq!(m.body_crlf(), "body\r\n");
     /// assert_eq!(m.to_bytes(), &b"Subject: Hi\r\n there\r\nTo:  b@x\r\n\r\nbody\n"[..]);
