@@ -232,6 +232,8 @@ pub struct Transaction {
     /// Macro values to send besides the profile's (stage code, name, value); they win over
     /// computed ones.
     pub macros: Vec<(u8, Bytes, Bytes)>,
+    /// The queue id sent as macro `i`; `None` makes one up.
+    pub queue_id: Option<Bytes>,
     /// The message, headers and body, as received (LF or CRLF line ends).
     pub message: Bytes,
 }
@@ -252,6 +254,7 @@ impl Transaction {
             sender: Envelope::new(Bytes::from_static(b"<sender@example.org>")),
             recipients: Vec::new(),
             macros: Vec::new(),
+            queue_id: None,
             message: Bytes::from_static(
                 b"From: Sender <sender@example.org>\r\nTo: Recipient <rcpt@example.net>\r\nSubject: Test\r\nMessage-ID: <test@example.org>\r\n\r\nHello.\r\n",
             ),
@@ -405,15 +408,20 @@ impl Outcome {
     }
 }
 
-/// What one command brought back.
-#[derive(Debug, Default)]
-pub(crate) struct Answer {
-    pub(crate) sent: Option<Sent>,
-    pub(crate) decision: Option<Decision>,
-    pub(crate) modifications: Vec<Modification>,
-    pub(crate) progress: u32,
-    /// The milter connection is gone (after this answer, if any).
-    pub(crate) closed: Option<String>,
+/// What one command brought back from the milter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Answer {
+    /// Whether the command was sent (`None`: the connection was already closed).
+    pub sent: Option<Sent>,
+    /// The decision, for a command that got one.
+    pub decision: Option<Decision>,
+    /// Modifications received before the decision (end of message only).
+    pub modifications: Vec<Modification>,
+    /// `SMFIR_PROGRESS` packets received while waiting.
+    pub progress: u32,
+    /// The milter connection is gone (after this answer, if any), and why.
+    pub closed: Option<String>,
 }
 
 /// Carries commands to a milter and brings back its answer: in memory (the harness) or over a
@@ -424,6 +432,9 @@ pub(crate) trait Link: Send {
 
     /// The agreement, once negotiated.
     fn agreement(&self) -> Option<&Agreement>;
+
+    /// True while the milter considers a message open (Sendmail sends ABORT only then).
+    fn in_message(&self) -> bool;
 }
 
 /// Per-connection memory of the driver: what the MTA already did on this connection.
@@ -433,6 +444,8 @@ pub(crate) struct Driver {
     /// The milter accepted or refused the whole session at CONNECT/HELO.
     session_decided: bool,
     pub(crate) queue_ids: u32,
+    /// Messages that reached end of message on this connection.
+    completed: u32,
 }
 
 enum Flow {
@@ -489,7 +502,13 @@ impl Driver {
                 return Ok(());
             }
         }
-        for line in &tx.unknown {
+        // Sendmail stops reporting unknown commands once a message completed on the connection.
+        let unknown = if profile.flavor == Flavor::Sendmail && self.completed > 0 {
+            &[][..]
+        } else {
+            &tx.unknown[..]
+        };
+        for line in unknown {
             let cmd = Command::Unknown { line: line.clone() };
             if let Flow::Stop = self.command(link, v, out, cmd).await? {
                 return Ok(());
@@ -566,14 +585,15 @@ impl Driver {
         Ok(())
     }
 
-    /// After a transaction that ended before end of message: Postfix sends ABORT.
+    /// After a transaction that ended before end of message: Postfix sends ABORT always,
+    /// Sendmail only if the milter still had the message open.
     async fn end<L: Link>(
         &mut self,
         link: &mut L,
         profile: &Profile,
         out: &mut Outcome,
     ) -> Result<(), Error> {
-        if profile.flavor == Flavor::Postfix && out.closed.is_none() {
+        if out.closed.is_none() && (profile.flavor == Flavor::Postfix || link.in_message()) {
             self.send(link, out, Command::Abort).await?;
         }
         Ok(())
@@ -715,7 +735,10 @@ impl<'a> Values<'a> {
         Values {
             profile,
             tx,
-            queue_id: Bytes::from(format!("4Q{n:08X}")),
+            queue_id: tx
+                .queue_id
+                .clone()
+                .unwrap_or_else(|| Bytes::from(format!("4Q{n:08X}"))),
             rcpt: None,
             accepted_rcpts: 0,
             msg_id: None,
@@ -806,7 +829,7 @@ impl<'a> Values<'a> {
             b"mail_host" => Some(Bytes::from(host)),
             b"rcpt_addr" => self.rcpt.as_ref().map(unbracket),
             b"rcpt_host" => Some(Bytes::from(host)),
-            b"msg_id" => self.msg_id.clone(),
+            b"msg_id" if self.sendmail() => self.msg_id.clone(),
             _ => None,
         }
     }
@@ -938,6 +961,97 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         self.mta.agreement()
     }
 
+    /// Sends one command and waits for the milter's answer if one is owed (skipped stages are not
+    /// sent; no-reply stages are not waited for; progress restarts the wait). The per-stage
+    /// methods below are this with the command built for you; macros are sent only when you send
+    /// them ([`Connection::macros`]), unlike [`Connection::run`], which sends the profile's.
+    pub async fn send(&mut self, cmd: Command) -> Result<Answer, Error> {
+        self.exchange(cmd).await
+    }
+
+    /// `SMFIC_MACRO` for the command `stage` (a command code such as `b'M'`).
+    pub async fn macros(&mut self, stage: u8, pairs: Vec<(Bytes, Bytes)>) -> Result<Answer, Error> {
+        self.exchange(Command::Macro { stage, pairs }).await
+    }
+
+    /// `SMFIC_CONNECT`.
+    pub async fn connect(&mut self, connect: Connect) -> Result<Answer, Error> {
+        self.exchange(Command::Connect(connect)).await
+    }
+
+    /// `SMFIC_HELO`.
+    pub async fn helo(&mut self, name: impl AsRef<[u8]>) -> Result<Answer, Error> {
+        let name = Bytes::copy_from_slice(name.as_ref());
+        self.exchange(Command::Helo { name }).await
+    }
+
+    /// `SMFIC_MAIL`.
+    pub async fn mail(&mut self, sender: Envelope) -> Result<Answer, Error> {
+        self.exchange(Command::Mail(sender)).await
+    }
+
+    /// `SMFIC_RCPT`.
+    pub async fn rcpt(&mut self, rcpt: Envelope) -> Result<Answer, Error> {
+        self.exchange(Command::Rcpt(rcpt)).await
+    }
+
+    /// `SMFIC_DATA`.
+    pub async fn data(&mut self) -> Result<Answer, Error> {
+        self.exchange(Command::Data).await
+    }
+
+    /// `SMFIC_HEADER` (the value as the milter should see it: no leading space unless
+    /// leading-space headers were agreed, folded lines joined with LF).
+    pub async fn header(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Answer, Error> {
+        self.exchange(Command::Header {
+            name: Bytes::copy_from_slice(name.as_ref()),
+            value: Bytes::copy_from_slice(value.as_ref()),
+        })
+        .await
+    }
+
+    /// `SMFIC_EOH`.
+    pub async fn eoh(&mut self) -> Result<Answer, Error> {
+        self.exchange(Command::Eoh).await
+    }
+
+    /// `SMFIC_BODY`: one chunk of at most 65,535 bytes with CRLF line ends.
+    pub async fn body(&mut self, chunk: impl Into<Bytes>) -> Result<Answer, Error> {
+        self.exchange(Command::Body(chunk.into())).await
+    }
+
+    /// `SMFIC_BODYEOB`: end of message; the answer holds the modifications.
+    pub async fn eom(&mut self) -> Result<Answer, Error> {
+        self.exchange(Command::Eom {
+            chunk: Bytes::new(),
+        })
+        .await
+    }
+
+    /// `SMFIC_ABORT`: forget the current message.
+    pub async fn abort(&mut self) -> Result<Answer, Error> {
+        self.exchange(Command::Abort).await
+    }
+
+    /// `SMFIC_UNKNOWN`.
+    pub async fn unknown(&mut self, line: impl AsRef<[u8]>) -> Result<Answer, Error> {
+        let line = Bytes::copy_from_slice(line.as_ref());
+        self.exchange(Command::Unknown { line }).await
+    }
+
+    /// `SMFIC_QUIT_NC`: ends this SMTP session but keeps the connection and the agreement; the
+    /// next [`run`](Self::run) starts with CONNECT. Only for milters known to support it
+    /// (libmilter ignores it in most states).
+    pub async fn quit_nc(&mut self) -> Result<Answer, Error> {
+        let answer = self.exchange(Command::QuitNc).await?;
+        self.driver = Driver::default();
+        Ok(answer)
+    }
+
     async fn flush(&mut self) -> Result<(), Error> {
         if self.mta.poll_transmit(&mut self.buf) {
             self.io.write_all(&self.buf).await?;
@@ -1008,5 +1122,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Link for Connection<IO> {
 
     fn agreement(&self) -> Option<&Agreement> {
         self.mta.agreement()
+    }
+
+    fn in_message(&self) -> bool {
+        self.mta.in_message()
     }
 }

@@ -228,4 +228,8 @@ impl<M: Milter> Link for Harness<M> {
     fn agreement(&self) -> Option<&Agreement> {
         self.mta.agreement()
     }
+
+    fn in_message(&self) -> bool {
+        self.mta.in_message()
+    }
 }

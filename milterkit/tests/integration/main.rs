@@ -3,6 +3,7 @@
 
 mod api;
 mod failsafe;
+mod profiles;
 mod scripted;
 mod shutdown;
 mod sockets;
