@@ -155,3 +155,228 @@ fn trim_end_ws(b: &[u8]) -> &[u8] {
         .map_or(0, |i| i + 1);
     &b[..end]
 }
+
+/// Whose rules to follow where the MTAs apply modifications differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rules {
+    /// Postfix 3.x: a deleted header is unlinked, so later indexes shift; INSHEADER counts the
+    /// MTA's own `Received:` (index 0 above it, index N becomes header N+1).
+    Postfix,
+    /// Sendmail 8.17: a deleted header is only marked, so it still counts for later CHGHEADER
+    /// indexes; INSHEADER counts entries of its internal list the milter never saw.
+    Sendmail,
+}
+
+/// Entries ahead of the message's own headers that INSHEADER indexes count but the milter never
+/// saw and the result does not show: Postfix's own `Received:`; Sendmail's `Received:` and
+/// entries of its internal list that are not written out (in the captures and by hand, indexes
+/// 1, 2 and 3 all landed directly below `Received:`, index 0 above it).
+fn hidden(rules: Rules) -> usize {
+    match rules {
+        Rules::Postfix => 1,
+        Rules::Sendmail => 3,
+    }
+}
+
+/// What the MTA would deliver after the milter's modifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The envelope sender (CHGFROM applied) with its ESMTP parameters.
+    pub sender: crate::command::Envelope,
+    /// The recipients (ADDRCPT, ADDRCPT_PAR and DELRCPT applied) with their parameters.
+    pub recipients: Vec<crate::command::Envelope>,
+    /// The message, headers and body, in the original's line-end style.
+    pub message: Bytes,
+    /// The quarantine reason (Sendmail's quarantine; Postfix's hold queue), if any.
+    pub quarantine: Option<Bytes>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    name: Bytes,
+    raw: Bytes,
+    deleted: bool,
+    /// The MTA's own entry: counted by INSHEADER, never seen by the milter, not in the result.
+    hidden: bool,
+}
+
+impl Entry {
+    fn new(name: &Bytes, raw: Bytes) -> Entry {
+        Entry {
+            name: name.clone(),
+            raw,
+            deleted: false,
+            hidden: false,
+        }
+    }
+}
+
+impl Message {
+    /// Applies `mods` in order, the way `rules`' MTA does, to this message and the envelope.
+    /// With no modifications the message comes out byte for byte as it went in.
+    ///
+    /// `leading_space` says whether `SMFIP_HDR_LEADSPC` was agreed: without it the MTA puts one
+    /// space between the colon and a milter's value, with it the value is used verbatim.
+    ///
+    /// ```
+    /// # use milterkit_proto::message::{Message, Rules};
+    /// # use milterkit_proto::{Modification, Envelope};
+    /// let m = Message::parse(b"Subject: Hi\r\n\r\nbody\r\n"[..].into());
+    /// let mods = [
+    ///     Modification::ChangeHeader { index: 1, name: "Subject".into(), value: "[ok] Hi".into() },
+    ///     Modification::AddHeader { name: "X-A".into(), value: "1".into() },
+    /// ];
+    /// let d = m.apply(&Envelope::new("<a@x>"), &[Envelope::new("<b@x>")], &mods, Rules::Postfix, false);
+    /// assert_eq!(d.message, &b"Subject: [ok] Hi\r\nX-A: 1\r\n\r\nbody\r\n"[..]);
+    /// ```
+    pub fn apply(
+        &self,
+        sender: &crate::command::Envelope,
+        recipients: &[crate::command::Envelope],
+        mods: &[crate::response::Modification],
+        rules: Rules,
+        leading_space: bool,
+    ) -> Delivery {
+        use crate::command::Envelope;
+        use crate::response::Modification as M;
+
+        let eol: &[u8] = match self.headers.first() {
+            Some(h) if !h.raw.ends_with(b"\r\n") => b"\n",
+            None if !self.separator.is_empty() && self.separator[..] == b"\n"[..] => b"\n",
+            _ => b"\r\n",
+        };
+        let format = |name: &Bytes, value: &Bytes| -> Bytes {
+            let mut out = name.to_vec();
+            out.push(b':');
+            if !leading_space {
+                out.push(b' ');
+            }
+            for &c in value.iter() {
+                if c == b'\n' {
+                    out.extend_from_slice(eol);
+                } else {
+                    out.push(c);
+                }
+            }
+            out.extend_from_slice(eol);
+            out.into()
+        };
+        let trace = Entry {
+            name: Bytes::from_static(b"Received"),
+            raw: Bytes::new(),
+            deleted: false,
+            hidden: true,
+        };
+        let mut headers: Vec<Entry> = std::iter::repeat_n(trace, hidden(rules))
+            .chain(
+                self.headers
+                    .iter()
+                    .map(|h| Entry::new(&h.name, h.raw.clone())),
+            )
+            .collect();
+        let mut sender = sender.clone();
+        let mut rcpts: Vec<Envelope> = recipients.to_vec();
+        let mut body: Option<Vec<u8>> = None;
+        let mut quarantine = None;
+        let args = |a: &Option<Bytes>| -> Vec<Bytes> {
+            a.as_ref().map_or_else(Vec::new, |a| {
+                a.split(|&c| c == b' ')
+                    .filter(|s| !s.is_empty())
+                    .map(Bytes::copy_from_slice)
+                    .collect()
+            })
+        };
+        for m in mods {
+            match m {
+                M::AddHeader { name, value } => headers.push(Entry::new(name, format(name, value))),
+                M::InsertHeader { index, name, value } => {
+                    let at = (*index as usize).min(headers.len());
+                    headers.insert(at, Entry::new(name, format(name, value)));
+                }
+                M::ChangeHeader { index, name, value } => {
+                    let n = (*index).max(1) as usize;
+                    let counts = |e: &Entry| {
+                        !e.hidden
+                            && e.name.eq_ignore_ascii_case(name)
+                            && (rules == Rules::Sendmail || !e.deleted)
+                    };
+                    let found = headers
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| counts(e))
+                        .nth(n - 1)
+                        .map(|(i, _)| i);
+                    match (found, value.is_empty()) {
+                        (Some(i), true) => match rules {
+                            Rules::Postfix => {
+                                headers.remove(i);
+                            }
+                            Rules::Sendmail => headers[i].deleted = true,
+                        },
+                        (Some(i), false) => headers[i] = Entry::new(name, format(name, value)),
+                        (None, false) => headers.push(Entry::new(name, format(name, value))),
+                        (None, true) => {}
+                    }
+                }
+                M::ChangeFrom { sender: s, args: a } => {
+                    sender = Envelope {
+                        address: s.clone(),
+                        args: args(a),
+                    }
+                }
+                M::AddRcpt { rcpt } => rcpts.push(Envelope::new(rcpt.clone())),
+                M::AddRcptPar { rcpt, args: a } => rcpts.push(Envelope {
+                    address: rcpt.clone(),
+                    args: args(a),
+                }),
+                M::DeleteRcpt { rcpt } => {
+                    let target = unbracket(rcpt);
+                    rcpts.retain(|r| unbracket(&r.address) != target);
+                }
+                M::ReplaceBody { chunk } => {
+                    body.get_or_insert_with(Vec::new).extend_from_slice(chunk)
+                }
+                M::Quarantine { reason } => quarantine = Some(reason.clone()),
+            }
+        }
+        let mut out = Vec::with_capacity(self.body.len() + 1024);
+        for h in headers.iter().filter(|h| !h.deleted && !h.hidden) {
+            out.extend_from_slice(&h.raw);
+        }
+        let separator: &[u8] = if self.separator.is_empty() && body.is_some() {
+            eol
+        } else {
+            &self.separator
+        };
+        out.extend_from_slice(separator);
+        match body {
+            None => out.extend_from_slice(&self.body),
+            Some(b) if eol == b"\n" => out.extend_from_slice(&from_crlf(&b)),
+            Some(b) => out.extend_from_slice(&b),
+        }
+        Delivery {
+            sender,
+            recipients: rcpts,
+            message: out.into(),
+            quarantine,
+        }
+    }
+}
+
+fn unbracket(a: &[u8]) -> &[u8] {
+    a.strip_prefix(b"<")
+        .and_then(|a| a.strip_suffix(b">"))
+        .unwrap_or(a)
+}
+
+/// Turns CRLF into LF (for a message stored with LF line ends).
+fn from_crlf(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    for (i, &c) in b.iter().enumerate() {
+        if !(c == b'\r' && b.get(i + 1) == Some(&b'\n')) {
+            out.push(c);
+        }
+    }
+    out
+}

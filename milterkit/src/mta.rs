@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use milterkit_proto::command::{Connect, Envelope, Family};
-use milterkit_proto::message::Message;
+use milterkit_proto::message::{Delivery, Message, Rules};
 use milterkit_proto::{
     Agreement, Command, Decision, MacroStage, Modification, MtaConfig, MtaEvent, MtaSession, Offer,
     Reply, Sent, Stage,
@@ -386,6 +386,11 @@ pub struct Outcome {
     pub refused: Vec<(Bytes, Decision)>,
     /// The end result.
     pub verdict: Option<Verdict>,
+    /// What the MTA would deliver (envelope and message after the modifications, by the
+    /// profile's MTA's rules), when the verdict is [`Verdict::Accept`].
+    pub delivery: Option<Delivery>,
+    /// What was negotiated.
+    pub agreement: Option<Agreement>,
     /// Why the milter connection ended early, if it did.
     pub closed: Option<String>,
 }
@@ -467,6 +472,27 @@ impl Driver {
         let result = self.steps(link, profile, tx, &mut ctx, &mut out).await;
         if out.verdict.is_none() {
             out.verdict = Some(Verdict::Accept);
+        }
+        out.agreement = link.agreement().cloned();
+        if out.verdict == Some(Verdict::Accept) {
+            let rules = match profile.flavor {
+                Flavor::Postfix => Rules::Postfix,
+                Flavor::Sendmail => Rules::Sendmail,
+            };
+            let recipients: Vec<Envelope> = tx
+                .recipients
+                .iter()
+                .filter(|r| !out.refused.iter().any(|(a, _)| *a == r.address))
+                .cloned()
+                .collect();
+            let leading_space = out.agreement.as_ref().is_some_and(Agreement::leading_space);
+            out.delivery = Some(Message::parse(tx.message.clone()).apply(
+                &tx.sender,
+                &recipients,
+                &out.modifications,
+                rules,
+                leading_space,
+            ));
         }
         result.map(|()| out)
     }

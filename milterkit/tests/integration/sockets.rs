@@ -138,6 +138,29 @@ async fn modifications_reach_the_wire(bind: &str, profile: Profile) {
     let mut conn = Connection::open(&server.spec, profile).await.unwrap();
     let out = conn.run(&tx()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept));
+    let d = out.delivery.clone().expect("accepted: a delivery");
+    assert_eq!(d.sender.address, "<bounce@example.org>");
+    let to: Vec<_> = d.recipients.iter().map(|r| r.address.clone()).collect();
+    assert_eq!(
+        to,
+        [
+            "<carol@example.net>",
+            "<archive@example.org>",
+            "<copy@example.org>"
+        ]
+    );
+    assert_eq!(d.quarantine.as_deref(), Some(&b"held for review"[..]));
+    let text = String::from_utf8(d.message.to_vec()).unwrap();
+    assert!(
+        text.starts_with("X-Top: first\r\nSubject: [checked] Test\r\nX-Folded: line one\r\n\tline two\r\n\r\nzzz"),
+        "{}",
+        &text[..120]
+    );
+    assert_eq!(
+        text.len(),
+        72 + 150_000,
+        "headers, then the replaced body in full"
+    );
     let (body, other): (Vec<_>, Vec<_>) = out
         .modifications
         .into_iter()
