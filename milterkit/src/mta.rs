@@ -353,6 +353,9 @@ fn envelope<A: AsRef<[u8]>>(addr: impl AsRef<[u8]>, args: impl IntoIterator<Item
 pub struct Step {
     /// The stage.
     pub stage: Stage,
+    /// What the command carried, for people: the address of MAIL and RCPT, the HELO name, the
+    /// header name, the unknown command, the size of a body chunk.
+    pub argument: Option<Bytes>,
     /// Whether it was sent, skipped, or sent without a reply.
     pub sent: Sent,
     /// The milter's decision, for a command that got one.
@@ -404,9 +407,16 @@ impl Outcome {
             .and_then(|s| s.decision.as_ref())
     }
 
-    fn step(&mut self, stage: Stage, sent: Sent, decision: Option<Decision>) {
+    fn step(
+        &mut self,
+        stage: Stage,
+        argument: Option<Bytes>,
+        sent: Sent,
+        decision: Option<Decision>,
+    ) {
         self.steps.push(Step {
             stage,
+            argument,
             sent,
             decision,
         });
@@ -683,6 +693,15 @@ impl Driver {
                 }
             }
         }
+        let argument = match &cmd {
+            Command::Mail(e) | Command::Rcpt(e) => Some(e.address.clone()),
+            Command::Helo { name } => Some(name.clone()),
+            Command::Header { name, .. } => Some(name.clone()),
+            Command::Unknown { line } => Some(line.clone()),
+            Command::Connect(c) => Some(c.hostname.clone()),
+            Command::Body(chunk) => Some(Bytes::from(format!("{} bytes", chunk.len()))),
+            _ => None,
+        };
         let rcpt = match &cmd {
             Command::Rcpt(e) => Some(e.address.clone()),
             _ => None,
@@ -691,7 +710,7 @@ impl Driver {
         out.modifications.extend(answer.modifications);
         out.progress += answer.progress;
         let sent = answer.sent.unwrap_or(Sent::Skipped);
-        out.step(stage, sent, answer.decision.clone());
+        out.step(stage, argument, sent, answer.decision.clone());
         let flow = match answer.decision {
             None | Some(Decision::Continue) | Some(Decision::Skip) => Flow::Go,
             Some(d) => verdict(stage, d, rcpt, out),

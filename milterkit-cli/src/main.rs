@@ -1,0 +1,358 @@
+//! `milterkit`: run a message through any milter and see what it does; load-test a milter; watch
+//! the bundled example milter at work (`milterkit demo`).
+
+mod bench;
+mod diff;
+mod report;
+
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use milterkit::mta::{Connection, Profile, Transaction, Verdict};
+
+#[allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
+#[path = "../../milterkit/examples/policy.rs"]
+mod policy;
+
+/// Drive milters from the command line: see a milter's decisions and modifications, and the
+/// message it would leave behind, without an MTA.
+#[derive(Debug, Parser)]
+#[command(name = "milterkit", version, about, long_about = None, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  milterkit demo
+  milterkit run inet:127.0.0.1:8891 message.eml --from '<alice@example.org>' --rcpt '<bob@example.net>'
+  milterkit run unix:/run/opendkim/opendkim.sock message.eml --profile sendmail --json
+  milterkit bench inet:8891@127.0.0.1 --connections 20 --messages 10000
+
+Socket specifications: inet:PORT@HOST, inet6:PORT@HOST, inet:HOST:PORT (Postfix), unix:/path, local:/path.";
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Starts the bundled example policy milter on a free local port and runs two sample messages
+    /// through it, showing each stage's decision, the modifications and a diff of the result.
+    Demo,
+    /// Runs one message through a milter and shows what it decided and changed.
+    ///
+    /// Exit status: 0 accepted (delivered), 3 rejected, 4 tempfailed, 5 discarded, 1 error (cannot
+    /// connect, protocol error), 2 usage error.
+    #[command(after_help = "Examples:
+  milterkit run inet:127.0.0.1:8891 message.eml --from '<alice@example.org>' --rcpt '<bob@example.net>'
+  milterkit run unix:/var/run/milter.sock --rcpt '<bob@example.net>' --macro 'M:{auth_authen}=alice' < message.eml
+  milterkit run inet:8891@localhost message.eml --json --output result.eml")]
+    Run(RunArgs),
+    /// Load-tests a milter with Postfix-like traffic and reports throughput and latency.
+    #[command(after_help = "Examples:
+  milterkit bench inet:127.0.0.1:8891 --connections 20 --messages 10000
+  milterkit bench unix:/run/milter.sock --connections 50 --duration 30 --size 1048576
+  milterkit bench inet:127.0.0.1:8891 --per-connection 1 --messages 2000   # connection churn")]
+    Bench(bench::BenchArgs),
+}
+
+/// Which MTA to imitate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ProfileName {
+    /// Postfix 3.7: macros before every event, ABORT after every message.
+    Postfix,
+    /// Sendmail 8.17: fewer macro packets, ABORT only inside a transaction.
+    Sendmail,
+}
+
+impl ProfileName {
+    pub(crate) fn profile(self) -> Profile {
+        match self {
+            ProfileName::Postfix => Profile::postfix(),
+            ProfileName::Sendmail => Profile::sendmail(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The milter's socket.
+    socket: String,
+    /// The message (RFC 5322, LF or CRLF line ends); standard input when absent.
+    message: Option<PathBuf>,
+    /// Envelope sender (MAIL FROM); `<>` for a bounce.
+    #[arg(long, default_value = "<sender@example.org>")]
+    from: String,
+    /// Envelope recipient (RCPT TO); repeat for several. Default: the addresses in To: and Cc:.
+    #[arg(long = "rcpt")]
+    rcpt: Vec<String>,
+    /// The HELO/EHLO name.
+    #[arg(long, default_value = "client.example.com")]
+    helo: String,
+    /// The SMTP client, as Postfix logs it: `NAME[IP]`, `IP`, or `NAME`.
+    #[arg(long, default_value = "client.example.com[192.0.2.1]")]
+    client: String,
+    /// The client's TCP port.
+    #[arg(long, default_value_t = 50_000)]
+    client_port: u16,
+    /// Which MTA to imitate.
+    #[arg(long, value_enum, default_value = "postfix")]
+    profile: ProfileName,
+    /// An extra macro: `NAME=VALUE` (sent with CONNECT) or `STAGE:NAME=VALUE` with STAGE one of
+    /// C H M R T N E (CONNECT, HELO, MAIL, RCPT, DATA, EOH, EOM). Repeatable.
+    #[arg(long = "macro")]
+    macros: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write the resulting message to this file.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Longest wait for one reply, in seconds (progress restarts it).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("milterkit: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Demo => demo().await,
+            Cmd::Run(args) => run(args).await,
+            Cmd::Bench(args) => bench::bench(args).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("milterkit: {e}");
+            let mut source = std::error::Error::source(e.as_ref());
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The exit status for a verdict (see `milterkit run --help`).
+fn exit_code(v: Option<&Verdict>) -> u8 {
+    match v {
+        Some(Verdict::Reject(_)) => 3,
+        Some(Verdict::Tempfail(_)) => 4,
+        Some(Verdict::Discard) => 5,
+        _ => 0,
+    }
+}
+
+/// Addresses in the To: and Cc: headers, in angle brackets.
+fn header_recipients(message: &[u8]) -> Vec<String> {
+    let m = milterkit::proto::message::Message::parse(Bytes::copy_from_slice(message));
+    let mut out = Vec::new();
+    for h in &m.headers {
+        if !(h.name.eq_ignore_ascii_case(b"to") || h.name.eq_ignore_ascii_case(b"cc")) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(&h.value);
+        for part in value.split(',') {
+            let addr = match (part.find('<'), part.rfind('>')) {
+                (Some(a), Some(b)) if a < b => part[a + 1..b].trim().to_owned(),
+                _ => part.trim().trim_matches('"').to_owned(),
+            };
+            if addr.contains('@') {
+                out.push(format!("<{addr}>"));
+            }
+        }
+    }
+    out
+}
+
+/// `NAME[IP]`, `IP` or `NAME`.
+fn parse_client(s: &str) -> (Option<String>, Option<IpAddr>) {
+    if let Some((name, rest)) = s.split_once('[') {
+        let ip = rest
+            .trim_end_matches(']')
+            .trim_start_matches("IPv6:")
+            .parse()
+            .ok();
+        let name = (!name.is_empty()).then(|| name.to_owned());
+        return (name, ip);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(ip) => (None, Some(ip)),
+        Err(_) => (Some(s.to_owned()), None),
+    }
+}
+
+fn build_transaction(args: &RunArgs, message: Bytes) -> Result<Transaction, String> {
+    let (name, ip) = parse_client(&args.client);
+    let mut tx = Transaction::new()
+        .from(&args.from)
+        .helo(&args.helo)
+        .client(name.as_deref(), ip, args.client_port)
+        .message(message.clone());
+    let rcpts = if args.rcpt.is_empty() {
+        header_recipients(&message)
+    } else {
+        args.rcpt.clone()
+    };
+    if rcpts.is_empty() {
+        return Err("no recipient: give --rcpt or a message with To: or Cc:".into());
+    }
+    for r in rcpts {
+        tx = tx.to(r);
+    }
+    for m in &args.macros {
+        let (stage, pair) = match m.split_once(':') {
+            Some((s, p)) if s.len() == 1 && !p.is_empty() && !s.starts_with('{') => {
+                (s.as_bytes()[0], p)
+            }
+            _ => (b'C', m.as_str()),
+        };
+        let Some((name, value)) = pair.split_once('=') else {
+            return Err(format!("--macro {m:?}: expected NAME=VALUE"));
+        };
+        if !b"CHMRTNE".contains(&stage) {
+            return Err(format!("--macro {m:?}: stage must be one of C H M R T N E"));
+        }
+        tx = tx.with_macro(stage, name, value);
+    }
+    Ok(tx)
+}
+
+async fn run(args: RunArgs) -> Result<u8, milterkit::BoxError> {
+    let message = match &args.message {
+        Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        None => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+    };
+    let message = Bytes::from(message);
+    let tx = build_transaction(&args, message.clone())?;
+    let conn = Connection::open(&args.socket, args.profile.profile()).await?;
+    let mut conn = conn.with_reply_timeout(Duration::from_secs(args.timeout));
+    let out = conn.run(&tx).await?;
+    conn.quit().await?;
+    if let (Some(path), Some(d)) = (&args.output, &out.delivery) {
+        std::fs::write(path, &d.message).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report::to_json(&out))?);
+    } else {
+        let style = report::Style {
+            colour: std::io::stdout().is_terminal(),
+        };
+        print!("{}", report::human(&out, &message, style));
+    }
+    Ok(exit_code(out.verdict.as_ref()))
+}
+
+/// The two bundled sample messages.
+const SAMPLES: [(&str, &str); 2] = [
+    ("newsletter.eml", include_str!("../samples/newsletter.eml")),
+    ("lottery.eml", include_str!("../samples/lottery.eml")),
+];
+
+async fn demo() -> Result<u8, milterkit::BoxError> {
+    let listener = milterkit::bind("inet:0@127.0.0.1").await?;
+    let spec = listener.local_spec()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        milterkit::serve(listener, policy::Policy::default)
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    let style = report::Style {
+        colour: std::io::stdout().is_terminal(),
+    };
+    println!("The example policy milter (milterkit/examples/policy.rs) listens on {spec}.");
+    println!(
+        "It refuses recipients at old.example, quarantines subjects that mention \"lottery\","
+    );
+    println!("and stamps every message with X-Policy. Two messages go through it as Postfix would send them.\n");
+    for (name, text) in SAMPLES {
+        let message = Bytes::from(text.replace('\n', "\r\n"));
+        let mut tx = Transaction::new()
+            .from("<sender@example.org>")
+            .message(message.clone());
+        for r in header_recipients(&message) {
+            tx = tx.to(r);
+        }
+        println!("=== {name} ===");
+        let mut conn = Connection::open(&spec, Profile::postfix()).await?;
+        let out = conn.run(&tx).await?;
+        conn.quit().await?;
+        print!("{}", report::human(&out, &message, style));
+        println!();
+    }
+    stop.send(()).ok();
+    server.await??;
+    Ok(0)
+}
+
+use std::future::IntoFuture;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_clients_as_postfix_logs_them() {
+        assert_eq!(
+            parse_client("mx.example.com[192.0.2.7]"),
+            (
+                Some("mx.example.com".into()),
+                Some("192.0.2.7".parse().unwrap())
+            )
+        );
+        assert_eq!(
+            parse_client("[IPv6:2001:db8::1]"),
+            (None, Some("2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_client("192.0.2.9"),
+            (None, Some("192.0.2.9".parse().unwrap()))
+        );
+        assert_eq!(parse_client("unknown"), (Some("unknown".into()), None));
+    }
+
+    #[test]
+    fn finds_recipients_in_to_and_cc() {
+        let m = b"To: Bob <bob@x.example>, carol@y.example\r\nCc: \"D\" <d@z.example>\r\nSubject: s\r\n\r\n";
+        assert_eq!(
+            header_recipients(m),
+            ["<bob@x.example>", "<carol@y.example>", "<d@z.example>"]
+        );
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

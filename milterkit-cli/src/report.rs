@@ -1,0 +1,351 @@
+//! Showing an [`Outcome`] to a person (text, colour on a terminal) or to a script (JSON).
+
+use std::fmt::Write as _;
+
+use milterkit::mta::{Outcome, Verdict};
+use milterkit::proto::Sent;
+use milterkit::{Agreement, Decision, Modification, Stage};
+use serde_json::{json, Value};
+
+use crate::diff::{diff, Line};
+
+/// ANSI styles, or none when the output is not a terminal.
+#[derive(Clone, Copy)]
+pub(crate) struct Style {
+    pub(crate) colour: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.colour {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+    fn red(&self, s: &str) -> String {
+        self.paint("31", s)
+    }
+    fn green(&self, s: &str) -> String {
+        self.paint("32", s)
+    }
+    fn yellow(&self, s: &str) -> String {
+        self.paint("33", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+    fn bold(&self, s: &str) -> String {
+        self.paint("1", s)
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A decision in words: `continue`, `reject`, `reply 550 5.7.1 …`.
+pub(crate) fn decision_text(d: &Decision) -> String {
+    match d {
+        Decision::Reply(r) => format!("reply {}", r.to_string().replace("\r\n", " / ")),
+        other => other.name().to_owned(),
+    }
+}
+
+/// A modification in words.
+pub(crate) fn modification_text(m: &Modification) -> String {
+    let args = |a: &Option<bytes::Bytes>| {
+        a.as_ref()
+            .map(|a| format!(" {}", lossy(a)))
+            .unwrap_or_default()
+    };
+    match m {
+        Modification::AddHeader { name, value } => {
+            format!("add header {}: {:?}", lossy(name), lossy(value))
+        }
+        Modification::InsertHeader { index, name, value } => {
+            format!(
+                "insert header at {index} {}: {:?}",
+                lossy(name),
+                lossy(value)
+            )
+        }
+        Modification::ChangeHeader { index, name, value } if value.is_empty() => {
+            format!("delete header {} #{index}", lossy(name))
+        }
+        Modification::ChangeHeader { index, name, value } => {
+            format!(
+                "change header {} #{index} to {:?}",
+                lossy(name),
+                lossy(value)
+            )
+        }
+        Modification::ChangeFrom { sender, args: a } => {
+            format!("change sender to {}{}", lossy(sender), args(a))
+        }
+        Modification::AddRcpt { rcpt } => format!("add recipient {}", lossy(rcpt)),
+        Modification::AddRcptPar { rcpt, args: a } => {
+            format!("add recipient {}{}", lossy(rcpt), args(a))
+        }
+        Modification::DeleteRcpt { rcpt } => format!("delete recipient {}", lossy(rcpt)),
+        Modification::ReplaceBody { chunk } => format!("replace body ({} bytes)", chunk.len()),
+        Modification::Quarantine { reason } => format!("quarantine: {:?}", lossy(reason)),
+        other => format!("{other:?}"),
+    }
+}
+
+fn verdict_text(v: Option<&Verdict>) -> &'static str {
+    match v {
+        Some(Verdict::Accept) | None => "accept",
+        Some(Verdict::Discard) => "discard",
+        Some(Verdict::Reject(_)) => "reject",
+        Some(Verdict::Tempfail(_)) => "tempfail",
+        Some(_) => "other",
+    }
+}
+
+fn agreement_text(a: &Agreement) -> String {
+    let stages: Vec<&str> = a.sent_stages().iter_stages().map(Stage::name).collect();
+    let no_reply: Vec<&str> = Stage::ALL
+        .into_iter()
+        .filter(|s| a.sends(*s) && !a.expects_reply(*s))
+        .map(Stage::name)
+        .collect();
+    let actions: Vec<&str> = a.actions.iter_names().map(|(n, _)| n).collect();
+    format!(
+        "version {}, actions {}, stages {}{}",
+        a.version,
+        if actions.is_empty() {
+            "none".into()
+        } else {
+            actions.join(" ")
+        },
+        stages.join(" "),
+        if no_reply.is_empty() {
+            String::new()
+        } else {
+            format!(", no reply to {}", no_reply.join(" "))
+        }
+    )
+}
+
+/// The outcome of one message, for people.
+pub(crate) fn human(out: &Outcome, original: &[u8], style: Style) -> String {
+    let mut s = String::new();
+    if let Some(a) = &out.agreement {
+        let _ = writeln!(s, "{} {}", style.bold("negotiated:"), agreement_text(a));
+    }
+    let _ = writeln!(s, "{}", style.bold("stages:"));
+    let mut bodies = 0;
+    for step in &out.steps {
+        if step.stage == Stage::Body && step.sent == Sent::Skipped {
+            bodies += 1;
+            continue;
+        }
+        let arg = step.argument.as_deref().map(lossy).unwrap_or_default();
+        let answer = match (&step.decision, step.sent) {
+            (Some(d @ Decision::Continue), _) => style.dim(&decision_text(d)),
+            (Some(d @ (Decision::Accept | Decision::Skip)), _) => style.green(&decision_text(d)),
+            (Some(d), _) => style.red(&decision_text(d)),
+            (None, Sent::Skipped) => style.dim("(not sent: the milter skips this stage)"),
+            (None, Sent::NoReply) => style.dim("(no reply asked)"),
+            (None, _) => style.dim("(no answer)"),
+        };
+        let _ = writeln!(
+            s,
+            "  {:<8} {:<40} {answer}",
+            step.stage.name(),
+            truncate(&arg, 40)
+        );
+    }
+    if bodies > 0 {
+        let _ = writeln!(s, "  BODY     {bodies} chunk(s) not sent: the milter skips this stage or asked to skip the rest");
+    }
+    if out.progress > 0 {
+        let _ = writeln!(s, "  progress: {} packet(s)", out.progress);
+    }
+    let _ = writeln!(s, "{}", style.bold("modifications:"));
+    if out.modifications.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    let mut body_chunks = 0;
+    for m in &out.modifications {
+        if let Modification::ReplaceBody { .. } = m {
+            body_chunks += 1;
+            continue;
+        }
+        let _ = writeln!(s, "  {}", style.yellow(&modification_text(m)));
+    }
+    if body_chunks > 0 {
+        let size: usize = out
+            .modifications
+            .iter()
+            .map(|m| match m {
+                Modification::ReplaceBody { chunk } => chunk.len(),
+                _ => 0,
+            })
+            .sum();
+        let _ = writeln!(
+            s,
+            "  {}",
+            style.yellow(&format!(
+                "replace body ({size} bytes in {body_chunks} chunk(s))"
+            ))
+        );
+    }
+    for (rcpt, d) in &out.refused {
+        let _ = writeln!(
+            s,
+            "{} {} ({})",
+            style.bold("refused:"),
+            lossy(rcpt),
+            decision_text(d)
+        );
+    }
+    let verdict = verdict_text(out.verdict.as_ref());
+    let reply = match &out.verdict {
+        Some(Verdict::Reject(Some(r)) | Verdict::Tempfail(Some(r))) => format!(" {r}"),
+        _ => String::new(),
+    };
+    let painted = if verdict == "accept" {
+        style.green(verdict)
+    } else {
+        style.red(verdict)
+    };
+    let _ = writeln!(
+        s,
+        "{} {}{}",
+        style.bold("verdict:"),
+        painted,
+        reply.replace("\r\n", " / ")
+    );
+    if let Some(c) = &out.closed {
+        let _ = writeln!(s, "{} {c}", style.bold("milter connection closed:"));
+    }
+    if let Some(d) = &out.delivery {
+        let to: Vec<String> = d.recipients.iter().map(|r| lossy(&r.address)).collect();
+        let _ = writeln!(
+            s,
+            "{} from {} to {}",
+            style.bold("delivery:"),
+            lossy(&d.sender.address),
+            to.join(", ")
+        );
+        if let Some(q) = &d.quarantine {
+            let _ = writeln!(s, "  held in quarantine: {}", lossy(q));
+        }
+        let (old, new) = (lossy(original), lossy(&d.message));
+        if old == new {
+            let _ = writeln!(s, "{} unchanged", style.bold("message:"));
+        } else {
+            let _ = writeln!(s, "{}", style.bold("message (- before, + after):"));
+            for line in diff(&old, &new) {
+                let l = match line {
+                    Line::Same(t) => format!("  {t}"),
+                    Line::Removed(t) => style.red(&format!("- {t}")),
+                    Line::Added(t) => style.green(&format!("+ {t}")),
+                    Line::Skipped(n) => style.dim(&format!("  … {n} unchanged line(s)")),
+                };
+                let _ = writeln!(s, "  {}", truncate(&l, 200));
+            }
+        }
+    }
+    s
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let t: String = s.chars().take(max - 1).collect();
+        format!("{t}…")
+    }
+}
+
+fn decision_json(d: &Decision) -> Value {
+    match d {
+        Decision::Reply(r) => json!({"kind": "reply", "code": r.code(), "text": r.to_string()}),
+        other => json!({"kind": other.name()}),
+    }
+}
+
+fn modification_json(m: &Modification) -> Value {
+    let b = |x: &[u8]| Value::String(lossy(x));
+    let args = |a: &Option<bytes::Bytes>| a.as_ref().map_or(Value::Null, |a| b(a));
+    match m {
+        Modification::AddHeader { name, value } => {
+            json!({"kind": "add_header", "name": b(name), "value": b(value)})
+        }
+        Modification::InsertHeader { index, name, value } => {
+            json!({"kind": "insert_header", "index": index, "name": b(name), "value": b(value)})
+        }
+        Modification::ChangeHeader { index, name, value } if value.is_empty() => {
+            json!({"kind": "delete_header", "index": index, "name": b(name)})
+        }
+        Modification::ChangeHeader { index, name, value } => {
+            json!({"kind": "change_header", "index": index, "name": b(name), "value": b(value)})
+        }
+        Modification::ChangeFrom { sender, args: a } => {
+            json!({"kind": "change_from", "sender": b(sender), "args": args(a)})
+        }
+        Modification::AddRcpt { rcpt } => {
+            json!({"kind": "add_rcpt", "rcpt": b(rcpt), "args": Value::Null})
+        }
+        Modification::AddRcptPar { rcpt, args: a } => {
+            json!({"kind": "add_rcpt", "rcpt": b(rcpt), "args": args(a)})
+        }
+        Modification::DeleteRcpt { rcpt } => json!({"kind": "delete_rcpt", "rcpt": b(rcpt)}),
+        Modification::ReplaceBody { chunk } => {
+            json!({"kind": "replace_body", "bytes": chunk.len()})
+        }
+        Modification::Quarantine { reason } => json!({"kind": "quarantine", "reason": b(reason)}),
+        other => json!({"kind": format!("{other:?}")}),
+    }
+}
+
+/// The outcome of one message, for scripts.
+pub(crate) fn to_json(out: &Outcome) -> Value {
+    let steps: Vec<Value> = out
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "stage": s.stage.name(),
+                "argument": s.argument.as_deref().map(lossy),
+                "sent": match s.sent {
+                    Sent::Skipped => "skipped",
+                    Sent::NoReply => "no_reply",
+                    _ => "awaited_reply",
+                },
+                "decision": s.decision.as_ref().map(decision_json),
+            })
+        })
+        .collect();
+    let verdict = match &out.verdict {
+        Some(Verdict::Reject(Some(r)) | Verdict::Tempfail(Some(r))) => {
+            json!({"kind": verdict_text(out.verdict.as_ref()), "code": r.code(), "text": r.to_string()})
+        }
+        v => json!({"kind": verdict_text(v.as_ref())}),
+    };
+    json!({
+        "agreement": out.agreement.as_ref().map(|a| json!({
+            "version": a.version,
+            "actions": a.actions.bits(),
+            "protocol": a.protocol.bits(),
+            "summary": agreement_text(a),
+        })),
+        "steps": steps,
+        "modifications": out.modifications.iter().map(modification_json).collect::<Vec<_>>(),
+        "progress": out.progress,
+        "refused": out.refused.iter().map(|(r, d)| json!({"rcpt": lossy(r), "decision": decision_json(d)})).collect::<Vec<_>>(),
+        "verdict": verdict,
+        "delivery": out.delivery.as_ref().map(|d| json!({
+            "sender": lossy(&d.sender.address),
+            "sender_args": d.sender.args.iter().map(|a| lossy(a)).collect::<Vec<_>>(),
+            "recipients": d.recipients.iter().map(|r| json!({"address": lossy(&r.address), "args": r.args.iter().map(|a| lossy(a)).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+            "quarantine": d.quarantine.as_deref().map(lossy),
+            "message": lossy(&d.message),
+        })),
+        "closed": out.closed,
+    })
+}
