@@ -40,6 +40,8 @@ pub struct Reply {
 
 impl Reply {
     /// A one-line reply (`smfi_setreply`). `enhanced` may be empty for none; `text` may be empty.
+    /// Without an enhanced code, a text that starts with a digit is refused unless it is itself a
+    /// valid enhanced code of the reply's class: Postfix reads it as one.
     pub fn new(code: u16, enhanced: &str, text: impl AsRef<[u8]>) -> Result<Reply, ReplyError> {
         check_code(code)?;
         if !enhanced.is_empty() {
