@@ -5,6 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages the tests drive for real: a C milter on libmilter, OpenDKIM.
+PACKAGES="gcc libc6-dev libmilter-dev opendkim opendkim-tools"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "== installing:$missing"
+  if command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing
+  else
+    echo "warning: apt-get not found; tests that need$missing will skip (or fail under CI=true)" >&2
+  fi
+fi
+
 echo "== toolchain"
 cargo --version
 rustc --version

@@ -1,0 +1,118 @@
+//! The `milterkit` command: the demo, help, and bench against a milter served in this process.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::IntoFuture;
+use std::process::Command;
+
+use serde_json::Value;
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../../milterkit/examples/policy.rs"]
+mod policy;
+
+fn milterkit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_milterkit"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_demo_shows_decisions_modifications_and_a_diff_for_both_samples() {
+    let (code, out, err) = milterkit(&["demo"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("=== newsletter.eml ==="), "{out}");
+    assert!(out.contains("=== lottery.eml ==="), "{out}");
+    assert!(out.contains("RCPT     <carol@old.example>"), "{out}");
+    assert!(out.contains("reply 550 5.1.6 recipient has moved"), "{out}");
+    assert!(
+        out.contains("+ X-Policy: checked; 1 recipient(s) refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("held in quarantine: subject mentions lottery"),
+        "{out}"
+    );
+    assert!(!out.contains("\x1b["), "no colour when not a terminal");
+}
+
+#[test]
+fn every_subcommand_has_help_with_examples() {
+    for sub in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["bench", "--help"],
+        &["demo", "--help"],
+    ] {
+        let (code, out, _) = milterkit(sub);
+        assert_eq!(code, 0);
+        assert!(out.contains("Usage:"), "{out}");
+    }
+    let (_, run, _) = milterkit(&["run", "--help"]);
+    assert!(run.contains("Exit status: 0 accepted"), "{run}");
+    assert!(run.contains("Examples:"));
+    let (code, _, err) = milterkit(&["run"]);
+    assert_eq!(code, 2, "usage error: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_throughput_and_latency_of_a_milter() {
+    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        milterkit::serve(listener, policy::Policy::default)
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    let args: Vec<String> = [
+        "bench",
+        &spec,
+        "--connections",
+        "4",
+        "--messages",
+        "300",
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (code, out, err) = tokio::task::spawn_blocking(move || milterkit(&args))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["messages"], 300);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["accepted"], 300);
+    assert!(v["messages_per_second"].as_f64().unwrap() > 0.0);
+    let lat = &v["latency_ms"];
+    assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
+    assert!(lat["p99"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
+    // Connection churn: one message per connection.
+    let args: Vec<String> = [
+        "bench",
+        &spec,
+        "--connections",
+        "2",
+        "--messages",
+        "50",
+        "--per-connection",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let (code, out, _) = tokio::task::spawn_blocking(move || milterkit(&args))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("50 messages in"), "{out}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
