@@ -60,12 +60,12 @@ fn lcs<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<Line<'a>> {
             out.push(Line::Same(a[i]));
             i += 1;
             j += 1;
-        } else if j < m && (i == n || t[i][j + 1] >= t[i + 1][j]) {
-            out.push(Line::Added(b[j]));
-            j += 1;
-        } else {
+        } else if i < n && (j == m || t[i + 1][j] >= t[i][j + 1]) {
             out.push(Line::Removed(a[i]));
             i += 1;
+        } else {
+            out.push(Line::Added(b[j]));
+            j += 1;
         }
     }
     out
