@@ -1,0 +1,68 @@
+//! Logs: a span per connection with its id and peer, and each handler failure at warn. Its own
+//! test binary, so that the global subscriber sees every callsite.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use milterkit::mta::{Connection, Profile, Transaction};
+use milterkit::{Config, Decision, Helo, Milter, Result, Stage};
+
+/// Fails at HELO.
+#[derive(Default)]
+struct FailsAtHelo;
+
+impl Milter for FailsAtHelo {
+    type Message = ();
+    async fn helo(&mut self, _: Helo<'_>) -> Result<Decision> {
+        Err("scripted error at HELO".into())
+    }
+}
+
+/// Collects log output.
+#[derive(Clone, Default)]
+struct Buf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_connection_span_names_its_id_and_peer_and_failures_are_logged() {
+    let buf = Buf::default();
+    let writer = buf.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .init();
+    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(std::future::IntoFuture::into_future(
+        milterkit::serve(listener, FailsAtHelo::default)
+            .with_config(Config::default())
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            }),
+    ));
+    let mut conn = Connection::open(&spec, Profile::postfix()).await.unwrap();
+    let out = conn
+        .run(&Transaction::new().to("<b@example.net>"))
+        .await
+        .unwrap();
+    assert_eq!(out.decision(Stage::Helo), Some(&Decision::Tempfail));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("milter_conn{id=1 peer=127.0.0.1:"), "{log}");
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("handler failed; fail-safe reply"), "{log}");
+    assert!(log.contains("stage=HELO"), "{log}");
+}
