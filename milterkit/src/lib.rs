@@ -122,7 +122,9 @@
 //! | `smfi_setconn`, `smfi_opensocket` | `milter.start` description | `listen(port, host)` | `net.Listen` | same | [`bind`] with a [`SocketSpec`] |
 //! | `smfi_main` | `milter.start` | `listen` | `RunServer` | `Server.Serve` | [`serve`] |
 //! | `smfi_stop` | – | – | `Server.Shutdown` | `Server.Close` | [`Serve::with_graceful_shutdown`] |
-//! | `smfi_settimeout`, `smfi_setbacklog`, `smfi_setmaxdatasize` | – | – | – | – | [`Config`] |
+//! | `smfi_settimeout`, `smfi_setmaxdatasize` | – | – | – | – | [`Config::read_timeout`], [`Config::max_frame`] |
+//! | `smfi_setbacklog` | – | – | – | – | [`bind_with_backlog`] |
+//! | `smfi_version`, MTA protocol version | – | `ctx.version` | – | – | [`Offer::version`] in [`Milter::negotiate`], [`Eom::agreement`] |
 //! | – | – | `ctx.uniqueID`, `error` event | – | – | tracing span `milter_conn{id, peer}`; connection errors logged |
 //! | – | – | – | – | `TestMilter` | [`testing::Harness`] |
 //!
@@ -146,7 +148,9 @@ pub mod testing;
 
 pub use eom::Eom;
 pub use error::{BoxError, Error, Result};
-pub use listener::{bind, connect, Listener, SocketSpec, Stream, UnixSocketFile};
+pub use listener::{
+    bind, bind_with_backlog, connect, Listener, SocketSpec, Stream, UnixSocketFile, DEFAULT_BACKLOG,
+};
 pub use milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Text, Unknown};
 pub use serve::{serve, serve_connection, Config, Serve};
 

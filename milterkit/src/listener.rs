@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixSocket, UnixStream};
 
 use crate::Error;
 
@@ -195,6 +195,16 @@ impl Drop for UnixSocketFile {
 #[doc(alias = "smfi_setconn")]
 #[doc(alias = "smfi_opensocket")]
 pub async fn bind(spec: &str) -> Result<Listener, Error> {
+    bind_with_backlog(spec, DEFAULT_BACKLOG).await
+}
+
+/// The listen backlog of [`bind`]: libmilter's default, `SOMAXCONN` (4096 on current Linux).
+pub const DEFAULT_BACKLOG: u32 = 4096;
+
+/// [`bind`] with a chosen listen backlog (`smfi_setbacklog`): how many connections the kernel
+/// queues while the milter is at [`Config::max_connections`](crate::Config::max_connections).
+#[doc(alias = "smfi_setbacklog")]
+pub async fn bind_with_backlog(spec: &str, backlog: u32) -> Result<Listener, Error> {
     let parsed: SocketSpec = spec.parse()?;
     let fail = |e: io::Error| Error::Bind {
         spec: spec.to_owned(),
@@ -203,14 +213,16 @@ pub async fn bind(spec: &str) -> Result<Listener, Error> {
     match parsed {
         SocketSpec::Unix(path) => {
             remove_stale_socket(&path).map_err(fail)?;
-            let listener = UnixListener::bind(&path).map_err(fail)?;
+            let socket = UnixSocket::new_stream().map_err(fail)?;
+            socket.bind(&path).map_err(fail)?;
+            let listener = socket.listen(backlog).map_err(fail)?;
             Ok(Listener::Unix(listener, UnixSocketFile(path)))
         }
         inet => {
             let addrs = inet.addrs().await.map_err(fail)?;
             let mut last = None;
             for addr in addrs {
-                match TcpListener::bind(addr).await {
+                match listen_tcp(addr, backlog) {
                     Ok(l) => return Ok(Listener::Tcp(l)),
                     Err(e) => last = Some(e),
                 }
@@ -218,6 +230,18 @@ pub async fn bind(spec: &str) -> Result<Listener, Error> {
             Err(fail(last.unwrap_or_else(|| io::Error::other("no address"))))
         }
     }
+}
+
+/// A TCP listener with `SO_REUSEADDR` (as libmilter sets it) and the given backlog.
+fn listen_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 fn remove_stale_socket(path: &Path) -> io::Result<()> {

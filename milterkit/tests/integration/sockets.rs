@@ -337,3 +337,21 @@ fn reads_service_names_from_etc_services() {
         assert!(parsed.is_err());
     }
 }
+
+#[tokio::test]
+async fn binds_with_a_chosen_backlog_on_tcp_and_unix() {
+    for spec in ["inet:0@127.0.0.1".to_owned(), unix_path("backlog.sock")] {
+        let listener = milterkit::bind_with_backlog(&spec, 20).await.unwrap();
+        let bound = listener.local_spec().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let milter = Scripted::new(Script::default());
+            milterkit::serve_connection(stream, milter, &milterkit::Config::default()).await
+        });
+        let mut conn = Connection::open(&bound, Profile::postfix()).await.unwrap();
+        let out = conn.run(&tx()).await.unwrap();
+        assert_eq!(out.verdict, Some(Verdict::Accept), "{spec}");
+        conn.quit().await.unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
