@@ -1,0 +1,180 @@
+//! # interop
+//!
+//! End-to-end tests of milterkit behind **real** Postfix 3.7 and Sendmail 8.17 (Debian 12
+//! packages), each run privately on loopback by the test itself, and the pieces to build more:
+//!
+//! ```text
+//!   send() ──SMTP──► Postfix / Sendmail ──milter protocol──► MilterServer (TestMilter on milterkit::serve)
+//!                         │ relay
+//!                         ▼
+//!                       Sink ──► Message (envelope lines with parameters + data) ──► asserts
+//! ```
+//!
+//! - [`Sink`]: an SMTP server that accepts everything and keeps each message.
+//! - [`Postfix`], [`Sendmail`]: private instances in their own [`RunDir`], on free ports, in
+//!   private mount and UTS namespaces, stopped through their pid files when dropped, their log
+//!   tail printed when a test fails. Sendmail is never installed (`sendmail-bin` conflicts with
+//!   `postfix`): `scripts/test.sh` extracts its packages under [`sendmail_root`], and an
+//!   `LD_PRELOAD` shim written in C ([`sendmail::SYSLOG_SHIM_SOURCE`]) puts its syslog lines in
+//!   a file.
+//! - [`send`] / [`Session`]: an SMTP client that returns every reply it saw.
+//! - [`TestMilter`] / [`MilterServer`]: a milter whose behaviour each message selects (see the
+//!   [`milter`] module), served over TCP or a Unix socket.
+//! - [`require`] / [`Tool`]: are the packages there? Under `CI=true` a missing one fails the
+//!   test; elsewhere the test prints `SKIPPED` and returns.
+//! - [`Rig`]: all of it for one test: sink, milter, MTA.
+//!
+//! Everything needs root (the MTAs and the namespaces). `bash scripts/test.sh` installs the
+//! packages and runs the suite; `cargo test -p interop` runs just these tests.
+//!
+//! ```no_run
+//! use interop::{Mta, Rig, Transport};
+//! # fn t() -> interop::Result<()> {
+//! let Some(rig) = Rig::start(Mta::Postfix, Transport::Unix)? else { return Ok(()) };
+//! let r = interop::send(rig.port(), "alice@example.org", &["bob@example.net"],
+//!     b"From: <alice@example.org>\r\nX-Test: add-header\r\n\r\nhello\r\n")?;
+//! assert!(r.accepted(), "{r}");
+//! let delivered = rig.sink.wait_for(1, interop::DELIVERY_TIMEOUT)?;
+//! assert!(delivered[0].header("X-Interop-Added").is_some());
+//! # Ok(()) }
+//! ```
+
+pub mod milter;
+pub mod postfix;
+pub mod sendmail;
+pub mod sink;
+pub mod smtp;
+pub mod tools;
+pub mod util;
+
+use std::time::Duration;
+
+pub use milter::{Action, Journal, MilterServer, Seen, TestMilter, Transport};
+pub use postfix::Postfix;
+pub use sendmail::Sendmail;
+pub use sink::{Message, Sink};
+pub use smtp::{send, Reply, Session, SmtpResult};
+pub use tools::{require, sendmail_root, Tool};
+pub use util::{free_port, Error, Result, RunDir};
+
+/// How long a test waits for a delivery to reach the sink (Postfix's queue manager may take a
+/// moment; Sendmail delivers in the background at once).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a test waits to be sure that nothing (more) is delivered.
+pub const QUIET_PERIOD: Duration = Duration::from_millis(1500);
+
+/// Which MTA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mta {
+    /// Postfix 3.7 ([`Postfix`]).
+    Postfix,
+    /// Sendmail 8.17 ([`Sendmail`]).
+    Sendmail,
+}
+
+impl Mta {
+    /// The tools it needs.
+    pub fn tools(self) -> &'static [Tool] {
+        match self {
+            Mta::Postfix => &[Tool::Postfix, Tool::Unshare],
+            Mta::Sendmail => &[
+                Tool::Sendmail,
+                Tool::SendmailCf,
+                Tool::M4,
+                Tool::Gcc,
+                Tool::Unshare,
+            ],
+        }
+    }
+}
+
+/// A running MTA of either kind.
+#[derive(Debug)]
+pub enum Running {
+    /// A private Postfix.
+    Postfix(Postfix),
+    /// A private Sendmail.
+    Sendmail(Sendmail),
+}
+
+impl Running {
+    /// Starts `mta` with `milter`, relaying to the sink on `sink_port`.
+    pub fn start(mta: Mta, milter: &MilterServer, sink_port: u16) -> Result<Running> {
+        Ok(match mta {
+            Mta::Postfix => Running::Postfix(Postfix::start(&milter.postfix_spec(), sink_port)?),
+            Mta::Sendmail => {
+                Running::Sendmail(Sendmail::start(&milter.sendmail_spec(), sink_port)?)
+            }
+        })
+    }
+
+    /// Its SMTP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        match self {
+            Running::Postfix(p) => p.port(),
+            Running::Sendmail(s) => s.port(),
+        }
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        match self {
+            Running::Postfix(p) => p.log(),
+            Running::Sendmail(s) => s.log(),
+        }
+    }
+
+    /// Which MTA it is.
+    pub fn kind(&self) -> Mta {
+        match self {
+            Running::Postfix(_) => Mta::Postfix,
+            Running::Sendmail(_) => Mta::Sendmail,
+        }
+    }
+}
+
+/// One test's world: a [`Sink`], the [`TestMilter`] served on `transport`, and the MTA between
+/// them. Dropped in that order, reversed: the MTA stops first, then the milter, then the sink.
+/// When the test fails, the sink's transcript and the milter's journal are printed, and the
+/// MTA prints its log tail.
+#[derive(Debug)]
+pub struct Rig {
+    /// The MTA (field order is drop order: it goes first).
+    pub mta: Running,
+    /// The milter behind it.
+    pub milter: MilterServer,
+    /// Where it delivers.
+    pub sink: Sink,
+}
+
+impl Rig {
+    /// Starts everything, or returns `Ok(None)` when a needed package is missing outside CI
+    /// (after printing `SKIPPED`; see [`require`]).
+    pub fn start(mta: Mta, transport: Transport) -> Result<Option<Rig>> {
+        if !require(mta.tools()) {
+            return Ok(None);
+        }
+        let sink = Sink::start()?;
+        let milter = MilterServer::start(transport)?;
+        let mta = Running::start(mta, &milter, sink.port())?;
+        Ok(Some(Rig { mta, milter, sink }))
+    }
+
+    /// The MTA's SMTP port.
+    pub fn port(&self) -> u16 {
+        self.mta.port()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- sink transcript ----\n{}\n---- milter journal ----\n{:#?}",
+                self.sink.transcript().join("\n"),
+                self.milter.journal().seen()
+            );
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! [`Postfix`]: a private Postfix instance on loopback, relaying everything to a sink.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::{
+    free_port, namespaced, read_pid, run, stop_pid, tail, wait_for_smtp, write_file, Context,
+    Error, Result, RunDir,
+};
+
+/// The host name the private Postfix uses.
+pub const POSTFIX_HOSTNAME: &str = "postfix.test.invalid";
+
+/// The stock service list of Postfix 3.7 with chroot off for every service (a chrooted smtpd
+/// cannot reach a Unix milter socket outside the chroot); `SMTPD_ADDR` is replaced by the
+/// listening address.
+const MASTER_CF: &str = "\
+# service type  private unpriv  chroot  wakeup  maxproc command + args
+SMTPD_ADDR inet n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+        -o syslog_name=postfix/$service_name
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
+lmtp      unix  -       -       n       -       -       lmtp
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+";
+
+/// A private Postfix: its own configuration, queue and log in a [`RunDir`], its smtpd on
+/// 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`, the milter in
+/// `smtpd_milters`. Runs in private mount and UTS namespaces (its own `/etc/hosts`,
+/// `/etc/resolv.conf` and host name). Stopped through its master's pid file when dropped; a
+/// failing test (panicking thread) gets the tail of the log printed and the directory kept.
+///
+/// Needs root and [`Tool::Postfix`](crate::Tool::Postfix), [`Tool::Unshare`](crate::Tool::Unshare).
+#[derive(Debug)]
+pub struct Postfix {
+    port: u16,
+    dir: RunDir,
+    started: bool,
+}
+
+impl Postfix {
+    /// Configures and starts an instance. `milter` is spelled as Postfix wants it
+    /// (`inet:127.0.0.1:PORT` or `unix:/path`); see
+    /// [`MilterServer::postfix_spec`](crate::MilterServer::postfix_spec).
+    pub fn start(milter: &str, sink_port: u16) -> Result<Postfix> {
+        Postfix::start_with(milter, sink_port, &[])
+    }
+
+    /// Like [`Postfix::start`], with extra `main.cf` settings (`("name", "value")`) applied
+    /// last.
+    pub fn start_with(milter: &str, sink_port: u16, extra: &[(&str, &str)]) -> Result<Postfix> {
+        let dir = RunDir::new("postfix")?;
+        let port = free_port()?;
+        let mut pf = Postfix {
+            port,
+            dir,
+            started: false,
+        };
+        pf.configure(milter, sink_port, extra)
+            .map_err(|e| e.context("configuring Postfix"))?;
+        pf.launch().map_err(|e| pf.explain(e))?;
+        Ok(pf)
+    }
+
+    fn configure(&self, milter: &str, sink_port: u16, extra: &[(&str, &str)]) -> Result<()> {
+        let etc = self.dir.join("etc");
+        let data = self.dir.join("data");
+        for d in [&etc, &self.dir.join("spool"), &data] {
+            std::fs::create_dir(d).context(format!("creating {}", d.display()))?;
+        }
+        run(Command::new("chown").args(["postfix:postfix"]).arg(&data))?;
+        let d = self.dir.path().display();
+        let mut main_cf = format!(
+            "\
+compatibility_level = 3.6
+config_directory = {d}/etc
+queue_directory = {d}/spool
+data_directory = {d}/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+meta_directory = /etc/postfix
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+myhostname = {POSTFIX_HOSTNAME}
+mydomain = test.invalid
+myorigin = $myhostname
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:{sink_port}
+smtp_dns_support_level = disabled
+smtp_host_lookup = native
+smtpd_peername_lookup = no
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+smtpd_error_sleep_time = 0
+smtpd_soft_error_limit = 100
+smtpd_hard_error_limit = 100
+in_flow_delay = 0
+queue_run_delay = 5s
+minimal_backoff_time = 5s
+maximal_backoff_time = 10s
+biff = no
+append_dot_mydomain = no
+smtpd_milters = {milter}
+milter_protocol = 6
+milter_default_action = tempfail
+milter_connect_timeout = 10s
+milter_command_timeout = 30s
+milter_content_timeout = 120s
+"
+        );
+        for (name, value) in extra {
+            main_cf.push_str(&format!("{name} = {value}\n"));
+        }
+        write_file(&etc.join("main.cf"), main_cf)?;
+        let master_cf = MASTER_CF.replace("SMTPD_ADDR", &format!("127.0.0.1:{}", self.port));
+        write_file(&etc.join("master.cf"), master_cf)?;
+        // `postfix start` creates the queue tree with the owners and modes Postfix wants
+        // (`set-permissions` would too, but costs two seconds).
+        run(self.postfix().arg("check"))?;
+        Ok(())
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let mut cmd = namespaced(
+            &self.dir.join("etc"),
+            POSTFIX_HOSTNAME,
+            Path::new("/usr/sbin/postfix"),
+        )?;
+        cmd.arg("-c").arg(self.dir.join("etc")).arg("start");
+        self.started = true;
+        run(&mut cmd)?;
+        wait_for_smtp(self.port, Duration::from_secs(15))
+    }
+
+    /// `postfix -c DIR/etc`, to add a subcommand to.
+    fn postfix(&self) -> Command {
+        let mut cmd = Command::new("/usr/sbin/postfix");
+        cmd.arg("-c").arg(self.dir.join("etc"));
+        cmd
+    }
+
+    fn explain(&self, e: Error) -> Error {
+        e.context(format!(
+            "starting Postfix in {}; log tail:\n{}",
+            self.dir.path().display(),
+            tail(&self.log_path(), 30)
+        ))
+    }
+
+    /// The SMTP port of its smtpd on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The run directory (configuration in `etc/`, queue in `spool/`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The log file (`maillog_file`).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("maillog")
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
+    }
+
+    /// The queue as `postqueue -p` lists it (`Mail queue is empty` when empty).
+    pub fn queue(&self) -> Result<String> {
+        let out = run(Command::new("/usr/sbin/postqueue")
+            .arg("-c")
+            .arg(self.dir.join("etc"))
+            .arg("-p"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn master_pid(&self) -> Option<u32> {
+        read_pid(&self.dir.join("spool/pid/master.pid"))
+    }
+
+    /// Stops the instance through its master's pid file (never by process name).
+    pub fn stop(&mut self) {
+        if !std::mem::take(&mut self.started) {
+            return;
+        }
+        match self.master_pid() {
+            Some(pid) => {
+                if !stop_pid(pid, Duration::from_secs(10)) {
+                    eprintln!("Postfix master {pid} did not stop");
+                }
+            }
+            None => eprintln!(
+                "no Postfix master pid file in {}",
+                self.dir.path().display()
+            ),
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            eprintln!(
+                "---- Postfix log ({}), last 60 lines ----\n{}\n---- end of Postfix log ----",
+                self.log_path().display(),
+                tail(&self.log_path(), 60)
+            );
+        }
+    }
+}
