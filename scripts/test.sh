@@ -5,20 +5,49 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real: a C milter on libmilter, OpenDKIM.
+# Debian packages the tests drive for real: a C milter on libmilter, OpenDKIM; and for the
+# interop tests (interop/), a private Postfix, swaks, m4, and Sendmail's run-time libraries.
 PACKAGES="gcc libc6-dev libmilter-dev opendkim opendkim-tools"
+PACKAGES="$PACKAGES postfix swaks m4 libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
-if [ -n "$missing" ]; then
-  echo "== installing:$missing"
+
+# Sendmail is never installed: sendmail-bin conflicts with postfix (both are the
+# mail-transport-agent). Its packages are downloaded and extracted with dpkg -x into
+# MILTERKIT_SENDMAIL_ROOT instead; the interop tests run the binary from there.
+SENDMAIL_ROOT="${MILTERKIT_SENDMAIL_ROOT:-/var/cache/milterkit/sendmail}"
+SENDMAIL_DEBS="${SENDMAIL_ROOT%/*}/debs"
+need_sendmail=""
+[ -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ] && [ -f "$SENDMAIL_ROOT/usr/share/sendmail/cf/m4/cf.m4" ] \
+  || need_sendmail=yes
+
+if [ -n "$missing" ] || [ -n "$need_sendmail" ]; then
   if command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $missing
+    if [ -n "$missing" ]; then
+      echo "== installing:$missing"
+      # "No configuration": Postfix is installed without configuring or starting the system
+      # instance; the tests run private ones.
+      echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+      apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    fi
+    if [ -n "$need_sendmail" ]; then
+      echo "== extracting sendmail-bin and sendmail-cf into $SENDMAIL_ROOT"
+      mkdir -p "$SENDMAIL_DEBS"
+      rm -f "$SENDMAIL_DEBS"/sendmail-*.deb
+      (cd "$SENDMAIL_DEBS" && apt-get download -qq -o APT::Sandbox::User=root sendmail-bin sendmail-cf)
+      rm -rf "$SENDMAIL_ROOT.tmp"
+      for deb in "$SENDMAIL_DEBS"/sendmail-bin_*.deb "$SENDMAIL_DEBS"/sendmail-cf_*.deb; do
+        dpkg -x "$deb" "$SENDMAIL_ROOT.tmp"
+      done
+      rm -rf "$SENDMAIL_ROOT"
+      mv "$SENDMAIL_ROOT.tmp" "$SENDMAIL_ROOT"
+    fi
   else
-    echo "warning: apt-get not found; tests that need$missing will skip (or fail under CI=true)" >&2
+    echo "warning: apt-get not found; tests that need$missing${need_sendmail:+ sendmail} will skip (or fail under CI=true)" >&2
   fi
 fi
 
