@@ -119,6 +119,21 @@ impl FrameDecoder {
     }
 }
 
+/// Moves the bytes of `out` to the end of `dst` (swapping buffers when `dst` is empty, so that
+/// nothing is copied); true if there were any.
+pub(crate) fn transmit(out: &mut BytesMut, dst: &mut BytesMut) -> bool {
+    if out.is_empty() {
+        return false;
+    }
+    if dst.is_empty() {
+        std::mem::swap(dst, out);
+    } else {
+        dst.extend_from_slice(out);
+        out.clear();
+    }
+    true
+}
+
 /// Writes one frame whose length is only known at the end: reserves the prefix, lets the caller
 /// append the payload, then patches the length in.
 pub(crate) struct FrameWriter<'a> {

@@ -418,16 +418,7 @@ impl MtaSession {
 
     /// Moves every queued byte into `dst`; true if there was any. Write `dst` in one write.
     pub fn poll_transmit(&mut self, dst: &mut BytesMut) -> bool {
-        if self.out.is_empty() {
-            return false;
-        }
-        if dst.is_empty() {
-            std::mem::swap(dst, &mut self.out);
-        } else {
-            dst.extend_from_slice(&self.out);
-            self.out.clear();
-        }
-        true
+        crate::frame::transmit(&mut self.out, dst)
     }
 
     /// The agreement, once the milter answered OPTNEG.

@@ -439,6 +439,18 @@ pub struct Answer {
     pub closed: Option<String>,
 }
 
+impl Answer {
+    /// Adds what the MTA session handed up.
+    pub(crate) fn absorb(&mut self, event: MtaEvent) {
+        match event {
+            MtaEvent::Decision { decision, .. } => self.decision = Some(decision),
+            MtaEvent::Modification(m) => self.modifications.push(m),
+            MtaEvent::Progress => self.progress += 1,
+            _ => {}
+        }
+    }
+}
+
 /// Carries commands to a milter and brings back its answer: in memory (the harness) or over a
 /// socket.
 pub(crate) trait Link: Send {
@@ -1110,12 +1122,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         let mut answer = Answer::default();
         loop {
             while let Some(event) = self.mta.poll_event()? {
-                match event {
-                    MtaEvent::Decision { decision, .. } => answer.decision = Some(decision),
-                    MtaEvent::Modification(m) => answer.modifications.push(m),
-                    MtaEvent::Progress => answer.progress += 1,
-                    _ => {}
-                }
+                answer.absorb(event);
             }
             if done(&self.mta) {
                 return Ok(answer);

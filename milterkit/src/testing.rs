@@ -31,7 +31,7 @@
 
 use bytes::BytesMut;
 use milterkit_proto::{
-    Agreement, Command, MilterConfig, MilterSession, MtaConfig, MtaEvent, MtaSession, Sent,
+    Agreement, Command, MilterConfig, MilterSession, MtaConfig, MtaSession, Sent,
 };
 
 use crate::dispatch::{Dispatcher, Flow, JustWait};
@@ -190,12 +190,7 @@ impl<M: Milter> Harness<M> {
         self.session.poll_transmit(&mut self.wire);
         self.mta.handle_input(&self.wire.split());
         while let Some(event) = self.mta.poll_event()? {
-            match event {
-                MtaEvent::Decision { decision, .. } => answer.decision = Some(decision),
-                MtaEvent::Modification(m) => answer.modifications.push(m),
-                MtaEvent::Progress => answer.progress += 1,
-                _ => {}
-            }
+            answer.absorb(event);
         }
         if let Some(c) = &answer.closed {
             self.closed = Some(c.clone());
