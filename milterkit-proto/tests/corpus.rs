@@ -6,10 +6,13 @@ use std::path::Path;
 
 use milterkit_proto::fuzzing;
 
+/// A fuzzing entry point.
+type Entry = fn(&[u8]);
+
 #[test]
 fn every_kept_fuzz_input_passes_its_entry_point() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
-    let targets: [(&str, fn(&[u8])); 5] = [
+    let targets: [(&str, Entry); 5] = [
         ("frames", fuzzing::frames),
         ("commands", fuzzing::commands),
         ("responses", fuzzing::responses),
