@@ -16,7 +16,7 @@ shift || true
 case "$secs" in ''|*[!0-9]*) echo "run.sh: SECONDS_PER_TARGET must be a number, got '$secs'" >&2; exit 2 ;; esac
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
-targets="${TARGETS:-frames commands responses milter_session mta_session}"
+targets="${TARGETS:-frames commands responses milter_session mta_session served_connection}"
 logs="$here/target/fuzz-logs"
 mkdir -p "$logs"
 cd "$here"

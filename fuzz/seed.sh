@@ -29,7 +29,7 @@ seed() { # seed FILE TARGET...
 n=0
 shopt -s nullglob
 for f in "$captures"/*/*.mta.bin; do
-    seed "$f" frames commands milter_session
+    seed "$f" frames commands milter_session served_connection
     n=$((n + 1))
 done
 for f in "$captures"/*/*.milter.bin; do
@@ -38,7 +38,7 @@ for f in "$captures"/*/*.milter.bin; do
 done
 
 echo "seed.sh: $n captures seeded into $corpus"
-for t in frames commands responses milter_session mta_session; do
+for t in frames commands responses milter_session mta_session served_connection; do
     [ -d "$corpus/$t" ] && printf '  %-15s %4d files %s\n' "$t" \
         "$(find "$corpus/$t" -type f | wc -l)" "$(du -sh "$corpus/$t" | cut -f1)"
 done

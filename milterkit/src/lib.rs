@@ -140,6 +140,8 @@ mod conn;
 mod dispatch;
 mod eom;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listener;
 mod milter;
 pub mod mta;
