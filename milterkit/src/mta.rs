@@ -387,7 +387,8 @@ pub struct Outcome {
     pub progress: u32,
     /// Recipients the milter refused (reject, tempfail or reply at RCPT).
     pub refused: Vec<(Bytes, Decision)>,
-    /// The end result.
+    /// The end result. When the milter's connection ended before it decided the message, this
+    /// is tempfail: what Postfix (`milter_default_action`) and Sendmail (`F=T`) do by default.
     pub verdict: Option<Verdict>,
     /// What the MTA would deliver (envelope and message after the modifications, by the
     /// profile's MTA's rules), when the verdict is [`Verdict::Accept`].
@@ -493,7 +494,13 @@ impl Driver {
         let mut ctx = Values::new(profile, tx, self.queue_ids);
         let result = self.steps(link, profile, tx, &mut ctx, &mut out).await;
         if out.verdict.is_none() {
-            out.verdict = Some(Verdict::Accept);
+            out.verdict = Some(if out.closed.is_some() {
+                // The milter went away before deciding: the MTA's failure policy applies,
+                // tempfail by default (Postfix `milter_default_action`, Sendmail `F=T`).
+                Verdict::Tempfail(None)
+            } else {
+                Verdict::Accept
+            });
         }
         out.agreement = link.agreement().cloned();
         if out.verdict == Some(Verdict::Accept) {

@@ -48,6 +48,8 @@ pub struct Harness<M: Milter> {
     strict: bool,
     /// The milter's connection ended (QUIT, or a failure).
     closed: Option<String>,
+    /// The close handler ran (it runs once).
+    close_ran: bool,
     wire: BytesMut,
 }
 
@@ -91,6 +93,7 @@ impl<M: Milter> Harness<M> {
             driver: Driver::default(),
             strict: true,
             closed: None,
+            close_ran: false,
             wire: BytesMut::new(),
         }
     }
@@ -123,8 +126,7 @@ impl<M: Milter> Harness<M> {
             let profile = self.profile.clone();
             driver.quit(&mut self, &profile).await?;
         }
-        if self.closed.as_deref() != Some("quit") {
-            // The connection ended otherwise: close still runs once.
+        if !self.close_ran {
             self.dispatcher.close().await;
         }
         Ok(self.dispatcher.milter)
@@ -169,6 +171,7 @@ impl<M: Milter> Harness<M> {
                 Flow::Continue => {}
                 Flow::Quit => {
                     self.dispatcher.close().await;
+                    self.close_ran = true;
                     answer.closed = Some("quit".into());
                 }
                 Flow::Close(e) => {
@@ -180,6 +183,7 @@ impl<M: Milter> Harness<M> {
                         self.dispatcher.abort(&self.session, &mut JustWait).await;
                     }
                     self.dispatcher.close().await;
+                    self.close_ran = true;
                 }
             }
             if answer.closed.is_some() {
