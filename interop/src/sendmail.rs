@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::tools::sendmail_root;
 use crate::util::{
-    free_port, namespaced, read_pid, run, set_mode, stop_pid, tail, wait_for_smtp, write_file,
-    Context, Error, Result, RunDir,
+    free_port, namespaced, read_pid, run, run_daemon, set_mode, stop_pid, tail, wait_for_smtp,
+    write_file, Context, Error, Result, RunDir,
 };
 
 /// The host name the private Sendmail runs under.
@@ -185,7 +185,7 @@ MAILER(`smtp')dnl
             .arg(self.dir.join("etc/sendmail.cf"))
             .args(["-bd", "-q5m"]);
         self.started = true;
-        run(&mut cmd)?;
+        run_daemon(&mut cmd, &self.dir.join("start.log"))?;
         wait_for_smtp(self.port, Duration::from_secs(20))
     }
 

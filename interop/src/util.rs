@@ -213,6 +213,29 @@ pub(crate) fn run(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// Runs a command that starts a daemon, with its output going to the file `log` rather than to
+/// pipes: a daemon that keeps an inherited pipe open would make the wait for the pipe's end last
+/// as long as the daemon does (Postfix's master holds it for seconds). Fails with the log's
+/// contents unless the command exits with status 0.
+pub(crate) fn run_daemon(cmd: &mut Command, log: &Path) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = std::fs::File::create(log).context(format!("creating {}", log.display()))?;
+    let err = out.try_clone().context("cloning a file handle")?;
+    let status = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .context(format!("running {shown}"))?;
+    if !status.success() {
+        return Err(Error::new(format!(
+            "{shown} failed ({status}):\n{}",
+            tail(log, 30)
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a pid file (first word of its first line).
 pub(crate) fn read_pid(path: &Path) -> Option<u32> {
     std::fs::read_to_string(path)
