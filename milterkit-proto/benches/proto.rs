@@ -7,6 +7,7 @@
 //!   [`MilterSession`] joined by in-memory byte buffers, from OPTNEG to QUIT.
 //!
 //! Run with `cargo bench -p milterkit-proto --bench proto`.
+#![allow(clippy::expect_used)]
 
 use std::fmt;
 use std::hint::black_box;

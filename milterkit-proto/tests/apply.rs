@@ -1,6 +1,6 @@
 //! Applying modifications as each MTA does: a table of header index cases, each row citing its
 //! evidence (a fixture case in shared/fixtures/captures or a section of the reference).
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
 use milterkit_proto::message::{Message, Rules};

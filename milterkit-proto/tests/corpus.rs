@@ -1,6 +1,6 @@
 //! The short fuzz run of CI: every input of the kept corpus (fuzz/corpus, seeded from the captures
 //! and grown by cargo-fuzz) goes through its fuzzing entry point on stable Rust, no nightly.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

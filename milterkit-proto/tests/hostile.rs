@@ -1,6 +1,6 @@
 //! Hostile input: each case names what it sends and the error it must give, with no panic and no
 //! allocation beyond the limit.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Behaviour of `MilterSession`: what it hands up, what it sends, what it refuses.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

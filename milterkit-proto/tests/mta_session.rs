@@ -1,5 +1,5 @@
 //! Behaviour of `MtaSession`: what it sends, skips and hands up.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

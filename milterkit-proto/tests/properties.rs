@@ -1,7 +1,7 @@
 //! Property tests: round trips of every command and response, framing under arbitrary splits,
 //! arbitrary bytes against the decoders and both sessions, and random transactions through an
 //! `MtaSession` and a `MilterSession` joined in memory.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::fmt::Debug;

@@ -1,6 +1,6 @@
 //! Every worked byte-level example of section 11 of `shared/docs/milter-protocol.md`, encoded
 //! from values built by name and decoded back, byte for byte.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::{Bytes, BytesMut};
 use milterkit_proto::{

@@ -1,6 +1,6 @@
 //! The short fuzz run of CI for the served connection: every kept input of
 //! fuzz/corpus/served_connection goes through the entry point on stable Rust.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[test]
 fn every_kept_fuzz_input_is_served_without_a_panic_or_a_hang() {

@@ -1,6 +1,6 @@
 //! Logs: a span per connection with its id and peer, and each handler failure at warn. Its own
 //! test binary, so that the global subscriber sees every callsite.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
 //! A small vocabulary for building commands by name in tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::expect_used)]
 
 use bytes::{Bytes, BytesMut};
 use milterkit_proto::{
