@@ -398,6 +398,12 @@ fn cases() -> Vec<Case> {
             closed: true,
         },
         Case {
+            name: "oversize HEADER payload",
+            bytes: with(len(1_048_576 + 1, b'L')),
+            codes: "Occ",
+            closed: true,
+        },
+        Case {
             name: "QUIT in the middle of a message",
             bytes: with({
                 let mut v = in_message.clone();
@@ -410,24 +416,95 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_hostile_input_gets_its_reply_or_a_clean_close_and_the_server_goes_on() {
+/// Runs the case called `name` against a fresh server.
+async fn check(name: &str) {
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .expect("a case of that name");
     let s = server(Config::default()).await;
     let before = rss_kib();
-    for case in cases() {
-        let seen = send(s.port, &case.bytes).await;
+    let seen = send(s.port, &case.bytes).await;
+    assert_eq!(
+        (seen.codes.as_str(), seen.closed),
+        (case.codes, case.closed),
+        "{name}"
+    );
+    s.still_serves().await;
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "{name}: memory grew by {grown} KiB");
+    s.stop().await;
+}
+
+macro_rules! hostile {
+    ($($test:ident => $name:literal;)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                check($name).await;
+            }
+        )*
+
+        #[test]
+        fn every_case_of_the_table_has_its_named_test() {
+            let named = [$($name),*];
+            for case in cases() {
+                assert!(named.contains(&case.name), "no test for {:?}", case.name);
+            }
+            assert_eq!(named.len(), cases().len());
+        }
+    };
+}
+
+hostile! {
+    length_prefix_0_closes => "length prefix 0";
+    length_prefix_1_on_helo_closes => "length prefix 1 on HELO (no name, no NUL)";
+    length_prefix_65536_is_an_accepted_header => "length prefix 65,536: a 65,535-byte header is accepted";
+    length_prefix_2_pow_31_closes => "length prefix 2^31";
+    length_prefix_2_pow_32_minus_1_closes => "length prefix 2^32-1";
+    payload_one_byte_over_the_limit_closes => "payload one byte over the limit";
+    unknown_command_code_closes => "unknown command code";
+    command_code_below_0x20_closes => "command code below 0x20";
+    helo_without_nul_closes => "HELO without its NUL";
+    mail_with_empty_payload_closes => "MAIL with an empty payload";
+    mail_argument_without_nul_closes => "MAIL argument without its NUL";
+    rcpt_without_nul_closes => "RCPT without its NUL";
+    header_value_without_nul_closes => "HEADER without the value's NUL";
+    unknown_without_nul_closes => "UNKNOWN without its NUL";
+    short_optneg_closes_without_a_reply => "OPTNEG shorter than 12 bytes";
+    connect_with_unknown_family_closes => "CONNECT with an unknown family";
+    connect_truncated_after_family_closes => "CONNECT truncated after the family";
+    connect_with_port_but_no_address_closes => "CONNECT with a port but no address";
+    macro_packet_without_stage_closes => "macro packet with no stage";
+    odd_macro_packets_are_ignored => "macro packets of odd shape are ignored";
+    body_before_data_closes => "BODY before DATA";
+    eom_with_no_message_closes => "EOM with no message";
+    rcpt_with_no_message_closes => "RCPT with no message";
+    mail_inside_a_message_restarts_it => "MAIL inside a message aborts it and starts anew";
+    second_optneg_closes => "a second OPTNEG";
+    second_connect_closes => "a second CONNECT";
+    mta_below_version_2_is_refused => "an MTA below protocol version 2";
+    mta_lacking_actions_is_refused => "an MTA that lacks the milter's actions";
+    oversize_header_payload_closes => "oversize HEADER payload";
+    quit_inside_a_message_closes => "QUIT in the middle of a message";
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_payloads_of_every_command_close_before_any_allocation() {
+    for code in *b"OCHMRTLNBEUDAQK" {
+        let mut v = preamble();
+        v.extend_from_slice(&(1_048_576u32 + 1).to_be_bytes());
+        v.push(code);
+        let s = server(Config::default()).await;
+        let seen = send(s.port, &v).await;
         assert_eq!(
             (seen.codes.as_str(), seen.closed),
-            (case.codes, case.closed),
+            ("Occ", true),
             "{}",
-            case.name
+            code as char
         );
-        s.still_serves().await;
+        s.stop().await;
     }
-    let grown = rss_kib().saturating_sub(before);
-    assert!(grown < 64 * 1024, "memory grew by {grown} KiB");
-    println!("{} hostile cases, memory grew {grown} KiB", cases().len());
-    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
