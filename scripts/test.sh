@@ -73,3 +73,8 @@ cargo test --workspace --doc --locked
 
 echo "== benches compile"
 cargo bench --workspace --no-run --locked >/dev/null
+
+# The benchmark suite's smoke run (bench/run.sh; BENCHMARKS.md has the full run's table): every
+# contestant through every workload with tiny settings; fails if any row is missing.
+echo "== bench smoke"
+bash bench/run.sh --smoke

@@ -1,0 +1,48 @@
+//! The benchmark milter (`bench/run.sh`): continues at every stage, asks for `ADD_HEADER`, and adds
+//! `X-Bench: 1` at end of message. The libmilter and no-library contestants in `bench/` do exactly
+//! the same, so the suite compares the libraries and not the filters.
+//!
+//! Run: `cargo run --release -p milterkit --example bench_milter -- unix:/tmp/bench.sock`; it stops
+//! on SIGINT or SIGTERM.
+
+use milterkit::{Actions, Decision, Eom, Milter, Result, Stages};
+
+/// Does nothing but stamp the message; one value per MTA connection.
+#[derive(Default)]
+struct Bench;
+
+impl Milter for Bench {
+    type Message = ();
+    // Every stage is handled (and so answered), as in the C contestants.
+    const STAGES: Stages = Stages::all();
+    const ACTIONS: Actions = Actions::ADD_HEADER;
+
+    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
+        eom.add_header("X-Bench", "1")?;
+        Ok(Decision::Continue)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let spec = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
+    let listener = milterkit::bind(&spec).await?;
+    milterkit::serve(listener, Bench::default)
+        .with_graceful_shutdown(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => {}
+            }
+        })
+        .await?;
+    Ok(())
+}
