@@ -1,0 +1,109 @@
+//! Soak: many concurrent connections doing transactions for a while against a milter served in
+//! this process; the load comes from `milterkit bench` in another process. Memory of the milter's
+//! process is taken at the start, the middle and the end; no connection may get a wrong answer.
+//!
+//! Size from the environment: `MILTERKIT_SOAK_CONNECTIONS` (default 1,000) and
+//! `MILTERKIT_SOAK_SECONDS` (default 5). The full setting, 10,000 connections for 60 s:
+//! `MILTERKIT_SOAK_CONNECTIONS=10000 MILTERKIT_SOAK_SECONDS=60 cargo test --release -p milterkit-cli --test soak -- --nocapture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::IntoFuture;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+#[allow(dead_code, unreachable_pub, missing_docs)]
+#[path = "../../milterkit/examples/policy.rs"]
+mod policy;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_many_connections_with_flat_memory_and_no_wrong_answer() {
+    let n = env("MILTERKIT_SOAK_CONNECTIONS", 1_000);
+    let seconds = env("MILTERKIT_SOAK_SECONDS", 5);
+    assert!(
+        open_files_limit() > n + 100,
+        "the file limit allows {n} connections"
+    );
+    let listener = milterkit::bind_with_backlog("inet:0@127.0.0.1", 16_384)
+        .await
+        .unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        milterkit::serve(listener, policy::Policy::default)
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    let start = rss_kib();
+    let bench = {
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_milterkit"))
+                .args([
+                    "bench",
+                    &spec,
+                    "--connections",
+                    &n.to_string(),
+                    "--duration",
+                    &seconds.to_string(),
+                    "--json",
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
+    let middle = rss_kib();
+    let out = bench.await.unwrap();
+    let end = rss_kib();
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    println!(
+        "soak: {n} connections for {seconds} s: {} messages, {} accepted, {} refused, {} errors; milter RSS start {start} KiB, middle {middle} KiB, end {end} KiB",
+        report["messages"], report["accepted"], report["refused"], report["errors"]
+    );
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(
+        report["refused"], 0,
+        "no connection got a wrong answer: {report}"
+    );
+    assert!(
+        report["messages"].as_u64().unwrap() >= n,
+        "every connection sent messages: {report}"
+    );
+    assert!(
+        end <= middle + middle / 4 + 16 * 1024,
+        "memory flat: middle {middle} KiB, end {end} KiB"
+    );
+}
