@@ -45,15 +45,6 @@ fn hard_nofile() -> u64 {
         .unwrap_or(4096)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Stamps every message; holds it at end of message until the gate opens.
 #[derive(Clone)]
 struct Stamp {
