@@ -125,6 +125,14 @@ impl Running {
         }
     }
 
+    /// The host name it runs under (its `Received:` headers say `by HOST`).
+    pub fn hostname(&self) -> &'static str {
+        match self {
+            Running::Postfix(_) => postfix::POSTFIX_HOSTNAME,
+            Running::Sendmail(_) => sendmail::SENDMAIL_HOSTNAME,
+        }
+    }
+
     /// Which MTA it is.
     pub fn kind(&self) -> Mta {
         match self {

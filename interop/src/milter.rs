@@ -60,8 +60,9 @@ pub fn large_body() -> Vec<u8> {
     out
 }
 
-/// What the milter does at end of message, by the words of [`CONTROL_HEADER`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the milter does at end of message, by the words of [`CONTROL_HEADER`]. Words with
+/// arguments separate them with `:` (`insert-header:2`, `change:X-Dup:2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// `add-header`: adds [`ADDED_HEADER`] at the end of the headers.
     AddHeader,
@@ -80,29 +81,73 @@ pub enum Action {
     ReplaceBody,
     /// `replace-body-large`: replaces the body with [`large_body`].
     ReplaceBodyLarge,
+    /// `replace-body-empty`: replaces the body with nothing.
+    ReplaceBodyEmpty,
     /// `stamp`: adds [`STAMP_HEADER`] with the message's number on its milter connection.
     Stamp,
     /// `tempfail`: answers tempfail at end of message.
     Tempfail,
     /// `discard`: answers discard at end of message.
     Discard,
+    /// `insert-header:N`: inserts `X-Interop-Ins-N: inserted at N` at index N.
+    InsertHeader(u32),
+    /// `change:NAME:N`: sets the N-th (1-based) header NAME to `changed NAME N`.
+    Change(String, u32),
+    /// `delete:NAME:N`: deletes the N-th (1-based) header NAME.
+    Delete(String, u32),
+    /// `add:NAME`: adds `NAME: added NAME` (`smfi_addheader`).
+    Add(String),
+    /// `add-folded`: adds `X-Interop-Folded` with a value folded over two lines.
+    AddFolded,
+    /// `add-spaced`: adds `X-Interop-Spaced` with a value that starts with two spaces.
+    AddSpaced,
+    /// `add-rcpt:ADDR`: adds ADDR, without ESMTP arguments.
+    AddRcptExact(String),
+    /// `delete-rcpt:ADDR`: deletes ADDR, spelled exactly so.
+    DeleteRcptExact(String),
+    /// `change-from:ADDR`: changes the sender to ADDR, without ESMTP arguments.
+    ChangeFromExact(String),
 }
+
+/// The value [`Action::AddFolded`] adds.
+pub const FOLDED_VALUE: &str = "first line\n\tsecond line";
+/// The value [`Action::AddSpaced`] adds.
+pub const SPACED_VALUE: &str = "  two leading spaces";
 
 impl Action {
     /// The action a word of [`CONTROL_HEADER`] names.
     pub fn from_word(word: &str) -> Option<Action> {
-        Some(match word {
-            "add-header" => Action::AddHeader,
-            "change-header" => Action::ChangeHeader,
-            "delete-header" => Action::DeleteHeader,
-            "add-rcpt" => Action::AddRcpt,
-            "delete-rcpt" => Action::DeleteRcpt,
-            "change-from" => Action::ChangeFrom,
-            "replace-body" => Action::ReplaceBody,
-            "replace-body-large" => Action::ReplaceBodyLarge,
-            "stamp" => Action::Stamp,
-            "tempfail" => Action::Tempfail,
-            "discard" => Action::Discard,
+        let mut parts = word.splitn(3, ':');
+        let verb = parts.next()?;
+        let (a, b) = (parts.next(), parts.next());
+        let number = |s: Option<&str>| s.and_then(|s| s.parse::<u32>().ok());
+        Some(match (verb, a, b) {
+            ("add-header", None, None) => Action::AddHeader,
+            ("change-header", None, None) => Action::ChangeHeader,
+            ("delete-header", None, None) => Action::DeleteHeader,
+            ("add-rcpt", None, None) => Action::AddRcpt,
+            ("delete-rcpt", None, None) => Action::DeleteRcpt,
+            ("change-from", None, None) => Action::ChangeFrom,
+            ("replace-body", None, None) => Action::ReplaceBody,
+            ("replace-body-large", None, None) => Action::ReplaceBodyLarge,
+            ("replace-body-empty", None, None) => Action::ReplaceBodyEmpty,
+            ("stamp", None, None) => Action::Stamp,
+            ("tempfail", None, None) => Action::Tempfail,
+            ("discard", None, None) => Action::Discard,
+            ("add-folded", None, None) => Action::AddFolded,
+            ("add-spaced", None, None) => Action::AddSpaced,
+            ("insert-header", n, None) => Action::InsertHeader(number(n)?),
+            ("add", Some(name), None) => Action::Add(name.to_owned()),
+            ("change", Some(name), n) => Action::Change(name.to_owned(), number(n)?),
+            ("delete", Some(name), n) => Action::Delete(name.to_owned(), number(n)?),
+            // An address may contain ':' only in exotic forms; keep the rest whole.
+            ("add-rcpt", Some(_), _) => Action::AddRcptExact(word["add-rcpt:".len()..].to_owned()),
+            ("delete-rcpt", Some(_), _) => {
+                Action::DeleteRcptExact(word["delete-rcpt:".len()..].to_owned())
+            }
+            ("change-from", Some(_), _) => {
+                Action::ChangeFromExact(word["change-from:".len()..].to_owned())
+            }
             _ => return None,
         })
     }
@@ -265,8 +310,22 @@ impl Milter for TestMilter {
                 Action::ReplaceBody => eom.replace_body(SMALL_BODY.as_bytes())?,
                 Action::ReplaceBodyLarge => eom.replace_body(large_body())?,
                 Action::Stamp => eom.add_header(STAMP_HEADER, self.messages.to_string())?,
+                Action::ReplaceBodyEmpty => eom.replace_body(&b""[..])?,
                 Action::Tempfail => decision = Decision::Tempfail,
                 Action::Discard => decision = Decision::Discard,
+                Action::InsertHeader(n) => {
+                    eom.insert_header(*n, format!("X-Interop-Ins-{n}"), format!("inserted at {n}"))?
+                }
+                Action::Change(name, n) => {
+                    eom.change_header(name, *n, format!("changed {name} {n}"))?
+                }
+                Action::Delete(name, n) => eom.delete_header(name, *n)?,
+                Action::Add(name) => eom.add_header(name, format!("added {name}"))?,
+                Action::AddFolded => eom.add_header("X-Interop-Folded", FOLDED_VALUE)?,
+                Action::AddSpaced => eom.add_header("X-Interop-Spaced", SPACED_VALUE)?,
+                Action::AddRcptExact(a) => eom.add_rcpt(a)?,
+                Action::DeleteRcptExact(a) => eom.delete_rcpt(a)?,
+                Action::ChangeFromExact(a) => eom.change_from(a)?,
             }
         }
         self.journal.push(seen);
@@ -455,6 +514,19 @@ mod tests {
     fn control_words_name_actions() {
         assert_eq!(Action::from_word("add-rcpt"), Some(Action::AddRcpt));
         assert_eq!(Action::from_word("nonsense"), None);
+        assert_eq!(
+            Action::from_word("insert-header:2"),
+            Some(Action::InsertHeader(2))
+        );
+        assert_eq!(
+            Action::from_word("delete:X-Dup:1"),
+            Some(Action::Delete("X-Dup".into(), 1))
+        );
+        assert_eq!(
+            Action::from_word("delete-rcpt:<B@x>"),
+            Some(Action::DeleteRcptExact("<B@x>".into()))
+        );
+        assert_eq!(Action::from_word("change:X-Dup"), None);
         assert_eq!(local_part("<reject-me@example.net>"), "reject-me");
     }
 }

@@ -141,6 +141,50 @@ impl Message {
         }
     }
 
+    /// The data without any header field called `name` (any case), wherever it stands, folded
+    /// lines included; the body untouched.
+    pub fn without_header(&self, name: &str) -> Vec<u8> {
+        self.without_header_where(name, |_| true)
+    }
+
+    /// The data without the `Received:` fields that host `by` wrote (their value contains
+    /// `by HOST`), wherever they stand: the MTA's own trace header, while a `Received:` a milter
+    /// added stays.
+    pub fn without_received_by(&self, by: &str) -> Vec<u8> {
+        let needle = format!("by {by}");
+        self.without_header_where("Received", |field| {
+            String::from_utf8_lossy(field).contains(&needle)
+        })
+    }
+
+    /// The data without the header fields called `name` (any case) for which `drop` returns
+    /// true; `drop` sees the whole field, folded lines and line ends included.
+    pub fn without_header_where(&self, name: &str, drop: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let block = self.header_block();
+        let mut out = Vec::with_capacity(self.data.len());
+        let mut pos = 0;
+        while pos < block.len() {
+            // One field: its first line and every continuation line.
+            let mut end = pos;
+            loop {
+                end = find(&block[end..], b"\r\n").map_or(block.len(), |i| end + i + 2);
+                if end >= block.len() || !matches!(block[end], b' ' | b'\t') {
+                    break;
+                }
+            }
+            let field = &block[pos..end];
+            let named = field.len() > name.len()
+                && field[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+                && field[name.len()] == b':';
+            if !(named && drop(field)) {
+                out.extend_from_slice(field);
+            }
+            pos = end;
+        }
+        out.extend_from_slice(&self.data[block.len()..]);
+        out
+    }
+
     /// The data as text, invalid UTF-8 shown as U+FFFD.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
@@ -442,6 +486,16 @@ mod tests {
             b"From: a\r\nX: y\r\n  z\r\n\r\nbody\r\n"
         );
         assert_eq!(m.header_names(), ["Received", "Received", "From", "X"]);
+        let m2 = msg("X-Top: 1\r\nReceived: from x\r\n\tby y\r\nFrom: a\r\n\r\nReceived: body\r\n");
+        assert_eq!(
+            m2.without_header("received"),
+            b"X-Top: 1\r\nFrom: a\r\n\r\nReceived: body\r\n"
+        );
+        let m3 = msg("Received: added\r\nReceived: from x\r\n\tby mta.test;\r\n x\r\nA: b\r\n\r\n");
+        assert_eq!(
+            m3.without_received_by("mta.test"),
+            b"Received: added\r\nA: b\r\n\r\n"
+        );
         assert_eq!(m.header("x").unwrap(), "y\r\n  z");
         assert_eq!(m.body(), b"body\r\n");
     }
