@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// What went wrong while setting up or driving the test infrastructure.
@@ -93,9 +93,11 @@ impl RunDir {
     /// Creates a new, empty directory whose name starts with `name`.
     pub fn new(name: &str) -> Result<RunDir> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
+        static REAPED: Once = Once::new();
         let base = base_dir();
         std::fs::create_dir_all(&base).context(format!("creating {}", base.display()))?;
         set_mode(&base, 0o755)?;
+        REAPED.call_once(|| reap_stale(&base));
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let path = base.join(format!("{name}-{}-{n}", std::process::id()));
         if path.exists() {
@@ -125,6 +127,57 @@ impl Drop for RunDir {
             return;
         }
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Pid files of the daemons a run directory may hold, relative to it.
+const PID_FILES: [&str; 2] = ["spool/pid/master.pid", "sendmail.pid"];
+
+/// Cleans up after test processes that died before their `Drop` ran (killed by a timeout, say):
+/// in run directories `NAME-PID-N` whose PID is gone, stops the daemons of the pid files, but
+/// only a daemon whose working directory lies inside that run directory (Postfix's master and
+/// Sendmail's daemon both work in their queue directory), so a recycled pid is never hit; and
+/// removes such directories once they are a day old (failed tests keep theirs for inspection).
+fn reap_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(_), Some(owner), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(owner) = owner.parse::<u32>() else {
+            continue;
+        };
+        if owner == std::process::id() || alive(owner) || !path.is_dir() {
+            continue;
+        }
+        for rel in PID_FILES {
+            let Some(daemon) = read_pid(&path.join(rel)) else {
+                continue;
+            };
+            let works_here = std::fs::read_link(format!("/proc/{daemon}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(&path));
+            if alive(daemon) && works_here {
+                shout(&format!(
+                    "stopping daemon {daemon} left running in {}",
+                    path.display()
+                ));
+                stop_pid(daemon, Duration::from_secs(5));
+            }
+        }
+        let day_old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(86_400));
+        if day_old {
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
 }
 
