@@ -101,6 +101,8 @@ pub enum Action {
     AddFolded,
     /// `add-spaced`: adds `X-Interop-Spaced` with a value that starts with two spaces.
     AddSpaced,
+    /// `add-utf8`: adds `X-Interop-Utf8` with [`UTF8_VALUE`], 8-bit UTF-8.
+    AddUtf8,
     /// `add-rcpt:ADDR`: adds ADDR, without ESMTP arguments.
     AddRcptExact(String),
     /// `delete-rcpt:ADDR`: deletes ADDR, spelled exactly so.
@@ -111,6 +113,8 @@ pub enum Action {
 
 /// The value [`Action::AddFolded`] adds.
 pub const FOLDED_VALUE: &str = "first line\n\tsecond line";
+/// The value [`Action::AddUtf8`] adds.
+pub const UTF8_VALUE: &str = "Grüße aus Zürich, 東京";
 /// The value [`Action::AddSpaced`] adds.
 pub const SPACED_VALUE: &str = "  two leading spaces";
 
@@ -136,6 +140,7 @@ impl Action {
             ("discard", None, None) => Action::Discard,
             ("add-folded", None, None) => Action::AddFolded,
             ("add-spaced", None, None) => Action::AddSpaced,
+            ("add-utf8", None, None) => Action::AddUtf8,
             ("insert-header", n, None) => Action::InsertHeader(number(n)?),
             ("add", Some(name), None) => Action::Add(name.to_owned()),
             ("change", Some(name), n) => Action::Change(name.to_owned(), number(n)?),
@@ -153,6 +158,20 @@ impl Action {
     }
 }
 
+/// The 64-bit FNV-1a hash of `bytes`: a cheap fingerprint to compare bodies with.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_continue(FNV_OFFSET, bytes)
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a_continue(hash: u64, bytes: &[u8]) -> u64 {
+    let hash = if hash == 0 { FNV_OFFSET } else { hash };
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// What the milter saw of one message that reached end of message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
@@ -168,6 +187,10 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// Body bytes received.
     pub body_len: usize,
+    /// Body chunks received.
+    pub body_chunks: usize,
+    /// [`fnv1a`] of the body bytes received, in order.
+    pub body_hash: u64,
     /// The queue id macro `i` at end of message, if the MTA sent it.
     pub queue_id: Option<String>,
     /// The actions performed.
@@ -279,6 +302,8 @@ impl Milter for TestMilter {
         body: milterkit::Body<'_>,
     ) -> MilterResult<Decision> {
         m.seen.body_len += body.chunk().len();
+        m.seen.body_chunks += 1;
+        m.seen.body_hash = fnv1a_continue(m.seen.body_hash, body.chunk());
         Ok(Decision::Continue)
     }
 
@@ -323,6 +348,7 @@ impl Milter for TestMilter {
                 Action::Add(name) => eom.add_header(name, format!("added {name}"))?,
                 Action::AddFolded => eom.add_header("X-Interop-Folded", FOLDED_VALUE)?,
                 Action::AddSpaced => eom.add_header("X-Interop-Spaced", SPACED_VALUE)?,
+                Action::AddUtf8 => eom.add_header("X-Interop-Utf8", UTF8_VALUE)?,
                 Action::AddRcptExact(a) => eom.add_rcpt(a)?,
                 Action::DeleteRcptExact(a) => eom.delete_rcpt(a)?,
                 Action::ChangeFromExact(a) => eom.change_from(a)?,

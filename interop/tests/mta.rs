@@ -267,6 +267,24 @@ fn eom_discard(rig: &Rig) {
     assert_eq!(rig.milter.journal().seen()[0].actions, [Action::Discard]);
 }
 
+/// A message larger than one milter packet reaches the milter whole, in 65,535-byte chunks,
+/// and is delivered unchanged.
+fn large_message(rig: &Rig) {
+    let mut sent = message("large message", "");
+    for i in 0..4000 {
+        sent.extend_from_slice(format!("{i:06} {:=<70}\r\n", "").as_bytes());
+    }
+    let r = send(rig, &[BOB], &sent);
+    assert!(r.accepted(), "{r}");
+    let m = the_one(rig);
+    assert!(m.body() == body_of(&sent), "the delivered body differs");
+    let seen = rig.milter.journal().seen();
+    let body = body_of(&sent);
+    assert_eq!(seen[0].body_len, body.len());
+    assert_eq!(seen[0].body_chunks, body.len().div_ceil(65_535));
+    assert_eq!(seen[0].body_hash, interop::milter::fnv1a(body));
+}
+
 /// (i) Two messages on one SMTP connection: both arrive, each modified, and the milter counts
 /// them on one connection.
 fn two_messages(rig: &Rig) {
@@ -352,6 +370,11 @@ macro_rules! scenarios {
         #[test]
         fn discards_with_250_and_delivers_nothing() {
             run($mta, $transport, eom_discard);
+        }
+
+        #[test]
+        fn passes_a_body_larger_than_a_packet_to_the_milter_whole() {
+            run($mta, $transport, large_message);
         }
 
         #[test]

@@ -206,6 +206,7 @@ cases! {
     predicts_an_added_return_path_header: "add:Return-Path", BOB, sendmail: #[ignore = "milterkit bug 3: Sendmail ADDHEADER of a cf default header"];
     predicts_a_folded_added_header: "add-folded", BOB;
     predicts_an_added_value_with_leading_spaces: "add-spaced", BOB;
+    predicts_an_added_utf8_header: "add-utf8", BOB;
     predicts_a_delete_and_add_of_the_same_header: "delete:Subject:1 change:Subject:1", BOB;
     predicts_an_added_recipient_without_arguments: "add-rcpt:<carol@example.net>", BOB;
     predicts_deleting_a_recipient_spelled_in_another_case: "delete-rcpt:<BOB@example.net>", &["bob@example.net", "dave@example.net"];
