@@ -24,8 +24,17 @@
 //!   test; elsewhere the test prints `SKIPPED` and returns.
 //! - [`Rig`]: all of it for one test: sink, milter, MTA.
 //!
+//! The tests: `tests/mta.rs` runs every scenario through Postfix and Sendmail over TCP and a Unix
+//! socket (`postfix_tcp::…`, `sendmail_unix::…`); `tests/prediction.rs` checks the delivery
+//! that `milterkit::testing::Harness` predicts against what the real MTA delivers (its ignored
+//! tests are known Sendmail disagreements: `-- --ignored` shows them failing);
+//! `tests/swaks.rs` has swaks, not our client, see a custom reply.
+//!
 //! Everything needs root (the MTAs and the namespaces). `bash scripts/test.sh` installs the
-//! packages and runs the suite; `cargo test -p interop` runs just these tests.
+//! packages and runs the suite; `cargo test -p interop` runs just these tests. Run directories
+//! go to `/run/milterkit-interop` ([`util::base_dir`]); `MILTERKIT_INTEROP_KEEP=1` keeps them,
+//! and a failing test keeps its own and prints the MTA's log tail, the sink's transcript and
+//! the milter's journal.
 //!
 //! ```no_run
 //! use interop::{Mta, Rig, Transport};
