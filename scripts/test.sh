@@ -71,8 +71,7 @@ echo "== cargo test"
 cargo test --workspace --all-targets --locked
 cargo test --workspace --doc --locked
 
-echo "== benches compile"
-cargo bench --workspace --no-run --locked >/dev/null
+# `cargo test --all-targets` builds the criterion benches too and runs each once as a test.
 
 # The benchmark suite's smoke run (bench/run.sh; BENCHMARKS.md has the full run's table): every
 # contestant through every workload with tiny settings; fails if any row is missing.
