@@ -163,20 +163,12 @@ macro_rules! cases {
 
 const BOB: &[&str] = &["bob@example.net"];
 
-// Known disagreements between real Sendmail 8.17 and milterkit's Sendmail rules
-// (milterkit-proto `message::Rules::Sendmail`), found by these tests; they fail when run with
-// `cargo test -p interop --test prediction -- --ignored`. Sendmail keeps the cf file's default
-// headers in its header list ahead of the message's own (`Received`, then `Resent-Date`,
-// `Date`, `Resent-From`, `From`, `Full-Name`, `Resent-Message-Id`, `Message-Id` with Debian's
-// cf); the ones the message does not need are never written.
-// 1. INSHEADER: Sendmail's index counts 8 entries ahead of the message's headers (Received and
-//    7 unwritten cf defaults), not the 3 the rules assume: indexes 1 to 8 all land below
-//    Received.
-// 2. Trace headers: a Received header a milter adds (ADDHEADER, or CHGHEADER of a missing one,
-//    logged as "change (add)") goes on top, above Sendmail's own; the rules append it.
-// 3. Default headers: ADDHEADER of a header the cf defines (Return-Path) changes that default
-//    entry ("change: default header Return-Path value with …"), which stays conditional and is
-//    not written when relaying; the rules append it.
+// Real Sendmail 8.17 taught the Sendmail rules (milterkit-proto `message::Rules::Sendmail`) three
+// things these tests found: Sendmail keeps the cf file's default headers in its header list ahead
+// of the message's own (`Received`, then `Resent-Date`, `Date`, `Resent-From`, `From`,
+// `Full-Name`, `Resent-Message-Id`, `Message-Id` with Debian's cf), so INSHEADER indexes 1 to 8 all
+// land below `Received`; a `Received` a milter adds goes on top; and ADDHEADER of a header the cf
+// defines (`Return-Path`) changes the unwritten default entry instead of adding a header.
 cases! {
     predicts_an_untouched_message: "none", BOB;
     predicts_add_change_and_delete: "add-header change-header delete-header", BOB;
@@ -190,20 +182,20 @@ cases! {
     predicts_insert_at_index_1: "insert-header:1", BOB;
     predicts_insert_at_index_2: "insert-header:2", BOB;
     predicts_insert_at_index_3: "insert-header:3", BOB;
-    predicts_insert_at_index_4: "insert-header:4", BOB, sendmail: #[ignore = "milterkit bug 1: Sendmail INSHEADER index"];
-    predicts_insert_at_index_5: "insert-header:5", BOB, sendmail: #[ignore = "milterkit bug 1: Sendmail INSHEADER index"];
-    predicts_insert_at_index_8: "insert-header:8", BOB, sendmail: #[ignore = "milterkit bug 1: Sendmail INSHEADER index"];
-    predicts_insert_at_index_9: "insert-header:9", BOB, sendmail: #[ignore = "milterkit bug 1: Sendmail INSHEADER index"];
+    predicts_insert_at_index_4: "insert-header:4", BOB;
+    predicts_insert_at_index_5: "insert-header:5", BOB;
+    predicts_insert_at_index_8: "insert-header:8", BOB;
+    predicts_insert_at_index_9: "insert-header:9", BOB;
     predicts_insert_past_the_end: "insert-header:1000", BOB;
     predicts_a_change_of_the_second_duplicate: "change:X-Dup:2", BOB;
     predicts_deleting_the_first_duplicate_twice: "delete:X-Dup:1 delete:X-Dup:1", BOB;
     predicts_deleting_duplicates_from_the_top_down: "delete:X-Dup:1 delete:X-Dup:2", BOB;
     predicts_a_change_of_a_missing_header: "change:X-Missing:1", BOB;
     predicts_a_change_of_a_folded_header: "change:X-Folded-In:1", BOB;
-    predicts_a_change_of_the_mtas_received_header: "change:Received:1", BOB, sendmail: #[ignore = "milterkit bug 2: Sendmail puts added Received on top"];
+    predicts_a_change_of_the_mtas_received_header: "change:Received:1", BOB;
     predicts_a_delete_of_the_mtas_received_header: "delete:Received:1", BOB;
-    predicts_an_added_received_header: "add:Received", BOB, sendmail: #[ignore = "milterkit bug 2: Sendmail puts added Received on top"];
-    predicts_an_added_return_path_header: "add:Return-Path", BOB, sendmail: #[ignore = "milterkit bug 3: Sendmail ADDHEADER of a cf default header"];
+    predicts_an_added_received_header: "add:Received", BOB;
+    predicts_an_added_return_path_header: "add:Return-Path", BOB;
     predicts_a_folded_added_header: "add-folded", BOB;
     predicts_an_added_value_with_leading_spaces: "add-spaced", BOB;
     predicts_an_added_utf8_header: "add-utf8", BOB;

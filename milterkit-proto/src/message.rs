@@ -169,15 +169,39 @@ pub enum Rules {
 }
 
 /// Entries ahead of the message's own headers that INSHEADER indexes count but the milter never
-/// saw and the result does not show: Postfix's own `Received:`; Sendmail's `Received:` and
-/// entries of its internal list that are not written out (in the captures and by hand, indexes
-/// 1, 2 and 3 all landed directly below `Received:`, index 0 above it).
-fn hidden(rules: Rules) -> usize {
+/// saw and the result does not show: Postfix's own `Received:`; Sendmail's `Received:` and the
+/// default headers of Debian's cf, kept in its list ahead of the message's own and written only
+/// when the message lacks them (seen with real Sendmail 8.17 in interop/tests/prediction.rs:
+/// indexes 1 to 8 all land below `Received:`, index 0 above it).
+fn hidden(rules: Rules) -> &'static [&'static str] {
     match rules {
-        Rules::Postfix => 1,
-        Rules::Sendmail => 3,
+        Rules::Postfix => &["Received"],
+        Rules::Sendmail => &[
+            "Received",
+            "Resent-Date",
+            "Date",
+            "Resent-From",
+            "From",
+            "Full-Name",
+            "Resent-Message-Id",
+            "Message-Id",
+        ],
     }
 }
+
+/// Sendmail: headers its cf defines as defaults. An ADDHEADER of one of these changes the default
+/// entry, which stays conditional and is not written when the message has its own or when relaying
+/// (`Return-Path`), so nothing is added (seen with real Sendmail 8.17).
+const SENDMAIL_DEFAULTS: &[&str] = &[
+    "Return-Path",
+    "Resent-Date",
+    "Date",
+    "Resent-From",
+    "From",
+    "Full-Name",
+    "Resent-Message-Id",
+    "Message-Id",
+];
 
 /// What the MTA would deliver after the milter's modifications.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,19 +286,29 @@ impl Message {
             out.extend_from_slice(eol);
             out.into()
         };
-        let trace = Entry {
-            name: Bytes::from_static(b"Received"),
-            raw: Bytes::new(),
-            deleted: false,
-            hidden: true,
-        };
-        let mut headers: Vec<Entry> = std::iter::repeat_n(trace, hidden(rules))
+        let mut headers: Vec<Entry> = hidden(rules)
+            .iter()
+            .map(|name| Entry {
+                name: Bytes::from_static(name.as_bytes()),
+                raw: Bytes::new(),
+                deleted: false,
+                hidden: true,
+            })
             .chain(
                 self.headers
                     .iter()
                     .map(|h| Entry::new(&h.name, h.raw.clone())),
             )
             .collect();
+        // Sendmail puts a trace header a milter adds on top, above its own Received.
+        let sendmail = rules == Rules::Sendmail;
+        let added_at = |headers: &Vec<Entry>, name: &Bytes| {
+            if sendmail && name.eq_ignore_ascii_case(b"Received") {
+                0
+            } else {
+                headers.len()
+            }
+        };
         let mut sender = sender.clone();
         let mut rcpts: Vec<Envelope> = recipients.to_vec();
         let mut body: Option<Vec<u8>> = None;
@@ -289,7 +323,15 @@ impl Message {
         };
         for m in mods {
             match m {
-                M::AddHeader { name, value } => headers.push(Entry::new(name, format(name, value))),
+                M::AddHeader { name, .. }
+                    if sendmail
+                        && SENDMAIL_DEFAULTS
+                            .iter()
+                            .any(|d| name.eq_ignore_ascii_case(d.as_bytes())) => {}
+                M::AddHeader { name, value } => {
+                    let at = added_at(&headers, name);
+                    headers.insert(at, Entry::new(name, format(name, value)));
+                }
                 M::InsertHeader { index, name, value } => {
                     let at = (*index as usize).min(headers.len());
                     headers.insert(at, Entry::new(name, format(name, value)));
@@ -315,7 +357,10 @@ impl Message {
                             Rules::Sendmail => headers[i].deleted = true,
                         },
                         (Some(i), false) => headers[i] = Entry::new(name, format(name, value)),
-                        (None, false) => headers.push(Entry::new(name, format(name, value))),
+                        (None, false) => {
+                            let at = added_at(&headers, name);
+                            headers.insert(at, Entry::new(name, format(name, value)));
+                        }
                         (None, true) => {}
                     }
                 }
