@@ -135,7 +135,7 @@ fn check(mta: Mta, actions: &str, rcpts: &[&str]) {
 }
 
 /// One test per case and MTA. A case may carry an attribute for its Sendmail test only
-/// (`sendmail: #[ignore = "…"]`): the known disagreements below.
+/// (`sendmail: #[ignore = "…"]`) for a known disagreement; there is none now.
 macro_rules! cases {
     ($($name:ident: $actions:expr, $rcpts:expr $(, sendmail: #[$sendmail:meta])?;)+) => {
         mod postfix {
