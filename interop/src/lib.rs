@@ -169,11 +169,21 @@ impl Rig {
     /// Starts everything, or returns `Ok(None)` when a needed package is missing outside CI
     /// (after printing `SKIPPED`; see [`require`]).
     pub fn start(mta: Mta, transport: Transport) -> Result<Option<Rig>> {
+        Rig::start_with(mta, transport, MilterServer::default_config())
+    }
+
+    /// Like [`Rig::start`], the milter served with `config` (shorter deadlines, another
+    /// fail-safe).
+    pub fn start_with(
+        mta: Mta,
+        transport: Transport,
+        config: milterkit::Config,
+    ) -> Result<Option<Rig>> {
         if !require(mta.tools()) {
             return Ok(None);
         }
         let sink = Sink::start()?;
-        let milter = MilterServer::start(transport)?;
+        let milter = MilterServer::start_with(transport, config)?;
         let mta = Running::start(mta, &milter, sink.port())?;
         Ok(Some(Rig { mta, milter, sink }))
     }

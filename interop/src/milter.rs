@@ -2,8 +2,14 @@
 //! [`MilterServer`], which serves it with [`milterkit::serve`] on TCP or a Unix socket.
 //!
 //! What the milter does:
+//! - at MAIL, refuses a sender whose local part starts with `reject-mail` with the multi-line
+//!   reply [`MAIL_REJECT_CODE`] [`MAIL_REJECT_LINES`], and tempfails one whose local part starts
+//!   with `tempfail-mail` with [`MAIL_TEMPFAIL_CODE`] [`MAIL_TEMPFAIL_LINES`];
 //! - at RCPT, refuses every recipient whose local part starts with `reject` with the custom reply
-//!   [`REJECT_CODE`] [`REJECT_ENHANCED`] [`REJECT_TEXT`];
+//!   [`REJECT_CODE`] [`REJECT_ENHANCED`] [`REJECT_TEXT`], and tempfails (no custom reply) every
+//!   recipient whose local part starts with `tempfail`;
+//! - fails on purpose (panics, returns an error or stalls) at the stage a [`Failure`] word of
+//!   the control header names;
 //! - at end of message, performs the actions listed in the message's [`CONTROL_HEADER`]
 //!   (`X-Test: add-header change-header`), in that order; see [`Action`];
 //! - records what it saw of every message that reached end of message in its [`Journal`].
@@ -44,6 +50,25 @@ pub const REJECT_CODE: u16 = 550;
 pub const REJECT_ENHANCED: &str = "5.7.1";
 /// The reply text for recipients starting with `reject`.
 pub const REJECT_TEXT: &str = "Refused by the interop milter";
+/// The code of the multi-line reply to a `reject-mail…` sender.
+pub const MAIL_REJECT_CODE: u16 = 550;
+/// The enhanced code of the multi-line reply to a `reject-mail…` sender.
+pub const MAIL_REJECT_ENHANCED: &str = "5.7.26";
+/// The lines of the multi-line reply to a `reject-mail…` sender.
+pub const MAIL_REJECT_LINES: [&str; 3] = [
+    "Sender refused by the interop milter",
+    "second line of the reply",
+    "third and last line",
+];
+/// The code of the multi-line reply to a `tempfail-mail…` sender.
+pub const MAIL_TEMPFAIL_CODE: u16 = 450;
+/// The enhanced code of the multi-line reply to a `tempfail-mail…` sender.
+pub const MAIL_TEMPFAIL_ENHANCED: &str = "4.7.0";
+/// The lines of the multi-line reply to a `tempfail-mail…` sender.
+pub const MAIL_TEMPFAIL_LINES: [&str; 2] =
+    ["Sender deferred by the interop milter", "try again later"];
+/// The reason [`Action::Quarantine`] gives.
+pub const QUARANTINE_REASON: &str = "held by the interop milter";
 /// The body of [`Action::ReplaceBody`].
 pub const SMALL_BODY: &str = "This body was replaced by the interop milter.\r\n";
 /// The header [`Action::Stamp`] adds: the message's number on its milter connection.
@@ -109,7 +134,37 @@ pub enum Action {
     DeleteRcptExact(String),
     /// `change-from:ADDR`: changes the sender to ADDR, without ESMTP arguments.
     ChangeFromExact(String),
+    /// `quarantine`: quarantines the message with [`QUARANTINE_REASON`].
+    Quarantine,
+    /// `panic:STAGE`, `error:STAGE`, `stall:STAGE`: fails on purpose at STAGE (`header`,
+    /// `body` or `eom`); see [`Failure`].
+    Fail(Failure, FailStage),
 }
+
+/// How [`Action::Fail`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The handler panics.
+    Panic,
+    /// The handler returns an error.
+    Error,
+    /// The handler sleeps for [`STALL`], far past any deadline.
+    Stall,
+}
+
+/// Where [`Action::Fail`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailStage {
+    /// In the header handler, at the control header itself.
+    Header,
+    /// In the body handler, at the first chunk.
+    Body,
+    /// In the end-of-message handler.
+    Eom,
+}
+
+/// How long a [`Failure::Stall`] sleeps.
+pub const STALL: Duration = Duration::from_secs(600);
 
 /// The value [`Action::AddFolded`] adds.
 pub const FOLDED_VALUE: &str = "first line\n\tsecond line";
@@ -141,6 +196,21 @@ impl Action {
             ("add-folded", None, None) => Action::AddFolded,
             ("add-spaced", None, None) => Action::AddSpaced,
             ("add-utf8", None, None) => Action::AddUtf8,
+            ("quarantine", None, None) => Action::Quarantine,
+            ("panic" | "error" | "stall", Some(stage), None) => {
+                let how = match verb {
+                    "panic" => Failure::Panic,
+                    "error" => Failure::Error,
+                    _ => Failure::Stall,
+                };
+                let stage = match stage {
+                    "header" => FailStage::Header,
+                    "body" => FailStage::Body,
+                    "eom" => FailStage::Eom,
+                    _ => return None,
+                };
+                Action::Fail(how, stage)
+            }
             ("insert-header", n, None) => Action::InsertHeader(number(n)?),
             ("add", Some(name), None) => Action::Add(name.to_owned()),
             ("change", Some(name), n) => Action::Change(name.to_owned(), number(n)?),
@@ -259,10 +329,26 @@ impl Milter for TestMilter {
         .union(Actions::ADD_RCPT_PAR)
         .union(Actions::DELETE_RCPT)
         .union(Actions::CHANGE_FROM)
-        .union(Actions::CHANGE_BODY);
+        .union(Actions::CHANGE_BODY)
+        .union(Actions::QUARANTINE);
 
     async fn mail(&mut self, m: &mut MessageState, mail: Mail<'_>) -> MilterResult<Decision> {
         m.seen.sender = mail.address().to_string_lossy().into_owned();
+        let local = local_part(&m.seen.sender);
+        if local.starts_with("reject-mail") {
+            return Ok(Decision::Reply(Reply::multiline(
+                MAIL_REJECT_CODE,
+                MAIL_REJECT_ENHANCED,
+                MAIL_REJECT_LINES,
+            )?));
+        }
+        if local.starts_with("tempfail-mail") {
+            return Ok(Decision::Reply(Reply::multiline(
+                MAIL_TEMPFAIL_CODE,
+                MAIL_TEMPFAIL_ENHANCED,
+                MAIL_TEMPFAIL_LINES,
+            )?));
+        }
         Ok(Decision::Continue)
     }
 
@@ -274,6 +360,9 @@ impl Milter for TestMilter {
                 REJECT_ENHANCED,
                 REJECT_TEXT,
             )?));
+        }
+        if local_part(&addr).starts_with("tempfail") {
+            return Ok(Decision::Tempfail);
         }
         m.seen.rcpts.push(addr);
         Ok(Decision::Continue)
@@ -293,6 +382,7 @@ impl Milter for TestMilter {
             }
         }
         m.seen.headers.push((name.into_owned(), value.into_owned()));
+        fail_at(&m.seen.actions, FailStage::Header).await?;
         Ok(Decision::Continue)
     }
 
@@ -301,6 +391,9 @@ impl Milter for TestMilter {
         m: &mut MessageState,
         body: milterkit::Body<'_>,
     ) -> MilterResult<Decision> {
+        if m.seen.body_chunks == 0 {
+            fail_at(&m.seen.actions, FailStage::Body).await?;
+        }
         m.seen.body_len += body.chunk().len();
         m.seen.body_chunks += 1;
         m.seen.body_hash = fnv1a_continue(m.seen.body_hash, body.chunk());
@@ -316,6 +409,10 @@ impl Milter for TestMilter {
             .macro_value("i")
             .map(|v| v.to_string_lossy().into_owned());
         let mut decision = Decision::Continue;
+        if let Err(e) = fail_at(&seen.actions, FailStage::Eom).await {
+            self.journal.push(seen);
+            return Err(e);
+        }
         for action in &seen.actions {
             match action {
                 Action::AddHeader => eom.add_header(ADDED_HEADER.0, ADDED_HEADER.1)?,
@@ -352,11 +449,30 @@ impl Milter for TestMilter {
                 Action::AddRcptExact(a) => eom.add_rcpt(a)?,
                 Action::DeleteRcptExact(a) => eom.delete_rcpt(a)?,
                 Action::ChangeFromExact(a) => eom.change_from(a)?,
+                Action::Quarantine => eom.quarantine(QUARANTINE_REASON)?,
+                Action::Fail(..) => {}
             }
         }
         self.journal.push(seen);
         Ok(decision)
     }
+}
+
+/// Fails as the first [`Action::Fail`] for `stage` in `actions` says, if there is one.
+async fn fail_at(actions: &[Action], stage: FailStage) -> MilterResult<()> {
+    for action in actions {
+        match action {
+            Action::Fail(how, at) if *at == stage => match how {
+                Failure::Panic => panic!("the interop milter panics at {stage:?} on purpose"),
+                Failure::Error => {
+                    return Err(format!("the interop milter fails at {stage:?} on purpose").into())
+                }
+                Failure::Stall => tokio::time::sleep(STALL).await,
+            },
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// How the MTA reaches the milter.
@@ -393,8 +509,22 @@ impl std::fmt::Debug for MilterServer {
 }
 
 impl MilterServer {
-    /// Binds the socket and starts serving.
+    /// The [`Config`] [`MilterServer::start`] serves with: the defaults, with a 2 s grace
+    /// period.
+    pub fn default_config() -> Config {
+        Config {
+            grace_period: Duration::from_secs(2),
+            ..Config::default()
+        }
+    }
+
+    /// Binds the socket and starts serving with [`MilterServer::default_config`].
     pub fn start(transport: Transport) -> Result<MilterServer> {
+        MilterServer::start_with(transport, MilterServer::default_config())
+    }
+
+    /// Binds the socket and starts serving with `config`.
+    pub fn start_with(transport: Transport, config: Config) -> Result<MilterServer> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -428,10 +558,6 @@ impl MilterServer {
                 let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
                 TestMilter::new(journal.clone(), n)
             }
-        };
-        let config = Config {
-            grace_period: Duration::from_secs(2),
-            ..Config::default()
         };
         let thread = std::thread::Builder::new()
             .name("interop-milter".into())
