@@ -45,8 +45,8 @@ FULL = {
     "connections": 10,
     "idle_connections": 10_000,
     "idle_settle_s": 1.0,
-    "callgrind_messages": (200, 1200),
-    "callgrind_messages_pymilter": (50, 250),
+    "callgrind_messages": (100, 600),
+    "callgrind_messages_pymilter": (20, 120),
     "proto_ir_transactions": (200, 2200),
 }
 SMOKE = {
@@ -90,7 +90,7 @@ WORKLOADS = [
 # (key, what, target, compare): the issue's targets, checked against the figures.
 TARGETS = [
     ("small_unix", "small Unix, vs ceiling", 0.95, ">="),
-    ("small_unix_vs_libmilter", "small Unix, vs libmilter", 1.8, ">="),
+    ("small_unix_vs_libmilter", "small Unix, vs libmilter (paired the same way)", 1.8, ">="),
     ("small_tcp", "small TCP, vs ceiling", 0.90, ">="),
     ("large_unix", "1 MiB, vs ceiling", 0.95, ">="),
     ("churn_unix", "churn, vs ceiling", 0.90, ">="),
@@ -99,8 +99,11 @@ TARGETS = [
 ]
 
 
+STARTED = time.monotonic()
+
+
 def log(*args):
-    print(*args, file=sys.stderr, flush=True)
+    print(f"[{time.monotonic() - STARTED:5.0f} s]", *args, file=sys.stderr, flush=True)
 
 
 def contestants(build):
@@ -254,6 +257,14 @@ def callgrind_total(path):
     raise RuntimeError(f"no totals in {path}")
 
 
+def machine_busy_seconds():
+    """CPU time spent busy by the whole machine so far (all processes, all cores)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
@@ -275,85 +286,100 @@ def machine():
 
 
 def run_suite(cfg, workdir):
-    build = BUILD
-    found = contestants(build)
+    found = contestants(BUILD)
     names = [n for n in ("milterkit", "libmilter", "ceiling", "pymilter") if n in found]
     log(f"== contestants: {', '.join(names)}")
-    msgfile = os.path.join(workdir, "check.eml")
-    with open(msgfile, "w") as f:
-        f.write("From: a@example.org\r\nTo: b@example.net\r\nSubject: check\r\n\r\nhello\r\n")
-
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "bash bench/run.sh" + (" --smoke" if cfg is SMOKE else ""),
         "machine": machine(),
         "loadavg_start": os.getloadavg(),
-        "settings": {k: v for k, v in cfg.items()},
+        "settings": dict(cfg),
         "contestants": {n: {"description": found[n][1]} for n in names},
         "workloads": {},
         "idle": {},
         "instructions": {},
     }
-
-    # Throughput: one Unix and one TCP instance of each contestant, alive for the whole run.
+    # One Unix and one TCP instance of each contestant, alive for all the throughput rounds.
     servers = {}
     try:
         for n in names:
             unix = Milter(n, found[n][0], f"unix:{workdir}/{n}.sock", workdir).start()
             tcp = Milter(n, found[n][0], f"inet:{free_port()}@127.0.0.1", workdir).start()
             servers[n] = {"unix": unix, "tcp": tcp}
-        reference = None
-        for n in names:
-            seen = behaviour(servers[n]["unix"].spec, msgfile)
-            results["contestants"][n]["agreement"] = seen["agreement"]["summary"]
-            same = {k: seen[k] for k in ("steps", "modifications", "delivered")}
-            if reference is None:
-                reference = same
-            elif same != reference:
-                raise RuntimeError(f"{n} does not behave like {names[0]}: {same} vs {reference}")
-        log("== every contestant answers every stage and adds X-Bench: 1")
-
-        for w in WORKLOADS:
-            results["workloads"][w["key"]] = {
-                "title": w["title"],
-                "args": w["args"],
-                "runs": {n: [] for n in names},
-            }
-        for r in range(cfg["runs"]):
-            for w in WORKLOADS:
-                order = names[r % len(names):] + names[: r % len(names)]
-                for n in order:
-                    m = servers[n][w["transport"]]
-                    cpu0 = m.cpu_seconds()
-                    rep = bench(m.spec, w["args"], cfg["connections"], duration=cfg["duration_s"])
-                    cpu1 = m.cpu_seconds()
-                    run = {
-                        "messages": rep.get("messages", 0),
-                        "messages_per_second": rep.get("messages_per_second", 0.0),
-                        "seconds": rep.get("seconds", 0.0),
-                        "errors": rep.get("errors", -1),
-                        "latency_ms": rep.get("latency_ms"),
-                        "milter_cpu_s": cpu1 - cpu0,
-                        "client_cpu_s": rep["client_cpu_s"],
-                        "first_errors": rep.get("first_errors", []),
-                    }
-                    results["workloads"][w["key"]]["runs"][n].append(run)
-                    log(
-                        f"   round {r + 1} {w['key']:<11} {n:<10} "
-                        f"{run['messages_per_second']:9.0f} msg/s  errors {run['errors']}  "
-                        f"milter cpu {run['milter_cpu_s']:.2f} s"
-                    )
+        check_behaviour(servers, names, results, workdir)
+        measure_throughput(cfg, servers, names, results)
     finally:
         stop_all([m for pair in servers.values() for m in pair.values()], timeout=2.0)
+    measure_idle(cfg, found, names, results, workdir)
+    measure_instructions(cfg, found, names, results, workdir)
+    measure_core_instructions(cfg, results, workdir)
+    results["loadavg_end"] = os.getloadavg()
+    summarise(results, names)
+    return results
 
-    # Idle connections: a fresh process each, RSS before and after N negotiated connections.
-    n_idle = cfg["idle_connections"]
-    idle_done = []
+
+def check_behaviour(servers, names, results, workdir):
+    """Stops the suite unless every contestant does exactly what the first one does."""
+    msgfile = os.path.join(workdir, "check.eml")
+    with open(msgfile, "w") as f:
+        f.write("From: a@example.org\r\nTo: b@example.net\r\nSubject: check\r\n\r\nhello\r\n")
+    reference = None
     for n in names:
-        m = Milter(n, found[n][0], f"unix:{workdir}/{n}-idle.sock", workdir).start()
-        idle_done.append(m)
-        row = {"connections_wanted": n_idle}
-        try:
+        seen = behaviour(servers[n]["unix"].spec, msgfile)
+        results["contestants"][n]["agreement"] = seen["agreement"]["summary"]
+        same = {k: seen[k] for k in ("steps", "modifications", "delivered")}
+        if reference is None:
+            reference = same
+        elif same != reference:
+            raise RuntimeError(f"{n} does not behave like {names[0]}: {same} vs {reference}")
+    log("== every contestant answers every stage and adds X-Bench: 1")
+
+
+def measure_throughput(cfg, servers, names, results):
+    """Every round runs every workload for every contestant; the order rotates each round."""
+    for w in WORKLOADS:
+        results["workloads"][w["key"]] = {
+            "title": w["title"],
+            "args": w["args"],
+            "runs": {n: [] for n in names},
+        }
+    for r in range(cfg["runs"]):
+        for w in WORKLOADS:
+            for n in names[r % len(names):] + names[: r % len(names)]:
+                m = servers[n][w["transport"]]
+                cpu0, busy0 = m.cpu_seconds(), machine_busy_seconds()
+                rep = bench(m.spec, w["args"], cfg["connections"], duration=cfg["duration_s"])
+                cpu1, busy1 = m.cpu_seconds(), machine_busy_seconds()
+                run = {
+                    "messages": rep.get("messages", 0),
+                    "messages_per_second": rep.get("messages_per_second", 0.0),
+                    "seconds": rep.get("seconds", 0.0),
+                    "errors": rep.get("errors", -1),
+                    "latency_ms": rep.get("latency_ms"),
+                    "milter_cpu_s": cpu1 - cpu0,
+                    "client_cpu_s": rep["client_cpu_s"],
+                    "machine_busy_s": busy1 - busy0,
+                    "round": r,
+                    "first_errors": rep.get("first_errors", []),
+                }
+                results["workloads"][w["key"]]["runs"][n].append(run)
+                log(
+                    f"   round {r + 1} {w['key']:<11} {n:<10} "
+                    f"{run['messages_per_second']:9.0f} msg/s  errors {run['errors']}  "
+                    f"milter cpu {run['milter_cpu_s']:.2f} s"
+                )
+
+
+def measure_idle(cfg, found, names, results, workdir):
+    """A fresh process each: RSS before and after N negotiated, idle connections."""
+    n_idle = cfg["idle_connections"]
+    done = []
+    try:
+        for n in names:
+            m = Milter(n, found[n][0], f"unix:{workdir}/{n}-idle.sock", workdir).start()
+            done.append(m)
+            row = {"connections_wanted": n_idle}
             time.sleep(0.3)
             row["rss_before"] = m.rss_bytes()
             opener = subprocess.Popen(
@@ -373,25 +399,23 @@ def run_suite(cfg, workdir):
                 row["bytes_per_connection"] = (row["rss_after"] - row["rss_before"]) / held
             opener.stdin.close()
             opener.wait(120)
-        except BaseException:
-            stop_all(idle_done, timeout=2.0)
-            raise
-        results["idle"][n] = row
-        log(
-            f"   idle {n:<10} {row.get('opener')}: "
-            f"{row.get('bytes_per_connection', float('nan')):.0f} bytes/connection"
-        )
+            results["idle"][n] = row
+            log(
+                f"   idle {n:<10} {line}: "
+                f"{row.get('bytes_per_connection', float('nan')):.0f} bytes/connection"
+            )
+    finally:
+        stop_all(done, timeout=2.0)
 
-    stop_all(idle_done, timeout=2.0)
 
-    # Instructions (user space, callgrind) per message of each whole milter process: the
-    # difference between two runs of M1 and M2 messages on one connection, so start-up cancels.
-    # Instruction counts do not depend on load, so all of these run at once.
+def measure_instructions(cfg, found, names, results, workdir):
+    """Instructions (user space, callgrind) per message of each whole milter process: the
+    difference between two runs of M1 and M2 messages on one connection, so that start-up
+    cancels. Instruction counts do not depend on load, so all of these run at once."""
     jobs = []
     for n in names:
         for msgs in cfg["callgrind_messages_pymilter" if n == "pymilter" else "callgrind_messages"]:
-            out = os.path.join(workdir, f"callgrind.{n}.{msgs}")
-            jobs.append((n, msgs, out))
+            jobs.append((n, msgs, os.path.join(workdir, f"callgrind.{n}.{msgs}")))
     grinders = []
     try:
         for n, msgs, out in jobs:
@@ -402,20 +426,19 @@ def run_suite(cfg, workdir):
                     f"unix:{workdir}/{n}-cg{msgs}.sock",
                     workdir,
                     prefix=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"),
-                )
+                ).start(ready_timeout=120)
             )
-            grinders[-1].start(ready_timeout=120)
         clients = [
             subprocess.Popen(
-                [MILTERKIT_CLI, "bench", m.spec, "--json", "--connections", "1", "--size", "1024",
-                 "--messages", str(msgs)],
+                [MILTERKIT_CLI, "bench", m.spec, "--json", "--connections", "1"]
+                + ["--size", "1024", "--messages", str(msgs)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            for m, (n, msgs, out) in zip(grinders, jobs)
+            for m, (_, msgs, _) in zip(grinders, jobs)
         ]
-        for c, (n, msgs, out) in zip(clients, jobs):
+        for c, (n, msgs, _) in zip(clients, jobs):
             stdout, stderr = c.communicate(timeout=600)
             rep = json.loads(stdout) if stdout.strip() else {}
             if rep.get("messages") != msgs or rep.get("errors"):
@@ -432,7 +455,9 @@ def run_suite(cfg, workdir):
         }
         log(f"   callgrind {n:<10} {results['instructions'][n]['ir_per_message']:,.0f} Ir/message")
 
-    # The core alone: in-memory transactions through MtaSession and MilterSession.
+
+def measure_core_instructions(cfg, results, workdir):
+    """The core alone: whole in-memory transactions through MtaSession and MilterSession."""
     t1, t2 = cfg["proto_ir_transactions"]
     totals = []
     for t in (t1, t2):
@@ -443,18 +468,29 @@ def run_suite(cfg, workdir):
             capture_output=True,
         )
         totals.append(callgrind_total(out))
-    results["instructions"]["milterkit-proto (in memory)"] = {
+    row = {
         "transactions": [t1, t2],
         "ir_totals": totals,
         "ir_per_message": (totals[1] - totals[0]) / (t2 - t1),
     }
-    log(
-        "   callgrind milterkit-proto in memory "
-        f"{results['instructions']['milterkit-proto (in memory)']['ir_per_message']:,.0f} Ir/transaction"
-    )
-    results["loadavg_end"] = os.getloadavg()
-    summarise(results, names)
-    return results
+    results["instructions"]["milterkit-proto (in memory)"] = row
+    log(f"   callgrind milterkit-proto in memory {row['ir_per_message']:,.0f} Ir/transaction")
+
+
+def paired(workload, a, b, cpu=False):
+    """Ratios a/b of the runs of the same round (seconds apart), so that slow swings of the
+    machine's other load cancel out; of messages per second, or with `cpu` of CPU per message."""
+    other = {r["round"]: r for r in workload["runs"].get(b, [])}
+    ratios = []
+    for r in workload["runs"].get(a, []):
+        c = other.get(r["round"])
+        if not c or not c["messages"] or not r["messages"] or r["errors"] or c["errors"]:
+            continue
+        if cpu:
+            ratios.append((r["milter_cpu_s"] / r["messages"]) / (c["milter_cpu_s"] / c["messages"]))
+        else:
+            ratios.append(r["messages_per_second"] / c["messages_per_second"])
+    return ratios
 
 
 def summarise(results, names):
@@ -466,7 +502,11 @@ def summarise(results, names):
             rates = [r["messages_per_second"] for r in ok]
             cpu = [r["milter_cpu_s"] / r["messages"] * 1e6 for r in ok]
             client = [r["client_cpu_s"] / r["messages"] * 1e6 for r in ok]
-            busy = [(r["milter_cpu_s"] + r["client_cpu_s"]) / r["seconds"] for r in ok]
+            # Cores kept busy by everything else on the machine during the run: the noise.
+            others = [
+                max(0.0, r["machine_busy_s"] - r["milter_cpu_s"] - r["client_cpu_s"]) / r["seconds"]
+                for r in ok
+            ]
             w["median"][n] = {
                 "runs_ok": len(ok),
                 "messages_per_second": median(rates),
@@ -474,18 +514,15 @@ def summarise(results, names):
                 "max": max(rates) if rates else None,
                 "milter_cpu_us_per_message": median(cpu),
                 "client_cpu_us_per_message": median(client),
-                "cores_busy": median(busy),
+                "other_load_cores": median(others),
                 "latency_p50_ms": median([r["latency_ms"]["p50"] for r in ok]),
                 "latency_p99_ms": median([r["latency_ms"]["p99"] for r in ok]),
             }
-        ceiling = w["median"].get("ceiling", {}).get("messages_per_second")
-        ceiling_cpu = w["median"].get("ceiling", {}).get("milter_cpu_us_per_message")
         for n in names:
             med = w["median"][n]
-            if ceiling and med["messages_per_second"]:
-                med["ratio_to_ceiling"] = med["messages_per_second"] / ceiling
-            if ceiling_cpu and med["milter_cpu_us_per_message"]:
-                med["cpu_ratio_to_ceiling"] = med["milter_cpu_us_per_message"] / ceiling_cpu
+            med["ratios_to_ceiling"] = paired(w, n, "ceiling")
+            med["ratio_to_ceiling"] = median(med["ratios_to_ceiling"])
+            med["cpu_ratio_to_ceiling"] = median(paired(w, n, "ceiling", cpu=True))
 
     wl = results["workloads"]
     mk = lambda key: wl[key]["median"].get("milterkit", {})  # noqa: E731
@@ -497,9 +534,8 @@ def summarise(results, names):
         "idle": results["idle"].get("milterkit", {}).get("bytes_per_connection"),
         "cpu": mk("small_unix").get("cpu_ratio_to_ceiling"),
     }
-    lib = wl["small_unix"]["median"].get("libmilter", {}).get("messages_per_second")
-    if lib and mk("small_unix").get("messages_per_second"):
-        values["small_unix_vs_libmilter"] = mk("small_unix")["messages_per_second"] / lib
+    if "libmilter" in names:
+        values["small_unix_vs_libmilter"] = median(paired(wl["small_unix"], "milterkit", "libmilter"))
     results["targets"] = []
     for key, what, target, cmp in TARGETS:
         v = values.get(key)
@@ -532,8 +568,9 @@ def markdown(results):
         f"end (the machine is shared). Each throughput figure is the median of "
         f"{results['settings']['runs']} runs of {results['settings']['duration_s']:g} s "
         f"({results['settings']['connections']} connections, `milterkit bench --profile postfix`), "
-        "rounds interleaved across contestants; in brackets the ratio to the ceiling's median and "
-        "the spread (min–max) of the runs.",
+        "rounds interleaved across contestants. In brackets: the ratio to the ceiling (each run "
+        "divided by the ceiling's run of the same round, median over the rounds) and the spread "
+        "(min–max) of the runs.",
         "",
         "Contestants: " + "; ".join(results["contestants"][n]["description"] for n in names) + ".",
         "",
@@ -556,11 +593,12 @@ def markdown(results):
         "",
         "### CPU per message (µs, utime+stime of the milter process, median)",
         "",
-        "In brackets the ratio to the ceiling's. `client` is the load generator's CPU per message "
-        "for the milterkit column's runs; `cores busy` is (milter + client CPU) / wall time: 2.0 "
-        "means the machine was saturated.",
+        "In brackets the ratio to the ceiling's (paired by round, median). `client` is the load "
+        "generator's CPU per message in the milterkit runs; `other load` is the median number of "
+        "cores kept busy by everything else on the machine during the runs (from /proc/stat, "
+        "less the milter's and the client's CPU): the noise, out of 2.",
         "",
-        "| workload | " + " | ".join(names) + " | client (milterkit runs) | cores busy (milterkit runs) |",
+        "| workload | " + " | ".join(names) + " | client (milterkit runs) | other load (cores) |",
         "|---|" + "---:|" * (len(names) + 2),
     ]
     for w in results["workloads"].values():
@@ -573,7 +611,8 @@ def markdown(results):
             )
         mk = w["median"].get("milterkit", {})
         cells.append(fmt(mk.get("client_cpu_us_per_message"), ",.1f"))
-        cells.append(fmt(mk.get("cores_busy"), ".2f"))
+        everyone = [x for n in names for x in [w["median"][n].get("other_load_cores")] if x is not None]
+        cells.append(fmt(median(everyone), ".2f"))
         out.append(f"| {w['title']} | " + " | ".join(cells) + " |")
     out += [
         "",

@@ -3,7 +3,7 @@
 # and, when it installs, pymilter, all serving the same milter (continue everywhere, add
 # "X-Bench: 1" at end of message).
 #
-#   bash bench/run.sh           full run (a few minutes): writes bench/results.json and the
+#   bash bench/run.sh           full run (about 5 minutes plus the build): writes bench/results.json and the
 #                               table in BENCHMARKS.md
 #   bash bench/run.sh --smoke   tiny settings (well under a minute once built): checks that every
 #                               row is produced, exits non-zero if one is missing; writes nothing
