@@ -14,6 +14,7 @@ transaction for milterkit-proto.
 Usage: bench.py [--smoke] [--out DIR]. Without --smoke it writes bench/results.json and the
 generated part of BENCHMARKS.md (or results.json and table.md in --out); with --smoke it uses tiny
 settings, prints the table, writes nothing (unless --out) and exits 1 if any row is missing.
+MILTERKIT_BENCH_KEEP=1 keeps the working folder (sockets, milter logs, callgrind files).
 """
 
 import argparse
