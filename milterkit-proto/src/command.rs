@@ -257,17 +257,16 @@ impl Command {
             }
             code::MACRO => {
                 let stage = r.u8("macro packet without a stage")?;
-                let strs = r.strs("macro string without NUL")?;
-                if strs.len() % 2 != 0 {
-                    return Err(ProtocolError::Malformed {
-                        code,
-                        reason: "macro name without a value",
-                    });
-                }
-                let mut it = strs.into_iter();
-                let mut pairs = Vec::new();
-                while let (Some(n), Some(v)) = (it.next(), it.next()) {
-                    pairs.push((n, v));
+                let mut pairs = Vec::with_capacity(r.nul_count() / 2);
+                while !r.is_empty() {
+                    let name = r.str("macro string without NUL")?;
+                    if r.is_empty() {
+                        return Err(ProtocolError::Malformed {
+                            code,
+                            reason: "macro name without a value",
+                        });
+                    }
+                    pairs.push((name, r.str("macro string without NUL")?));
                 }
                 Command::Macro { stage, pairs }
             }

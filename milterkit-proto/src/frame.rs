@@ -244,6 +244,11 @@ impl Reader {
         Ok(out)
     }
 
+    /// How many NULs the rest holds (to size a vector of strings once).
+    pub(crate) fn nul_count(&self) -> usize {
+        self.buf.iter().filter(|&&c| c == 0).count()
+    }
+
     pub(crate) fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.buf)
     }

@@ -17,8 +17,9 @@ use crate::{Config, Error, Milter};
 /// Buffer kept for reading; it is given back after a large body.
 const READ_CHUNK: usize = 4096;
 
-/// Above this, an empty read buffer is replaced by a small one.
-const SHRINK_ABOVE: usize = 64 * 1024;
+/// Above this, an empty buffer is replaced by a small one: above a full body chunk (65,535 bytes
+/// plus the 5-byte header), so that a large body does not drop and regrow the buffer every chunk.
+const SHRINK_ABOVE: usize = 256 * 1024;
 
 /// A connection quiet for this long between commands gives its buffers back.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
