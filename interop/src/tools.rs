@@ -37,11 +37,13 @@ pub enum Tool {
     Swaks,
     /// `unshare` and permission to create mount and UTS namespaces (root).
     Unshare,
+    /// OpenDKIM's `miltertest` (package `miltertest`), which plays an MTA from a Lua script.
+    Miltertest,
 }
 
 impl Tool {
     /// Every tool.
-    pub const ALL: [Tool; 7] = [
+    pub const ALL: [Tool; 8] = [
         Tool::Postfix,
         Tool::Sendmail,
         Tool::SendmailCf,
@@ -49,6 +51,7 @@ impl Tool {
         Tool::M4,
         Tool::Swaks,
         Tool::Unshare,
+        Tool::Miltertest,
     ];
 
     /// What provides it, for messages.
@@ -63,6 +66,7 @@ impl Tool {
             Tool::M4 => "m4",
             Tool::Swaks => "swaks",
             Tool::Unshare => "unshare (util-linux) run as root",
+            Tool::Miltertest => "miltertest (apt-get install miltertest)",
         }
     }
 
@@ -119,6 +123,7 @@ impl Tool {
             Tool::M4 => runs("m4", &["--version"]),
             Tool::Swaks => runs("swaks", &["--version"]),
             Tool::Unshare => runs("unshare", &["-m", "-u", "--propagation", "private", "true"]),
+            Tool::Miltertest => file("/usr/bin/miltertest"),
         }
     }
 }
