@@ -150,6 +150,8 @@ pub enum Failure {
     Error,
     /// The handler sleeps for [`STALL`], far past any deadline.
     Stall,
+    /// The handler sleeps for [`SLOW`], then goes on: a message in flight for a while.
+    Slow,
 }
 
 /// Where [`Action::Fail`] fails.
@@ -165,6 +167,9 @@ pub enum FailStage {
 
 /// How long a [`Failure::Stall`] sleeps.
 pub const STALL: Duration = Duration::from_secs(600);
+
+/// How long a [`Failure::Slow`] sleeps before going on.
+pub const SLOW: Duration = Duration::from_secs(3);
 
 /// The value [`Action::AddFolded`] adds.
 pub const FOLDED_VALUE: &str = "first line\n\tsecond line";
@@ -197,10 +202,11 @@ impl Action {
             ("add-spaced", None, None) => Action::AddSpaced,
             ("add-utf8", None, None) => Action::AddUtf8,
             ("quarantine", None, None) => Action::Quarantine,
-            ("panic" | "error" | "stall", Some(stage), None) => {
+            ("panic" | "error" | "stall" | "slow", Some(stage), None) => {
                 let how = match verb {
                     "panic" => Failure::Panic,
                     "error" => Failure::Error,
+                    "slow" => Failure::Slow,
                     _ => Failure::Stall,
                 };
                 let stage = match stage {
@@ -468,6 +474,7 @@ async fn fail_at(actions: &[Action], stage: FailStage) -> MilterResult<()> {
                     return Err(format!("the interop milter fails at {stage:?} on purpose").into())
                 }
                 Failure::Stall => tokio::time::sleep(STALL).await,
+                Failure::Slow => tokio::time::sleep(SLOW).await,
             },
             _ => {}
         }
@@ -616,6 +623,12 @@ impl MilterServer {
     /// Stops serving and waits (a few seconds at most) for the server to end; returns its
     /// error, if it failed.
     pub fn shutdown(mut self) -> Result<()> {
+        self.stop_now()
+    }
+
+    /// Like [`MilterServer::shutdown`], for a server that stays in place (inside a `Rig`):
+    /// graceful, so open messages finish first.
+    pub fn stop(&mut self) -> Result<()> {
         self.stop_now()
     }
 
