@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::dispatch::{Dispatcher, Flow, Waiter};
+use crate::dispatch::{Deadline, Dispatcher, Flow, Waiter};
 use crate::eom::Progress;
 use crate::serve::Shutdown;
 use crate::{Config, Error, Milter};
@@ -67,9 +67,10 @@ async fn write_all<IO: AsyncWrite + Unpin>(
     bytes: &[u8],
     limit: Duration,
 ) -> std::io::Result<()> {
-    match tokio::time::timeout(limit, io.write_all(bytes)).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
+    let write = std::pin::pin!(io.write_all(bytes));
+    match Deadline::new(limit, write).await {
+        Some(r) => r,
+        None => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "the MTA did not take our reply in time",
         )),

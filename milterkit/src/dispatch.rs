@@ -79,11 +79,48 @@ async fn guarded<F: Future + Send>(
     span: Span,
     fut: F,
 ) -> Result<F::Output, Failure> {
-    let fut = pin!(tokio::time::timeout(deadline, fut).instrument(span));
-    match CatchUnwind(fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_elapsed)) => Err(Failure::TimedOut),
+    let fut = pin!(fut.instrument(span));
+    match CatchUnwind(Deadline::new(deadline, fut)).await {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(Failure::TimedOut),
         Err(f) => Err(f),
+    }
+}
+
+/// A future with a time limit that arms its timer only if the future does not finish at its first
+/// poll: handlers and writes almost always do, and a timer armed and dropped for each of them was a
+/// fifth of the work per message. Gives `None` when the limit passed.
+pub(crate) struct Deadline<F> {
+    fut: F,
+    limit: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F> Deadline<F> {
+    pub(crate) fn new(limit: Duration, fut: F) -> Self {
+        Deadline {
+            fut,
+            limit,
+            timer: None,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for Deadline<F> {
+    type Output = Option<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(v) = Pin::new(&mut this.fut).poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        let limit = this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
