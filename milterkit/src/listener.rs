@@ -276,6 +276,36 @@ impl Listener {
         }
     }
 
+    /// Sets the mode of a Unix socket file (no effect on TCP). The socket is created with the
+    /// process's umask, as libmilter's is; Postfix's `smtpd` runs as `postfix` and needs write
+    /// permission on it, so a milter started as root usually wants `0o660` (with
+    /// [`Listener::set_owner`]) or `0o666`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = milterkit::bind("unix:/run/milter/policy.sock").await?;
+    /// listener.set_permissions(0o666)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_permissions(&self, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        match self {
+            Listener::Tcp(_) => Ok(()),
+            Listener::Unix(_, file) => {
+                std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(mode))
+            }
+        }
+    }
+
+    /// Sets the owner and group of a Unix socket file by number (no effect on TCP), so that the
+    /// MTA's user can connect; needs the rights to do so (root).
+    pub fn set_owner(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        match self {
+            Listener::Tcp(_) => Ok(()),
+            Listener::Unix(_, file) => std::os::unix::fs::chown(&file.0, uid, gid),
+        }
+    }
+
     /// The address bound, for logs and tests (for TCP with port 0, the port chosen).
     pub fn local_spec(&self) -> io::Result<SocketSpec> {
         match self {

@@ -355,3 +355,20 @@ async fn binds_with_a_chosen_backlog_on_tcp_and_unix() {
         server.await.unwrap().unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_unix_socket_gets_the_mode_and_owner_asked_for() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let spec = unix_path("mode.sock");
+    let path = spec.trim_start_matches("unix:").to_owned();
+    let listener = milterkit::bind(&spec).await.unwrap();
+    listener.set_permissions(0o660).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    // Giving it to the owner it already has works for anyone; another owner needs root.
+    listener
+        .set_owner(Some(meta.uid()), Some(meta.gid()))
+        .unwrap();
+    let tcp = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    assert!(tcp.set_permissions(0o600).is_ok(), "no effect on TCP");
+}
