@@ -5,13 +5,14 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use milterkit_proto::{Decision, Event, MilterSession, Request, Stage};
 use tracing::field::Empty;
 use tracing::{debug, warn, Instrument, Span};
 
 use crate::eom::{Eom, Progress};
+use crate::metrics::{Metrics, ModificationCounts};
 use crate::milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Unknown};
 use crate::{Config, Error, Result};
 
@@ -140,6 +141,7 @@ pub(crate) struct Dispatcher<M: Milter> {
     progress: Progress,
     /// The span of the open message; its `queue_id` is filled in when the MTA sends `i`.
     span: Option<Span>,
+    metrics: Option<Metrics>,
 }
 
 impl<M: Milter> Dispatcher<M> {
@@ -155,6 +157,7 @@ impl<M: Milter> Dispatcher<M> {
             eom_timeout: config.eom_timeout,
             progress: Progress::default(),
             span: None,
+            metrics: config.metrics.clone(),
         }
     }
 
@@ -207,7 +210,12 @@ impl<M: Milter> Dispatcher<M> {
         }
         if stage.in_message() && self.message.is_none() {
             self.message = Some(M::Message::default());
+            if let Some(m) = &self.metrics {
+                m.message();
+            }
         }
+        let started = self.metrics.is_some().then(Instant::now);
+        let mut counts = ModificationCounts::default();
         let span = self.span(stage, session);
         let deadline = self.handler_timeout;
         let macros_owner: &MilterSession = session;
@@ -314,6 +322,7 @@ impl<M: Milter> Dispatcher<M> {
                 let fut = guarded(self.eom_timeout, span.clone(), milter.eom(m, &mut eom));
                 let r = waiter.wait(stage, &self.progress, fut).await;
                 let finished = eom.finish();
+                counts = eom.counts;
                 match (r, finished) {
                     (Ok(Ok(Ok(_))), Err(source)) => {
                         return self.fail(session, stage, Error::Misuse { stage, source })
@@ -327,7 +336,13 @@ impl<M: Milter> Dispatcher<M> {
             Ok(r) => r,
             Err(io) => return Flow::Close(Error::Io(io)),
         };
+        if let (Some(m), Some(t)) = (&self.metrics, started) {
+            m.handler(stage.name(), t);
+        }
         let flow = span.in_scope(|| self.conclude(session, stage, result));
+        if let (Some(m), Stage::Eom, Flow::Continue) = (&self.metrics, stage, &flow) {
+            m.modifications(&counts);
+        }
         if !session.in_message() {
             self.message = None;
             self.span = None;
@@ -357,8 +372,14 @@ impl<M: Milter> Dispatcher<M> {
             return Flow::Continue;
         }
         debug!(%stage, decision = decision.name(), "decided");
+        let name = decision.name();
         match session.decide(decision) {
-            Ok(()) => Flow::Continue,
+            Ok(()) => {
+                if let Some(m) = &self.metrics {
+                    m.decision(stage, name);
+                }
+                Flow::Continue
+            }
             Err(source) => self.fail(session, stage, Error::Misuse { stage, source }),
         }
     }
@@ -383,9 +404,15 @@ impl<M: Milter> Dispatcher<M> {
     /// Answers the awaited stage with the configured fail-safe decision (tempfail where the
     /// configured one is not allowed).
     fn fail_safe(&mut self, session: &mut MilterSession, stage: Stage) -> Flow {
+        let mut sent = self.fail_safe.name();
         if session.decide(self.fail_safe.clone()).is_err() {
             // Tempfail is allowed at every stage that is answered.
+            sent = Decision::Tempfail.name();
             let _ = session.decide(Decision::Tempfail);
+        }
+        if let Some(m) = &self.metrics {
+            m.fail_safe(stage);
+            m.decision(stage, sent);
         }
         debug!(%stage, "fail-safe decision sent");
         if !session.in_message() {
@@ -413,10 +440,14 @@ impl<M: Milter> Dispatcher<M> {
                     Span::current(),
                     self.milter.negotiate(&offer, &mut request),
                 );
+                let started = self.metrics.is_some().then(Instant::now);
                 let result = match waiter.wait(Stage::Connect, &self.progress, hook).await {
                     Ok(r) => r,
                     Err(io) => return Flow::Close(Error::Io(io)),
                 };
+                if let (Some(m), Some(t)) = (&self.metrics, started) {
+                    m.handler("NEGOTIATE", t);
+                }
                 let err = match result {
                     Ok(Ok(())) => match session.negotiate(&request) {
                         Ok(agreement) => {
@@ -468,7 +499,12 @@ impl<M: Milter> Dispatcher<M> {
         };
         let span = self.span.take().unwrap_or_else(Span::current);
         let fut = guarded(self.handler_timeout, span, self.milter.abort(message, args));
-        match waiter.wait(Stage::Eom, &self.progress, fut).await {
+        let started = self.metrics.is_some().then(Instant::now);
+        let result = waiter.wait(Stage::Eom, &self.progress, fut).await;
+        if let (Some(m), Some(t)) = (&self.metrics, started) {
+            m.handler("ABORT", t);
+        }
+        match result {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => warn!(error = %e, "abort handler failed"),
             Ok(Err(_)) => warn!("abort handler panicked or ran past its deadline"),
@@ -481,7 +517,12 @@ impl<M: Milter> Dispatcher<M> {
         self.message = None;
         self.span = None;
         let close = guarded(self.handler_timeout, Span::current(), self.milter.close());
-        if close.await.is_err() {
+        let started = self.metrics.is_some().then(Instant::now);
+        let result = close.await;
+        if let (Some(m), Some(t)) = (&self.metrics, started) {
+            m.handler("CLOSE", t);
+        }
+        if result.is_err() {
             warn!("close handler panicked or ran past its deadline");
         }
     }

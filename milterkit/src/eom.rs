@@ -6,6 +6,7 @@ use bytes::Bytes;
 use milterkit_proto::{Actions, Agreement, Macros, MilterSession, MisuseError, Modification};
 use tokio::sync::Notify;
 
+use crate::metrics::ModificationCounts;
 use crate::milter::Text;
 
 /// Progress requests from a handler to whoever drives it (the connection loop writes a
@@ -27,6 +28,8 @@ pub struct Eom<'a> {
     pub(crate) session: &'a mut MilterSession,
     pub(crate) body: Vec<Bytes>,
     pub(crate) progress: &'a Progress,
+    /// What was made, for the metrics.
+    pub(crate) counts: ModificationCounts,
 }
 
 fn b(v: impl AsRef<[u8]>) -> Bytes {
@@ -54,11 +57,15 @@ impl<'a> Eom<'a> {
             session,
             body: Vec::new(),
             progress,
+            counts: ModificationCounts::default(),
         }
     }
 
     fn modify(&mut self, m: Modification) -> Result<(), MisuseError> {
-        self.session.modify(m)
+        let kind = ModificationCounts::index(&m);
+        self.session.modify(m)?;
+        self.counts.bump(kind);
+        Ok(())
     }
 
     /// Appends a header at the end of the header block (`smfi_addheader`; needs
@@ -225,6 +232,9 @@ impl<'a> Eom<'a> {
 
     /// Sends the buffered replacement body into the session, as one run.
     pub(crate) fn finish(&mut self) -> Result<(), MisuseError> {
+        if !self.body.is_empty() {
+            self.counts.bump(ModificationCounts::REPLACE_BODY);
+        }
         for chunk in std::mem::take(&mut self.body) {
             self.session.modify(Modification::ReplaceBody { chunk })?;
         }

@@ -84,4 +84,20 @@ impl Error {
                 | Error::HandlerTimeout { .. }
         )
     }
+
+    /// A short name of the kind of error, for logs and the `milter_errors` metric: `io`,
+    /// `protocol`, `misuse`, `timeout`, `handler_timeout`, `handler`, `panic`, `shutdown`, `bind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io(_) => "io",
+            Error::Protocol(_) => "protocol",
+            Error::Misuse { .. } => "misuse",
+            Error::Timeout(_) => "timeout",
+            Error::HandlerTimeout { .. } => "handler_timeout",
+            Error::Handler { .. } => "handler",
+            Error::Panicked { .. } => "panic",
+            Error::Shutdown => "shutdown",
+            Error::Bind { .. } => "bind",
+        }
+    }
 }

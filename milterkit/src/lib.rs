@@ -137,12 +137,15 @@
 //! - Graceful shutdown waits for open messages; payloads up to 1 MiB are accepted by default.
 
 mod conn;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 mod dispatch;
 mod eom;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod listener;
+pub mod metrics;
 mod milter;
 pub mod mta;
 mod serve;
@@ -155,6 +158,9 @@ pub use listener::{
 };
 pub use milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Text, Unknown};
 pub use serve::{serve, serve_connection, Config, Serve};
+
+#[cfg(feature = "daemon")]
+pub use daemon::run;
 
 pub use milterkit_proto as proto;
 pub use milterkit_proto::{

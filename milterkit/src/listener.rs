@@ -167,18 +167,25 @@ impl SocketSpec {
 pub enum Listener {
     /// TCP, IPv4 or IPv6.
     Tcp(TcpListener),
-    /// A Unix-domain socket; the file is removed when the listener is dropped.
+    /// A Unix-domain socket; the file is removed when the listener is dropped if [`bind`] made it.
     Unix(UnixListener, UnixSocketFile),
 }
 
-/// Removes a Unix socket file when dropped (libmilter leaves it behind; a stale file would stop
-/// the next start).
+/// The path of a Unix socket; removes the file when dropped if [`bind`] made it (libmilter leaves
+/// it behind; a stale file would stop the next start). A socket passed in (systemd) is left alone:
+/// its maker removes it.
 #[derive(Debug)]
-pub struct UnixSocketFile(PathBuf);
+pub struct UnixSocketFile {
+    path: PathBuf,
+    remove: bool,
+}
 
 impl Drop for UnixSocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.remove {
+            // After a privilege drop the directory may no longer be ours: nothing to do then.
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -216,7 +223,10 @@ pub async fn bind_with_backlog(spec: &str, backlog: u32) -> Result<Listener, Err
             let socket = UnixSocket::new_stream().map_err(fail)?;
             socket.bind(&path).map_err(fail)?;
             let listener = socket.listen(backlog).map_err(fail)?;
-            Ok(Listener::Unix(listener, UnixSocketFile(path)))
+            Ok(Listener::Unix(
+                listener,
+                UnixSocketFile { path, remove: true },
+            ))
         }
         inet => {
             let addrs = inet.addrs().await.map_err(fail)?;
@@ -257,6 +267,31 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 }
 
 impl Listener {
+    /// A listener on a TCP socket already bound and listening (inherited, or passed by systemd:
+    /// see [`daemon`](crate::daemon)). Call it inside a tokio runtime.
+    pub fn from_std_tcp(listener: std::net::TcpListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(Listener::Tcp(TcpListener::from_std(listener)?))
+    }
+
+    /// A listener on a Unix socket already bound and listening (inherited, or passed by systemd).
+    /// Its file is left in place when the listener is dropped. Call it inside a tokio runtime.
+    pub fn from_std_unix(listener: std::os::unix::net::UnixListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let path = listener
+            .local_addr()?
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Ok(Listener::Unix(
+            UnixListener::from_std(listener)?,
+            UnixSocketFile {
+                path,
+                remove: false,
+            },
+        ))
+    }
+
     /// Accepts one connection, with `TCP_NODELAY` set on TCP (replies go out in one write each;
     /// Nagle's algorithm would hold them for the peer's delayed ACK).
     pub async fn accept(&self) -> io::Result<(Stream, String)> {
@@ -292,7 +327,7 @@ impl Listener {
         match self {
             Listener::Tcp(_) => Ok(()),
             Listener::Unix(_, file) => {
-                std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(mode))
+                std::fs::set_permissions(&file.path, std::fs::Permissions::from_mode(mode))
             }
         }
     }
@@ -302,7 +337,7 @@ impl Listener {
     pub fn set_owner(&self, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         match self {
             Listener::Tcp(_) => Ok(()),
-            Listener::Unix(_, file) => std::os::unix::fs::chown(&file.0, uid, gid),
+            Listener::Unix(_, file) => std::os::unix::fs::chown(&file.path, uid, gid),
         }
     }
 
@@ -317,7 +352,7 @@ impl Listener {
                     port: a.port(),
                 })
             }
-            Listener::Unix(_, file) => Ok(SocketSpec::Unix(file.0.clone())),
+            Listener::Unix(_, file) => Ok(SocketSpec::Unix(file.path.clone())),
         }
     }
 }

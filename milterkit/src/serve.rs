@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::listener::Listener;
+use crate::metrics::Metrics;
 use crate::{conn, Error, Milter};
 
 /// Settings of a served milter. Every default says where it comes from.
@@ -45,6 +46,9 @@ pub struct Config {
     pub fail_safe: Decision,
     /// On shutdown, how long open messages may take to finish. Default 30 s.
     pub grace_period: Duration,
+    /// Where connections served with this config count their connections, messages, decisions,
+    /// modifications, errors and handler times. Default `None`: nothing is counted or timed.
+    pub metrics: Option<Metrics>,
 }
 
 /// After the grace period, how long connections still waiting on their MTA are given before
@@ -63,6 +67,7 @@ impl Default for Config {
             max_frame: milterkit_proto::frame::DEFAULT_MAX_PAYLOAD,
             fail_safe: Decision::Tempfail,
             grace_period: Duration::from_secs(30),
+            metrics: None,
         }
     }
 }
@@ -101,7 +106,27 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (_keep, rx) = watch::channel(Shutdown::Running);
-    conn::run(io, milter, config, rx).await
+    counted(io, milter, config, rx).await
+}
+
+/// [`conn::run`], counted in the config's metrics.
+async fn counted<M, IO>(
+    io: IO,
+    milter: M,
+    config: &Config,
+    shutdown: watch::Receiver<Shutdown>,
+) -> Result<(), Error>
+where
+    M: Milter,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Some(metrics) = &config.metrics else {
+        return conn::run(io, milter, config, shutdown).await;
+    };
+    metrics.connection_opened();
+    let result = conn::run(io, milter, config, shutdown).await;
+    metrics.connection_closed(&result);
+    result
 }
 
 /// Serves `factory`'s milters on `listener`: one task per connection, each with a new value from
@@ -210,7 +235,10 @@ where
     let mut signal = pin!(signal);
     let mut next_id: u64 = 0;
     let mut backoff = Duration::from_millis(5);
-    info!(listen = ?listener.local_spec().ok(), "serving");
+    match listener.local_spec() {
+        Ok(spec) => info!(listen = %spec, "serving"),
+        Err(_) => info!("serving"),
+    }
     loop {
         while tasks.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -251,7 +279,7 @@ where
         tasks.spawn(
             async move {
                 debug!("connected");
-                match conn::run(stream, milter, &config, watcher).await {
+                match counted(stream, milter, &config, watcher).await {
                     Ok(()) => debug!("closed"),
                     Err(Error::Io(e)) => info!(error = %e, "connection ended"),
                     Err(e) => info!(error = %e, "connection closed"),

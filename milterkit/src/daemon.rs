@@ -1,0 +1,665 @@
+//! A ready daemon: [`run`] reads the socket, user, limits, timeouts, fail-safe decision, metrics
+//! address and log settings from the command line and the environment, and serves a milter the
+//! way a service manager expects (feature `daemon`, on by default).
+//!
+//! ```no_run
+//! # #[derive(Default)] struct MyMilter;
+//! # impl milterkit::Milter for MyMilter { type Message = (); }
+//! fn main() -> std::process::ExitCode {
+//!     milterkit::run(MyMilter::default)
+//! }
+//! ```
+//!
+//! What [`run`] does, in order:
+//! 1. sets up logging on standard error ([`init_logging`]): plain lines (no timestamps when
+//!    standard error goes to the journal: journald adds its own) or JSON, levels from
+//!    `--log`/`MILTERKIT_LOG` (`RUST_LOG` syntax);
+//! 2. takes the sockets systemd passed (socket activation: `LISTEN_FDS`, `LISTEN_PID`), or binds
+//!    `--socket`;
+//! 3. sets the Unix socket's mode and owner (`--socket-mode`, `--socket-owner`), binds the metrics
+//!    endpoint (`--metrics`), then, if asked, switches to `--user`/`--group` (supplementary
+//!    groups dropped), so that the process binds as root and serves as nobody;
+//! 4. tells systemd it is ready (`READY=1`, with `Type=notify`), keeps its watchdog fed if one is
+//!    set (`WatchdogSec=`);
+//! 5. on SIGTERM or SIGINT tells systemd it is stopping (`STOPPING=1`) and shuts down gracefully
+//!    (see [`Serve::with_graceful_shutdown`](crate::Serve::with_graceful_shutdown)); exits 0.
+//!
+//! Every flag has an environment variable (`MILTERKIT_` and the flag's name in capitals), shown
+//! by `--help`; a flag given on the command line wins. A milter with flags of its own puts
+//! [`Options`] in its clap parser with `#[command(flatten)]` and calls [`Options::run`]:
+//!
+//! ```no_run
+//! use clap::Parser;
+//! # #[derive(Default)] struct MyMilter { reject: Vec<String> }
+//! # impl milterkit::Milter for MyMilter { type Message = (); }
+//!
+//! #[derive(Parser)]
+//! struct Cli {
+//!     /// Sender domains to reject.
+//!     #[arg(long)]
+//!     reject: Vec<String>,
+//!     #[command(flatten)]
+//!     milter: milterkit::daemon::Options,
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let cli = Cli::parse();
+//!     let reject = cli.reject.clone();
+//!     cli.milter.run(move || MyMilter { reject: reject.clone() })
+//! }
+//! ```
+//!
+//! docs/deployment.md walks through running such a milter under systemd next to Postfix.
+
+use std::future::IntoFuture;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use milterkit_proto::Decision;
+use nix::unistd::{Gid, Group, Uid, User};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::listener::{bind_with_backlog, Listener, DEFAULT_BACKLOG};
+use crate::metrics::Metrics;
+use crate::{serve, Config, Milter};
+
+/// Why the daemon could not start or stopped in error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Neither `--socket` nor sockets from systemd.
+    #[error("no socket to serve on: pass --socket (or MILTERKIT_SOCKET), or start under systemd socket activation")]
+    NoSocket,
+    /// The sockets systemd passed could not be taken.
+    #[error("socket {index} passed by systemd: {source}")]
+    Passed {
+        /// Its index among the passed sockets.
+        index: usize,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding the socket failed.
+    #[error(transparent)]
+    Bind(#[from] crate::Error),
+    /// A user or group that does not exist, or cannot be looked up.
+    #[error("unknown {what} {name:?}")]
+    UnknownId {
+        /// `user` or `group`.
+        what: &'static str,
+        /// The name given.
+        name: String,
+    },
+    /// Setting the socket's mode or owner, or switching user, failed.
+    #[error("{what}: {source}")]
+    System {
+        /// What was being done.
+        what: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint could not be bound.
+    #[error("cannot bind the metrics endpoint {addr}: {source}")]
+    Metrics {
+        /// The address given.
+        addr: SocketAddr,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log filter does not parse.
+    #[error("bad log filter {filter:?}: {reason}")]
+    LogFilter {
+        /// The filter given.
+        filter: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+}
+
+/// The decision [`Options::fail_safe`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailSafe {
+    /// 4xx: the client retries later (the default: no mail is lost or wrongly accepted).
+    Tempfail,
+    /// 5xx: the client gives up.
+    Reject,
+    /// Let the mail through unfiltered.
+    Accept,
+    /// Like accept, for this stage only.
+    Continue,
+}
+
+impl From<FailSafe> for Decision {
+    fn from(f: FailSafe) -> Decision {
+        match f {
+            FailSafe::Tempfail => Decision::Tempfail,
+            FailSafe::Reject => Decision::Reject,
+            FailSafe::Accept => Decision::Accept,
+            FailSafe::Continue => Decision::Continue,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, spans as `name{field=value}` prefixes; no timestamps when standard
+    /// error goes to the journal (`JOURNAL_STREAM` set), colour only on a terminal.
+    Plain,
+    /// One JSON object per line with `timestamp`, `level`, `fields`, `target`, `span` and `spans`.
+    Json,
+}
+
+/// The daemon's settings, from flags and environment (clap). Defaults are [`Config`]'s.
+#[derive(Debug, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct Options {
+    /// Where to listen: `unix:/path`, `inet:PORT@HOST`, `inet6:PORT@HOST`, `inet:HOST:PORT`.
+    /// Not needed (and ignored) when systemd passes the sockets.
+    #[arg(long, short = 's', env = "MILTERKIT_SOCKET", value_name = "SPEC")]
+    pub socket: Option<String>,
+    /// Listen backlog of a socket bound here.
+    #[arg(long, env = "MILTERKIT_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
+    pub backlog: u32,
+    /// Mode of the Unix socket, octal (e.g. 660 so that the MTA's group can connect).
+    #[arg(long, env = "MILTERKIT_SOCKET_MODE", value_name = "OCTAL", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+    /// Owner of the Unix socket, `USER` or `USER:GROUP` or `:GROUP` (needs root).
+    #[arg(long, env = "MILTERKIT_SOCKET_OWNER", value_name = "USER[:GROUP]")]
+    pub socket_owner: Option<String>,
+    /// After binding, switch to this user (needs root). Its primary group is used unless --group
+    /// says otherwise; supplementary groups are dropped.
+    #[arg(long, short = 'u', env = "MILTERKIT_USER")]
+    pub user: Option<String>,
+    /// After binding, switch to this group (needs root).
+    #[arg(long, short = 'g', env = "MILTERKIT_GROUP")]
+    pub group: Option<String>,
+    /// Most connections served at once.
+    #[arg(long, env = "MILTERKIT_MAX_CONNECTIONS", default_value_t = Config::default().max_connections)]
+    pub max_connections: usize,
+    /// Largest payload accepted from the MTA, in bytes.
+    #[arg(long, env = "MILTERKIT_MAX_FRAME", default_value_t = Config::default().max_frame)]
+    pub max_frame: usize,
+    /// Longest wait for the MTA's next command (`90s`, `5m`, `2h`, `500ms`; a bare number is
+    /// seconds).
+    #[arg(long, env = "MILTERKIT_READ_TIMEOUT", value_parser = parse_duration, default_value = "7210s")]
+    pub read_timeout: Duration,
+    /// Longest wait for the MTA to take a reply.
+    #[arg(long, env = "MILTERKIT_WRITE_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub write_timeout: Duration,
+    /// Deadline of every handler but end of message.
+    #[arg(long, env = "MILTERKIT_HANDLER_TIMEOUT", value_parser = parse_duration, default_value = "8s")]
+    pub handler_timeout: Duration,
+    /// Deadline of the end-of-message handler.
+    #[arg(long, env = "MILTERKIT_EOM_TIMEOUT", value_parser = parse_duration, default_value = "240s")]
+    pub eom_timeout: Duration,
+    /// How often progress goes out while the end-of-message handler runs.
+    #[arg(long, env = "MILTERKIT_PROGRESS_INTERVAL", value_parser = parse_duration, default_value = "5s")]
+    pub progress_interval: Duration,
+    /// On shutdown, how long open messages may take to finish.
+    #[arg(long, env = "MILTERKIT_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
+    pub grace_period: Duration,
+    /// The decision sent when a handler fails, panics or runs past its deadline.
+    #[arg(
+        long,
+        env = "MILTERKIT_FAIL_SAFE",
+        value_enum,
+        default_value = "tempfail"
+    )]
+    pub fail_safe: FailSafe,
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
+    #[arg(long, env = "MILTERKIT_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Log line format.
+    #[arg(
+        long,
+        env = "MILTERKIT_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: LogFormat,
+    /// What to log, in `RUST_LOG` syntax (`info`, `debug`, `milterkit=debug,warn`).
+    #[arg(long, env = "MILTERKIT_LOG", default_value = "info")]
+    pub log: String,
+    /// Worker threads of the runtime (default: one per core).
+    #[arg(long, env = "MILTERKIT_THREADS")]
+    pub threads: Option<usize>,
+}
+
+/// The clap parser of a milter with no flags of its own.
+#[derive(Debug, clap::Parser)]
+#[command(version, about = "A milter built on milterkit")]
+struct Cli {
+    #[command(flatten)]
+    options: Options,
+}
+
+/// Runs a milter as a daemon with settings from the command line and the environment; a milter's
+/// `main` in one line. See the [module docs](self). Returns the process's exit code: 0 after a
+/// graceful stop, 1 when it could not start (the reason is logged and printed), 2 for bad flags.
+pub fn run<M, F>(factory: F) -> ExitCode
+where
+    M: Milter,
+    F: Fn() -> M + Send + Sync + 'static,
+{
+    use clap::Parser;
+    Cli::parse().options.run(factory)
+}
+
+impl Options {
+    /// The [`Config`] these options describe (without metrics).
+    pub fn config(&self) -> Config {
+        Config {
+            max_connections: self.max_connections,
+            read_timeout: self.read_timeout,
+            write_timeout: self.write_timeout,
+            handler_timeout: self.handler_timeout,
+            eom_timeout: self.eom_timeout,
+            progress_interval: self.progress_interval,
+            max_frame: self.max_frame,
+            fail_safe: self.fail_safe.into(),
+            grace_period: self.grace_period,
+            metrics: None,
+        }
+    }
+
+    /// Runs `factory`'s milters with these options; see [`run`].
+    pub fn run<M, F>(self, factory: F) -> ExitCode
+    where
+        M: Milter,
+        F: Fn() -> M + Send + Sync + 'static,
+    {
+        if let Err(e) = init_logging(self.log_format, &self.log) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        // Before any thread exists: listenfd clears LISTEN_FDS and LISTEN_PID from the
+        // environment, so that children do not take the sockets for theirs.
+        let mut passed = listenfd::ListenFd::from_env();
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = self.threads {
+            builder.worker_threads(n.max(1));
+        }
+        let runtime = match builder.enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "cannot start the runtime");
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(self.serve(&mut passed, factory)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&e.to_string())]);
+                error!(error = %e, "stopped");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn serve<M, F>(
+        self,
+        passed: &mut listenfd::ListenFd,
+        factory: F,
+    ) -> Result<(), DaemonError>
+    where
+        M: Milter,
+        F: Fn() -> M + Send + Sync + 'static,
+    {
+        let listeners = self.listeners(passed).await?;
+        let owner = match &self.socket_owner {
+            Some(o) => Some(owner_ids(o)?),
+            None => None,
+        };
+        for l in &listeners {
+            let at = l.local_spec().map(|s| s.to_string()).unwrap_or_default();
+            let system = |what: &str| {
+                let what = format!("{what} of {at}");
+                move |source| DaemonError::System { what, source }
+            };
+            if let Some((uid, gid)) = owner {
+                l.set_owner(uid, gid).map_err(system("setting the owner"))?;
+            }
+            if let Some(mode) = self.socket_mode {
+                l.set_permissions(mode)
+                    .map_err(system("setting the mode"))?;
+            }
+        }
+        let mut config = self.config();
+        if let Some(addr) = self.metrics {
+            let http = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics { addr, source })?;
+            let metrics = Metrics::new();
+            info!(addr = %http.local_addr().unwrap_or(addr), "metrics endpoint");
+            tokio::spawn(metrics.clone().serve(http));
+            config.metrics = Some(metrics);
+        }
+        drop_privileges(self.user.as_deref(), self.group.as_deref())?;
+
+        let (stop, stopped) = watch::channel(false);
+        let factory = std::sync::Arc::new(factory);
+        let mut serving = JoinSet::new();
+        let mut names = Vec::new();
+        for listener in listeners {
+            names.push(
+                listener
+                    .local_spec()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            );
+            let mut stopped = stopped.clone();
+            let factory = factory.clone();
+            let serve = serve(listener, move || factory())
+                .with_config(config.clone())
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                });
+            serving.spawn(serve.into_future());
+        }
+        let status = format!("serving on {}", names.join(", "));
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
+        let mut usec = 0;
+        if sd_notify::watchdog_enabled(false, &mut usec) {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
+                loop {
+                    tick.tick().await;
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                }
+            });
+        }
+
+        let signal = terminated();
+        tokio::pin!(signal);
+        tokio::select! {
+            which = &mut signal => {
+                info!(signal = which, "stopping");
+                notify(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status("stopping")]);
+                let _ = stop.send(true);
+            }
+            Some(done) = serving.join_next() => {
+                // A serve loop ends only on shutdown; this is its error.
+                let _ = stop.send(true);
+                if let Ok(Err(e)) = done {
+                    return Err(e.into());
+                }
+            }
+        }
+        while let Some(done) = serving.join_next().await {
+            if let Ok(Err(e)) = done {
+                warn!(error = %e, "serve loop failed while stopping");
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+
+    /// The sockets systemd passed, or the one `--socket` names.
+    async fn listeners(
+        &self,
+        passed: &mut listenfd::ListenFd,
+    ) -> Result<Vec<Listener>, DaemonError> {
+        let mut listeners = Vec::new();
+        for index in 0..passed.len() {
+            let fail = |source| DaemonError::Passed { index, source };
+            let listener = match passed.take_unix_listener(index) {
+                Ok(Some(l)) => Listener::from_std_unix(l).map_err(fail)?,
+                _ => match passed.take_tcp_listener(index).map_err(fail)? {
+                    Some(l) => Listener::from_std_tcp(l).map_err(fail)?,
+                    None => continue,
+                },
+            };
+            listeners.push(listener);
+        }
+        if !listeners.is_empty() {
+            if self.socket.is_some() {
+                info!("sockets passed by systemd; --socket ignored");
+            }
+            return Ok(listeners);
+        }
+        let spec = self.socket.as_deref().ok_or(DaemonError::NoSocket)?;
+        Ok(vec![bind_with_backlog(spec, self.backlog).await?])
+    }
+}
+
+/// Sends a notification to systemd when it asked for them (`NOTIFY_SOCKET`); a failure is logged.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Completes on the first SIGTERM or SIGINT, with the signal's name.
+async fn terminated() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot listen for signals; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn lookup_user(name: &str) -> Result<User, DaemonError> {
+    let unknown = || DaemonError::UnknownId {
+        what: "user",
+        name: name.to_owned(),
+    };
+    if let Ok(uid) = name.parse::<u32>() {
+        return User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .ok_or_else(unknown);
+    }
+    User::from_name(name).ok().flatten().ok_or_else(unknown)
+}
+
+fn lookup_group(name: &str) -> Result<Gid, DaemonError> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(Gid::from_raw(gid));
+    }
+    Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
+        .ok_or_else(|| DaemonError::UnknownId {
+            what: "group",
+            name: name.to_owned(),
+        })
+}
+
+/// `USER`, `USER:GROUP` or `:GROUP` as numbers.
+fn owner_ids(owner: &str) -> Result<(Option<u32>, Option<u32>), DaemonError> {
+    let (user, group) = match owner.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (owner, None),
+    };
+    let uid = if user.is_empty() {
+        None
+    } else {
+        Some(lookup_user(user)?.uid.as_raw())
+    };
+    let gid = match group {
+        Some(g) if !g.is_empty() => Some(lookup_group(g)?.as_raw()),
+        _ => None,
+    };
+    Ok((uid, gid))
+}
+
+/// Switches to `user` and `group`: supplementary groups first, then the group, then the user (the
+/// order that leaves no way back).
+fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), DaemonError> {
+    if user.is_none() && group.is_none() {
+        return Ok(());
+    }
+    let user = user.map(lookup_user).transpose()?;
+    let gid = match (group, &user) {
+        (Some(g), _) => lookup_group(g)?,
+        (None, Some(u)) => u.gid,
+        (None, None) => return Ok(()),
+    };
+    let system = |what: &'static str| {
+        move |e: nix::Error| DaemonError::System {
+            what: what.to_owned(),
+            source: std::io::Error::from(e),
+        }
+    };
+    nix::unistd::setgroups(&[gid]).map_err(system("dropping supplementary groups"))?;
+    nix::unistd::setgid(gid).map_err(system("switching group"))?;
+    if let Some(u) = &user {
+        nix::unistd::setuid(u.uid).map_err(system("switching user"))?;
+        // A switch that can be undone is no switch.
+        if u.uid.as_raw() != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+            return Err(DaemonError::System {
+                what: "switching user".to_owned(),
+                source: std::io::Error::other("root could be regained"),
+            });
+        }
+    }
+    info!(
+        user = user.as_ref().map(|u| u.name.as_str()),
+        uid = nix::unistd::getuid().as_raw(),
+        gid = nix::unistd::getgid().as_raw(),
+        "privileges dropped"
+    );
+    Ok(())
+}
+
+/// Sets up a global `tracing` subscriber writing to standard error: `format` as described by
+/// [`LogFormat`], `filter` in `RUST_LOG` syntax. Fails if the filter does not parse; does
+/// nothing if a subscriber is already set.
+///
+/// ```
+/// milterkit::daemon::init_logging(milterkit::daemon::LogFormat::Json, "milterkit=debug,warn").unwrap();
+/// ```
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), DaemonError> {
+    use tracing_subscriber::fmt;
+    let filter_layer =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| DaemonError::LogFilter {
+            filter: filter.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let builder = fmt()
+        .with_env_filter(filter_layer)
+        .with_writer(std::io::stderr);
+    let set = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+        LogFormat::Plain => {
+            let ansi = std::io::stderr().is_terminal();
+            if std::env::var_os("JOURNAL_STREAM").is_some() {
+                builder.with_ansi(ansi).without_time().try_init()
+            } else {
+                builder.with_ansi(ansi).try_init()
+            }
+        }
+    };
+    // Already set (by the milter's author, or a test): theirs stays.
+    let _ = set;
+    Ok(())
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal mode such as 660")),
+    }
+}
+
+/// `500ms`, `90s`, `5m`, `2h`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 30s, 5m or 500ms"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" | "min" => secs(60),
+        "h" => secs(3600),
+        other => Err(format!("unknown unit {other:?} in {s:?} (ms, s, m, h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0o600"), Ok(0o600));
+        assert!(parse_mode("999").is_err());
+        assert!(parse_mode("77777").is_err());
+    }
+
+    #[test]
+    fn defaults_are_configs() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from(["milter", "--socket", "inet:1@127.0.0.1"]).unwrap();
+        let config = cli.options.config();
+        let default = Config::default();
+        assert_eq!(config.read_timeout, default.read_timeout);
+        assert_eq!(config.write_timeout, default.write_timeout);
+        assert_eq!(config.handler_timeout, default.handler_timeout);
+        assert_eq!(config.eom_timeout, default.eom_timeout);
+        assert_eq!(config.progress_interval, default.progress_interval);
+        assert_eq!(config.grace_period, default.grace_period);
+        assert_eq!(config.max_connections, default.max_connections);
+        assert_eq!(config.max_frame, default.max_frame);
+        assert_eq!(config.fail_safe, default.fail_safe);
+    }
+
+    #[test]
+    fn owners() {
+        assert_eq!(owner_ids("0:0").unwrap(), (Some(0), Some(0)));
+        assert_eq!(owner_ids("root").unwrap(), (Some(0), None));
+        assert_eq!(owner_ids(":0").unwrap(), (None, Some(0)));
+        assert!(matches!(
+            owner_ids("no-such-user-here"),
+            Err(DaemonError::UnknownId { what: "user", .. })
+        ));
+    }
+}
