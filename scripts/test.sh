@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 PACKAGES="gcc libc6-dev libmilter-dev opendkim opendkim-tools"
 PACKAGES="$PACKAGES postfix swaks m4 libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0"
 PACKAGES="$PACKAGES miltertest"
+# systemd-socket-activate and systemd-analyze, for the daemon tests (socket activation, units).
+PACKAGES="$PACKAGES systemd"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

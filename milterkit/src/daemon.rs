@@ -243,6 +243,7 @@ struct Cli {
 /// Runs a milter as a daemon with settings from the command line and the environment; a milter's
 /// `main` in one line. See the [module docs](self). Returns the process's exit code: 0 after a
 /// graceful stop, 1 when it could not start (the reason is logged and printed), 2 for bad flags.
+#[doc(alias = "smfi_main")]
 pub fn run<M, F>(factory: F) -> ExitCode
 where
     M: Milter,

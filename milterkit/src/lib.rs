@@ -127,6 +127,8 @@
 //! | `smfi_version`, MTA protocol version | – | `ctx.version` | – | – | [`Offer::version`] in [`Milter::negotiate`], [`Eom::agreement`] |
 //! | – | – | `ctx.uniqueID`, `error` event | – | – | tracing span `milter_conn{id, peer}`; connection errors logged |
 //! | – | – | – | – | `TestMilter` | [`testing::Harness`] |
+//! | a `main` with flags, daemon, user switch | – | – | – | – | [`run`] and [`daemon::Options`] (feature `daemon`): socket activation, `sd_notify`, SIGTERM, privilege drop, logs; docs/deployment.md |
+//! | – | – | – | – | – | [`metrics::Metrics`] in [`Config::metrics`]: Prometheus counters and histograms, HTTP endpoint |
 //!
 //! ## Where milterkit differs from libmilter, on purpose
 //! - Per-connection negotiation (libmilter's suppress bits leak across connections).

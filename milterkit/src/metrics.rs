@@ -4,7 +4,7 @@
 //! Built on `prometheus-client`, the Prometheus project's own Rust client. Metrics are off unless
 //! [`Config::metrics`](crate::Config::metrics) holds a [`Metrics`]; then every connection served
 //! with that config counts into it. A milter's own metrics go into the same
-//! [`Registry`](prometheus_client::registry::Registry) with [`Metrics::with_registry`].
+//! [`Registry`] with [`Metrics::with_registry`].
 //!
 //! | metric | type | labels |
 //! |---|---|---|

@@ -60,7 +60,8 @@ fn main() -> ExitCode {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 5] = [
+        ("example_units_verify", example_units_verify),
         (
             "socket_activation_notify_sigterm",
             socket_activation_notify_sigterm,
@@ -494,4 +495,29 @@ fn bad_settings_are_refused() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(message), "{args:?}: {stderr}");
     }
+}
+
+/// The example units of deploy/systemd pass `systemd-analyze verify` (with ExecStart pointed at
+/// an executable that exists here).
+fn example_units_verify() {
+    let dir = scratch("units");
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    let exe = std::env::current_exe().unwrap();
+    for name in ["milterkit-example.socket", "milterkit-example.service"] {
+        let text = std::fs::read_to_string(units.join(name)).unwrap();
+        assert!(!text.is_empty());
+        let text = text.replace("/usr/local/bin/milterkit-example", &exe.display().to_string());
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let service = std::fs::read_to_string(units.join("milterkit-example.service")).unwrap();
+    assert!(service.contains("Type=notify"), "the milter notifies readiness");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("milterkit-example.socket"))
+        .arg(dir.join("milterkit-example.service"))
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.trim().is_empty(), "systemd-analyze complains: {said}");
 }
