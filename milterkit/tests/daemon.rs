@@ -506,11 +506,17 @@ fn example_units_verify() {
     for name in ["milterkit-example.socket", "milterkit-example.service"] {
         let text = std::fs::read_to_string(units.join(name)).unwrap();
         assert!(!text.is_empty());
-        let text = text.replace("/usr/local/bin/milterkit-example", &exe.display().to_string());
+        let text = text.replace(
+            "/usr/local/bin/milterkit-example",
+            &exe.display().to_string(),
+        );
         std::fs::write(dir.join(name), text).unwrap();
     }
     let service = std::fs::read_to_string(units.join("milterkit-example.service")).unwrap();
-    assert!(service.contains("Type=notify"), "the milter notifies readiness");
+    assert!(
+        service.contains("Type=notify"),
+        "the milter notifies readiness"
+    );
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(dir.join("milterkit-example.socket"))
