@@ -290,6 +290,7 @@ where
         );
     }
     drop(listener);
+    while tasks.try_join_next().is_some() {}
     info!(open = tasks.len(), "shutting down");
     let _ = state.send(Shutdown::Draining);
     for (next, wait) in [
