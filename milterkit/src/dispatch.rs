@@ -125,6 +125,13 @@ impl<F: Future + Unpin> Future for Deadline<F> {
     }
 }
 
+/// The span of an open message.
+struct MessageSpan {
+    span: Span,
+    /// `queue_id` is recorded (or the span is disabled): no more macro lookups.
+    queue_id_known: bool,
+}
+
 /// One milter value and the state the protocol gives it.
 pub(crate) struct Dispatcher<M: Milter> {
     pub(crate) milter: M,
@@ -140,7 +147,7 @@ pub(crate) struct Dispatcher<M: Milter> {
     eom_timeout: Duration,
     progress: Progress,
     /// The span of the open message; its `queue_id` is filled in when the MTA sends `i`.
-    span: Option<Span>,
+    span: Option<MessageSpan>,
     metrics: Option<Metrics>,
 }
 
@@ -167,13 +174,22 @@ impl<M: Milter> Dispatcher<M> {
         if !stage.in_message() {
             return Span::current();
         }
-        let span = self
-            .span
-            .get_or_insert_with(|| tracing::debug_span!("message", queue_id = Empty));
-        if let Some(id) = session.macros().get("i") {
-            span.record("queue_id", String::from_utf8_lossy(id).as_ref());
+        let span = self.span.get_or_insert_with(|| {
+            let span = tracing::debug_span!("message", queue_id = Empty);
+            MessageSpan {
+                // Nothing to record in a span no subscriber wants.
+                queue_id_known: span.is_disabled(),
+                span,
+            }
+        });
+        if !span.queue_id_known {
+            if let Some(id) = session.macros().get("i") {
+                span.span
+                    .record("queue_id", String::from_utf8_lossy(id).as_ref());
+                span.queue_id_known = true;
+            }
         }
-        span.clone()
+        span.span.clone()
     }
 
     /// How many progress packets handlers asked for.
@@ -497,7 +513,7 @@ impl<M: Milter> Dispatcher<M> {
         let args = Context {
             macros: session.macros(),
         };
-        let span = self.span.take().unwrap_or_else(Span::current);
+        let span = self.span.take().map_or_else(Span::current, |s| s.span);
         let fut = guarded(self.handler_timeout, span, self.milter.abort(message, args));
         let started = self.metrics.is_some().then(Instant::now);
         let result = waiter.wait(Stage::Eom, &self.progress, fut).await;
