@@ -333,6 +333,7 @@ fn socket_activation_notify_sigterm() {
 
     // Every line is JSON; the decisions carry the connection span with its peer.
     let mut decided = 0;
+    let mut eom_decided = 0;
     let execed = lines
         .iter()
         .position(|l| l.starts_with("Execing"))
@@ -348,10 +349,19 @@ fn socket_activation_notify_sigterm() {
             let spans = v["spans"].as_array().unwrap();
             assert_eq!(spans[0]["name"], "milter_conn", "{line}");
             assert!(spans[0]["peer"].is_string(), "{line}");
+            if v["fields"]["stage"] == "EOM" {
+                assert_eq!(spans[1]["name"], "message", "{line}");
+                assert!(
+                    spans[1]["queue_id"].is_string(),
+                    "queue id recorded: {line}"
+                );
+                eom_decided += 1;
+            }
             decided += 1;
         }
     }
     assert!(decided >= 3, "decisions logged at debug: {decided}");
+    assert_eq!(eom_decided, 3, "three messages decided at EOM");
     assert!(lines.iter().any(|l| l.contains("SIGTERM")));
 }
 
