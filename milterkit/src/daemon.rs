@@ -13,7 +13,7 @@
 //! What [`run`] does, in order:
 //! 1. sets up logging on standard error ([`init_logging`]): plain lines (no timestamps when
 //!    standard error goes to the journal: journald adds its own) or JSON, levels from
-//!    `--log`/`MILTERKIT_LOG` (`RUST_LOG` syntax);
+//!    `--log`/`MILTERKIT_LOG`, else `RUST_LOG`, else `info` (`RUST_LOG` syntax);
 //! 2. takes the sockets systemd passed (socket activation: `LISTEN_FDS`, `LISTEN_PID`), or binds
 //!    `--socket`;
 //! 3. sets the Unix socket's mode and owner (`--socket-mode`, `--socket-owner`), binds the metrics
@@ -224,9 +224,10 @@ pub struct Options {
         default_value = "plain"
     )]
     pub log_format: LogFormat,
-    /// What to log, in `RUST_LOG` syntax (`info`, `debug`, `milterkit=debug,warn`).
-    #[arg(long, env = "MILTERKIT_LOG", default_value = "info")]
-    pub log: String,
+    /// What to log, in `RUST_LOG` syntax (`info`, `debug`, `milterkit=debug,warn`). Default:
+    /// `RUST_LOG` if set, else `info`.
+    #[arg(long, env = "MILTERKIT_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
     /// Worker threads of the runtime (default: one per core).
     #[arg(long, env = "MILTERKIT_THREADS")]
     pub threads: Option<usize>,
@@ -276,7 +277,12 @@ impl Options {
         M: Milter,
         F: Fn() -> M + Send + Sync + 'static,
     {
-        if let Err(e) = init_logging(self.log_format, &self.log) {
+        let filter = self
+            .log
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok())
+            .unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = init_logging(self.log_format, &filter) {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }

@@ -440,17 +440,36 @@ fn privilege_drop_as_root() {
 
 /// Settings from the environment alone: the socket, and a fail-safe of reject that a failing
 /// handler then sends.
+///
+/// Also the watchdog: with `WATCHDOG_USEC` and `WATCHDOG_PID` set as systemd sets them (the shell
+/// puts its own pid, which `exec` hands to the daemon), `WATCHDOG=1` arrives every half period.
 fn environment_configures() {
+    let dir = scratch("environment");
+    let notify = UnixDatagram::bind(dir.join("notify")).unwrap();
     let port = free_port();
     let spec = format!("inet:{port}@127.0.0.1");
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env("MILTERKIT_TEST_CHILD", "1")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$0" "$@""#)
+        .arg(std::env::current_exe().unwrap())
+        .env("MILTERKIT_TEST_CHILD", "1")
         .env("MILTERKIT_SOCKET", &spec)
         .env("MILTERKIT_FAIL_SAFE", "reject")
         .env("MILTERKIT_GRACE_PERIOD", "2s")
-        .env_remove("NOTIFY_SOCKET");
+        .env("NOTIFY_SOCKET", dir.join("notify"))
+        .env("WATCHDOG_USEC", "200000");
     let daemon = Daemon::start(cmd);
     daemon.wait_for_log("serving");
+    expect_notification(&notify, "READY=1");
+    let started = Instant::now();
+    for _ in 0..3 {
+        expect_notification(&notify, "WATCHDOG=1");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "three watchdog pings at 100 ms intervals took {:?}",
+        started.elapsed()
+    );
     let rt = runtime();
     assert_tagged(&rt.block_on(send(&spec, &message("hello"))));
     let out = rt.block_on(async {
@@ -469,7 +488,12 @@ fn environment_configures() {
 /// Settings that cannot work stop the daemon at once with a clear message.
 fn bad_settings_are_refused() {
     let exe = std::env::current_exe().unwrap();
-    let cases: [(&[&str], i32, &str); 5] = [
+    let cases: [(&[&str], i32, &str); 6] = [
+        (
+            &["--socket", "inet:1@127.0.0.1", "--log", "milterkit=loud"],
+            2,
+            "bad log filter",
+        ),
         (&[], 1, "no socket to serve on"),
         (
             &["--socket", "inet:1@127.0.0.1", "--socket-mode", "999"],
