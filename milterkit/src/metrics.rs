@@ -174,9 +174,14 @@ impl Metrics {
 
     /// Serves `GET /metrics` (any path, in fact) on `listener` until the future is dropped: a
     /// plain HTTP/1.1 responder, one request per connection, for Prometheus to scrape. Requests
-    /// larger than 8 KiB or slower than 10 s are dropped.
+    /// larger than 8 KiB or slower than 10 s are dropped; at most 16 are answered at once (more
+    /// wait in the listen backlog).
     pub async fn serve(self, listener: TcpListener) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(16));
         loop {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
             let (mut stream, peer) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
@@ -214,6 +219,7 @@ impl Metrics {
                     Ok(Err(e)) => debug!(%peer, error = %e, "metrics endpoint: request failed"),
                     Err(_) => debug!(%peer, "metrics endpoint: request timed out"),
                 }
+                drop(permit);
             });
         }
     }
