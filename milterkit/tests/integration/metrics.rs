@@ -152,3 +152,30 @@ async fn the_endpoint_refuses_other_methods_and_oversized_requests() {
     // Still serving.
     assert!(scrape(addr).await.contains_key("milter_messages_total"));
 }
+
+/// Clients that connect and say nothing take the endpoint's 16 slots for 10 s at most: the 17th
+/// request waits for a slot, and is then answered; the silent ones are closed. (Paused time: the
+/// 10 s pass at once.)
+#[tokio::test(start_paused = true)]
+async fn silent_clients_hold_the_endpoint_for_ten_seconds_at_most() {
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    tokio::spawn(Metrics::new().serve(http));
+    let mut silent = Vec::new();
+    for _ in 0..16 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    let scraped = scrape(addr).await;
+    assert!(scraped.contains_key("milter_messages_total"));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(11),
+        "the 17th request waits for the first slot to time out: {waited:?}"
+    );
+    for mut s in silent {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "closed without an answer");
+    }
+}
