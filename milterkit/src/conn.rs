@@ -49,17 +49,37 @@ impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
             return Ok(fut.await);
         }
         let mut fut = std::pin::pin!(fut);
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.tick().await; // the first tick is immediate
+        // Progress goes out every `interval` from now, and at once when the handler asks. The
+        // ticker is only made if the handler does not finish at its first poll (most do).
+        let start = Instant::now();
+        let mut ticker: Option<tokio::time::Interval> = None;
+        let mut asked = std::pin::pin!(progress.notify.notified());
         let mut frame = BytesMut::new();
-        Response::Progress.encode(&mut frame);
         loop {
-            tokio::select! {
-                out = &mut fut => return Ok(out),
-                _ = ticker.tick() => {}
-                _ = progress.notify.notified() => {}
+            if let Some(out) = std::future::poll_fn(|cx| {
+                if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Some(out));
+                }
+                let ticker = ticker.get_or_insert_with(|| {
+                    tokio::time::interval_at(start + self.interval, self.interval)
+                });
+                if ticker.poll_tick(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                if asked.as_mut().poll(cx).is_ready() {
+                    asked.set(progress.notify.notified());
+                    return Poll::Ready(None);
+                }
+                Poll::Pending
+            })
+            .await
+            {
+                return Ok(out);
             }
             debug!("progress");
+            if frame.is_empty() {
+                Response::Progress.encode(&mut frame);
+            }
             write_all(self.io, &frame, self.write_timeout).await?;
         }
     }
