@@ -93,10 +93,29 @@ impl FrameDecoder {
     /// When a frame is announced but not complete, `src` is reserved to hold it (never more than
     /// the limit allows), so reads land in place.
     pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if src.len() < LEN_BYTES {
+        Ok(self
+            .complete(src)?
+            .map(|(code, payload_len)| take(src, code, payload_len)))
+    }
+
+    /// The code and payload length of the frame at the front of `src` once it is complete
+    /// (nothing is consumed); `Ok(None)` when more bytes are needed, with `src` reserved to hold
+    /// the announced frame.
+    pub(crate) fn complete(&self, src: &mut BytesMut) -> Result<Option<(u8, usize)>, FrameError> {
+        let Some(&prefix) = src.first_chunk::<LEN_BYTES>() else {
+            return Ok(None);
+        };
+        let payload_len = self.check(u32::from_be_bytes(prefix))?;
+        let total = LEN_BYTES + 1 + payload_len;
+        if src.len() < total {
+            src.reserve(total - src.len());
             return Ok(None);
         }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+        Ok(Some((src[LEN_BYTES], payload_len)))
+    }
+
+    /// The payload length a length prefix announces, if allowed.
+    fn check(&self, len: u32) -> Result<usize, FrameError> {
         if len == 0 {
             return Err(FrameError::ZeroLength);
         }
@@ -107,16 +126,19 @@ impl FrameDecoder {
                 max: self.max_payload,
             });
         }
-        let total = LEN_BYTES + 1 + payload_len;
-        if src.len() < total {
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        src.advance(LEN_BYTES);
-        let code = src.get_u8();
-        let payload = src.split_to(payload_len).freeze();
-        Ok(Some(Frame { code, payload }))
+        Ok(payload_len)
     }
+}
+
+/// Takes the complete frame [`FrameDecoder::complete`] found off the front of `src`.
+pub(crate) fn take(src: &mut BytesMut, code: u8, payload_len: usize) -> Frame {
+    src.advance(LEN_BYTES + 1);
+    let payload = if payload_len == 0 {
+        Bytes::new()
+    } else {
+        src.split_to(payload_len).freeze()
+    };
+    Frame { code, payload }
 }
 
 /// Moves the bytes of `out` to the end of `dst` (swapping buffers when `dst` is empty, so that

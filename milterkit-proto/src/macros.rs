@@ -126,8 +126,63 @@ impl MacroLists {
     }
 }
 
-/// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage.
-type Slot = Vec<(Bytes, Bytes)>;
+/// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage, each
+/// string stored as its length (native-endian `usize`) and its bytes, one after the other. One
+/// buffer per slot, reused from packet to packet: storing a packet allocates nothing once the
+/// connection is warm, and keeps no reference to the input buffer.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Slot(Vec<u8>);
+
+const LEN: usize = std::mem::size_of::<usize>();
+
+impl Slot {
+    fn push(&mut self, s: &[u8]) {
+        self.0.extend_from_slice(&s.len().to_ne_bytes());
+        self.0.extend_from_slice(s);
+    }
+
+    fn pairs(&self) -> Pairs<'_> {
+        Pairs { rest: &self.0 }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of the first pair whose name, braces removed, is `name`.
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.pairs()
+            .find(|(n, _)| strip_braces(n) == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// The (name, value) pairs of a slot.
+struct Pairs<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Pairs<'a> {
+    fn string(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.rest.split_first_chunk::<LEN>()?;
+        let (s, rest) = rest.split_at_checked(usize::from_ne_bytes(*len))?;
+        self.rest = rest;
+        Some(s)
+    }
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let name = self.string()?;
+        let value = self.string()?;
+        Some((name, value))
+    }
+}
 
 /// The macros in effect, kept the way libmilter keeps them: one slot per stage (CONNECT, HELO,
 /// MAIL, RCPT, DATA, EOH, EOM) holding the latest packet for it; each command clears the slots
@@ -151,11 +206,30 @@ type Slot = Vec<(Bytes, Bytes)>;
 /// assert_eq!(m.get("mail_addr"), None);
 /// assert!(m.get("j").is_some());
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 #[doc(alias = "smfi_getsymval")]
 pub struct Macros {
     slots: [Slot; 7],
 }
+
+impl std::fmt::Debug for Macros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        for (code, slot) in SLOT_CODES.iter().zip(&self.slots) {
+            if !slot.is_empty() {
+                let pairs: Vec<(Bytes, Bytes)> = slot
+                    .pairs()
+                    .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
+                    .collect();
+                list.entry(&(char::from(*code), pairs));
+            }
+        }
+        list.finish()
+    }
+}
+
+/// The `SMFIC_MACRO` stage byte of each slot.
+const SLOT_CODES: [u8; 7] = [b'C', b'H', b'M', b'R', b'T', b'N', b'E'];
 
 /// Slot index of a `SMFIC_MACRO` stage byte, for the seven stages libmilter keeps.
 fn slot(code: u8) -> Option<usize> {
@@ -178,6 +252,16 @@ fn strip_braces(name: &[u8]) -> &[u8] {
     }
 }
 
+/// True if `pairs` is the body of a well-formed macro packet (after its stage byte): NUL-terminated
+/// strings, an even number of them. What `Command::decode` accepts.
+pub(crate) fn well_formed(pairs: &[u8]) -> bool {
+    pairs.last().is_none_or(|&c| c == 0) && bytecount_nul(pairs) % 2 == 0
+}
+
+fn bytecount_nul(b: &[u8]) -> usize {
+    b.iter().filter(|&&c| c == 0).count()
+}
+
 impl Macros {
     /// Stores a `SMFIC_MACRO` packet for the command `code`: it replaces that stage's slot.
     /// Packets for stages libmilter does not keep (Postfix's `L`, `B`, `U`) and packets without
@@ -187,7 +271,28 @@ impl Macros {
             return;
         }
         if let Some(i) = slot(code) {
-            self.slots[i] = pairs;
+            let slot = &mut self.slots[i];
+            slot.clear();
+            for (n, v) in &pairs {
+                slot.push(n);
+                slot.push(v);
+            }
+        }
+    }
+
+    /// Stores a packet as it came off the wire: `pairs` is its payload after the stage byte,
+    /// already checked with [`well_formed`]. Copies the strings into the slot's own buffer.
+    pub(crate) fn set_wire(&mut self, code: u8, mut pairs: &[u8]) {
+        if pairs.is_empty() {
+            return;
+        }
+        let Some(i) = slot(code) else { return };
+        let slot = &mut self.slots[i];
+        slot.clear();
+        slot.0.reserve(pairs.len() + LEN * bytecount_nul(pairs));
+        while let Some(end) = pairs.iter().position(|&c| c == 0) {
+            slot.push(&pairs[..end]);
+            pairs = &pairs[end + 1..];
         }
     }
 
@@ -201,47 +306,41 @@ impl Macros {
             Stage::Rcpt => 4,
             _ => return,
         };
-        self.slots[from..].iter_mut().for_each(Vec::clear);
+        self.slots[from..].iter_mut().for_each(Slot::clear);
     }
 
     /// Forgets the macros of the message (MAIL…EOM slots), as after ABORT.
     pub fn clear_message(&mut self) {
-        self.slots[2..].iter_mut().for_each(Vec::clear);
+        self.slots[2..].iter_mut().for_each(Slot::clear);
     }
 
     /// Forgets everything, as after OPTNEG, QUIT and QUIT_NC.
     pub fn clear(&mut self) {
-        self.slots.iter_mut().for_each(Vec::clear);
+        self.slots.iter_mut().for_each(Slot::clear);
     }
 
     /// The value of macro `name` in effect (`smfi_getsymval`).
     pub fn get(&self, name: impl AsRef<[u8]>) -> Option<&[u8]> {
         let name = strip_braces(name.as_ref());
-        self.slots.iter().rev().find_map(|slot| {
-            slot.iter()
-                .find(|(n, _)| strip_braces(n) == name)
-                .map(|(_, v)| &v[..])
-        })
+        self.slots.iter().rev().find_map(|slot| slot.get(name))
     }
 
     /// Every macro in effect, as (name as sent, value), earliest stage first; a name shadowed by a
     /// later stage appears once, with the later value.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.slots.iter().enumerate().flat_map(move |(i, slot)| {
-            slot.iter()
-                .filter(move |(n, _)| {
-                    let name = strip_braces(n);
-                    !self.slots[i + 1..]
-                        .iter()
-                        .any(|later| later.iter().any(|(m, _)| strip_braces(m) == name))
-                })
-                .map(|(n, v)| (&n[..], &v[..]))
+            slot.pairs().filter(move |(n, _)| {
+                let name = strip_braces(n);
+                !self.slots[i + 1..]
+                    .iter()
+                    .any(|later| later.get(name).is_some())
+            })
         })
     }
 
     /// True when no macro is in effect.
     pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(Vec::is_empty)
+        self.slots.iter().all(Slot::is_empty)
     }
 }
 
@@ -335,5 +434,36 @@ mod tests {
         );
         assert_eq!(MacroStage::EOH.stage(), Some(Stage::Eoh));
         assert_eq!(MacroStage(9).stage(), None);
+    }
+
+    proptest::proptest! {
+        /// The in-place path of the session stores exactly what decoding the packet as a
+        /// `Command` and `set` store, and ignores exactly the packets decoding refuses.
+        #[test]
+        fn wire_packets_are_stored_as_decoded_ones(
+            payload in proptest::collection::vec(proptest::sample::select(vec![0u8, b'a', b'{', b'}']), 0..24),
+            code in proptest::sample::select(vec![b'C', b'M', b'E', b'L']),
+        ) {
+            let mut framed = vec![code];
+            framed.extend_from_slice(&payload);
+            let frame = crate::frame::Frame { code: b'D', payload: Bytes::from(framed) };
+            let mut decoded = Macros::default();
+            decoded.set(b'C', pairs(&[("j", "old")]));
+            let mut wire = decoded.clone();
+            let ok = match crate::Command::decode(frame) {
+                Ok(crate::Command::Macro { stage, pairs }) => {
+                    decoded.set(stage, pairs);
+                    true
+                }
+                _ => false,
+            };
+            proptest::prop_assert_eq!(ok, well_formed(&payload));
+            if ok {
+                wire.set_wire(code, &payload);
+            }
+            proptest::prop_assert_eq!(&wire, &decoded);
+            proptest::prop_assert_eq!(wire.get("a"), decoded.get("a"));
+            proptest::prop_assert_eq!(wire.iter().collect::<Vec<_>>(), decoded.iter().collect::<Vec<_>>());
+        }
     }
 }
