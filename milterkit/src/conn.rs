@@ -1,6 +1,7 @@
 //! One connection: read → decode → dispatch → encode → one write. A plain loop in one task.
 
 use std::future::Future;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use milterkit_proto::{MilterConfig, MilterSession, Response, Stage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::futures::Notified;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
@@ -17,8 +19,11 @@ use crate::eom::Progress;
 use crate::serve::Shutdown;
 use crate::{Config, Error, Milter};
 
-/// Buffer kept for reading; it is given back after a large body.
+/// Most bytes taken by one read between commands (through the stack).
 const READ_CHUNK: usize = 4096;
+
+/// Least room a read into a partial frame is given.
+const MIN_READ: usize = 512;
 
 /// Above this, an empty buffer is replaced by a small one: above a full body chunk (65,535 bytes
 /// plus the 5-byte header), so that a large body does not drop and regrow the buffer every chunk.
@@ -26,9 +31,6 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 
 /// A connection quiet for this long between commands gives its buffers back.
 const IDLE_AFTER: Duration = Duration::from_secs(1);
-
-/// The stack buffer an idle connection waits with.
-const IDLE_READ: usize = 256;
 
 /// The connection loop's waiter: at end of message it writes `SMFIR_PROGRESS` every
 /// `interval`, and at once when the handler asks.
@@ -50,11 +52,12 @@ impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
         }
         let mut fut = std::pin::pin!(fut);
         // Progress goes out every `interval` from now, and at once when the handler asks. The
-        // ticker is only made if the handler does not finish at its first poll (most do).
+        // ticker and the registration are only made if the handler does not finish at its first
+        // poll (most do), and on the heap: they would otherwise make every connection's future
+        // larger, idle or not.
         let start = Instant::now();
         let mut ticker: Option<tokio::time::Interval> = None;
-        let mut asked = std::pin::pin!(progress.notify.notified());
-        let mut frame = BytesMut::new();
+        let mut asked: Option<Pin<Box<Notified<'_>>>> = None;
         loop {
             if let Some(out) = std::future::poll_fn(|cx| {
                 if let Poll::Ready(out) = fut.as_mut().poll(cx) {
@@ -66,8 +69,9 @@ impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
                 if ticker.poll_tick(cx).is_ready() {
                     return Poll::Ready(None);
                 }
-                if asked.as_mut().poll(cx).is_ready() {
-                    asked.set(progress.notify.notified());
+                let notified = asked.get_or_insert_with(|| Box::pin(progress.notify.notified()));
+                if notified.as_mut().poll(cx).is_ready() {
+                    notified.set(progress.notify.notified());
                     return Poll::Ready(None);
                 }
                 Poll::Pending
@@ -77,10 +81,9 @@ impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
                 return Ok(out);
             }
             debug!("progress");
-            if frame.is_empty() {
-                Response::Progress.encode(&mut frame);
-            }
-            write_all(self.io, &frame, self.write_timeout).await?;
+            let mut frame = BytesMut::new();
+            Response::Progress.encode(&mut frame);
+            Box::pin(write_all(self.io, &frame, self.write_timeout)).await?;
         }
     }
 }
@@ -255,26 +258,26 @@ fn idle_eligible(session: &mut MilterSession, out: &BytesMut) -> bool {
     input.is_empty() && (input.capacity() > 0 || out.capacity() > 0)
 }
 
-/// One read into `input`. A buffer with room is read into directly; an empty one (given back
-/// while idle) is read through the stack, so that a waiting connection holds no buffer.
+/// One read into `input`. Between commands (nothing buffered, the usual case) it reads through a
+/// buffer on the stack and keeps only what came, so that no connection holds a read buffer larger
+/// than its input while it waits; a partial frame is completed in place, in the room the decoder
+/// reserved for the whole frame.
 fn poll_read_input<IO: AsyncRead + Unpin>(
     io: &mut IO,
     input: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    if input.capacity() == 0 {
-        let mut small = [0u8; IDLE_READ];
-        let mut buf = ReadBuf::new(&mut small);
+    if input.is_empty() {
+        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut buf = ReadBuf::uninit(&mut stack);
         return Pin::new(io).poll_read(cx, &mut buf).map_ok(|()| {
-            let n = buf.filled().len();
-            if n > 0 {
-                input.reserve(READ_CHUNK.max(n));
-                input.extend_from_slice(buf.filled());
-            }
-            n
+            input.extend_from_slice(buf.filled());
+            buf.filled().len()
         });
     }
-    input.reserve(READ_CHUNK);
+    if input.capacity() - input.len() < MIN_READ {
+        input.reserve(READ_CHUNK);
+    }
     std::pin::pin!(io.read_buf(input)).poll(cx)
 }
 
