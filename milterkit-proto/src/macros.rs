@@ -126,31 +126,63 @@ impl MacroLists {
     }
 }
 
-/// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage, each
-/// string stored as its length (native-endian `usize`) and its bytes, one after the other. One
-/// buffer per slot, reused from packet to packet: storing a packet allocates nothing once the
-/// connection is warm, and keeps no reference to the input buffer.
+/// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage. `buf`
+/// holds the strings in wire form (each followed by a NUL), then the offset of each string's end
+/// (native-endian `usize`), so that a lookup steps from pair to pair without scanning. One buffer
+/// per slot, reused from packet to packet: storing a packet allocates nothing once the connection
+/// is warm, and keeps no reference to the input buffer.
 #[derive(Clone, Default, PartialEq, Eq)]
-struct Slot(Vec<u8>);
+struct Slot {
+    buf: Vec<u8>,
+    /// Where the offsets start.
+    wire: usize,
+}
 
-const LEN: usize = std::mem::size_of::<usize>();
+const OFFSET: usize = std::mem::size_of::<usize>();
 
 impl Slot {
-    fn push(&mut self, s: &[u8]) {
-        self.0.extend_from_slice(&s.len().to_ne_bytes());
-        self.0.extend_from_slice(s);
+    /// Replaces the pairs with those of `wire` (NUL-terminated strings, an even number).
+    fn set_wire(&mut self, mut wire: &[u8], strings: usize) {
+        self.buf.clear();
+        self.buf.reserve(wire.len() + strings * OFFSET);
+        self.buf.extend_from_slice(wire);
+        self.wire = wire.len();
+        let mut at = 0;
+        while let Some(end) = find_nul(wire) {
+            self.buf.extend_from_slice(&(at + end).to_ne_bytes());
+            at += end + 1;
+            wire = &wire[end + 1..];
+        }
     }
 
-    fn pairs(&self) -> Pairs<'_> {
-        Pairs { rest: &self.0 }
+    /// Appends one string (which may hold NULs: its end is recorded, not searched for).
+    fn push(&mut self, strings: &mut Vec<usize>, s: &[u8]) {
+        self.buf.extend_from_slice(s);
+        strings.push(self.buf.len());
+        self.buf.push(0);
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let (wire, ends) = self.buf.split_at(self.wire.min(self.buf.len()));
+        let mut start = 0;
+        ends.chunks_exact(2 * OFFSET).filter_map(move |e| {
+            let (name_end, value_end) = e.split_at(OFFSET);
+            let name_end = usize::from_ne_bytes(name_end.try_into().ok()?);
+            let value_end = usize::from_ne_bytes(value_end.try_into().ok()?);
+            let name = wire.get(start..name_end)?;
+            let value = wire.get(name_end + 1..value_end)?;
+            start = value_end + 1;
+            Some((name, value))
+        })
     }
 
     fn clear(&mut self) {
-        self.0.clear();
+        self.buf.clear();
+        self.wire = 0;
     }
 
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.buf.is_empty()
     }
 
     /// The value of the first pair whose name, braces removed, is `name`.
@@ -161,27 +193,28 @@ impl Slot {
     }
 }
 
-/// The (name, value) pairs of a slot.
-struct Pairs<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Pairs<'a> {
-    fn string(&mut self) -> Option<&'a [u8]> {
-        let (len, rest) = self.rest.split_first_chunk::<LEN>()?;
-        let (s, rest) = rest.split_at_checked(usize::from_ne_bytes(*len))?;
-        self.rest = rest;
-        Some(s)
+/// The index of the first NUL in `s`, eight bytes at a time.
+fn find_nul(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        // The lowest flagged byte is the first zero byte (flags above it may be false).
+        let zero = v.wrapping_sub(ONES) & !v & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
     }
-}
-
-impl<'a> Iterator for Pairs<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-    fn next(&mut self) -> Option<Self::Item> {
-        let name = self.string()?;
-        let value = self.string()?;
-        Some((name, value))
-    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == 0)
+        .map(|i| at + i)
 }
 
 /// The macros in effect, kept the way libmilter keeps them: one slot per stage (CONNECT, HELO,
@@ -273,26 +306,26 @@ impl Macros {
         if let Some(i) = slot(code) {
             let slot = &mut self.slots[i];
             slot.clear();
+            let mut ends = Vec::with_capacity(2 * pairs.len());
             for (n, v) in &pairs {
-                slot.push(n);
-                slot.push(v);
+                slot.push(&mut ends, n);
+                slot.push(&mut ends, v);
+            }
+            slot.wire = slot.buf.len();
+            for end in ends {
+                slot.buf.extend_from_slice(&end.to_ne_bytes());
             }
         }
     }
 
     /// Stores a packet as it came off the wire: `pairs` is its payload after the stage byte,
-    /// already checked with [`well_formed`]. Copies the strings into the slot's own buffer.
-    pub(crate) fn set_wire(&mut self, code: u8, mut pairs: &[u8]) {
+    /// already checked with [`well_formed`].
+    pub(crate) fn set_wire(&mut self, code: u8, pairs: &[u8]) {
         if pairs.is_empty() {
             return;
         }
-        let Some(i) = slot(code) else { return };
-        let slot = &mut self.slots[i];
-        slot.clear();
-        slot.0.reserve(pairs.len() + LEN * bytecount_nul(pairs));
-        while let Some(end) = pairs.iter().position(|&c| c == 0) {
-            slot.push(&pairs[..end]);
-            pairs = &pairs[end + 1..];
+        if let Some(i) = slot(code) {
+            self.slots[i].set_wire(pairs, bytecount_nul(pairs));
         }
     }
 
@@ -436,6 +469,21 @@ mod tests {
         assert_eq!(MacroStage(9).stage(), None);
     }
 
+    #[test]
+    fn names_and_values_may_hold_nuls_when_set_by_hand() {
+        let mut m = Macros::default();
+        m.set(
+            b'C',
+            vec![
+                (Bytes::from_static(b"j\0x"), Bytes::from_static(b"mx\0y")),
+                (Bytes::from_static(b"v"), Bytes::new()),
+            ],
+        );
+        assert_eq!(m.get("j\0x"), Some(&b"mx\0y"[..]));
+        assert_eq!(m.get("j"), None);
+        assert_eq!(m.get("v"), Some(&b""[..]));
+    }
+
     proptest::proptest! {
         /// The in-place path of the session stores exactly what decoding the packet as a
         /// `Command` and `set` store, and ignores exactly the packets decoding refuses.
@@ -464,6 +512,13 @@ mod tests {
             proptest::prop_assert_eq!(&wire, &decoded);
             proptest::prop_assert_eq!(wire.get("a"), decoded.get("a"));
             proptest::prop_assert_eq!(wire.iter().collect::<Vec<_>>(), decoded.iter().collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn find_nul_finds_the_first_nul(
+            s in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x80, 0xff, b'a']), 0..40),
+        ) {
+            proptest::prop_assert_eq!(find_nul(&s), s.iter().position(|&c| c == 0));
         }
     }
 }
