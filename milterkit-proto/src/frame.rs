@@ -268,7 +268,7 @@ impl Reader {
 
     /// How many NULs the rest holds (to size a vector of strings once).
     pub(crate) fn nul_count(&self) -> usize {
-        self.buf.iter().filter(|&&c| c == 0).count()
+        count_nul(&self.buf)
     }
 
     pub(crate) fn rest(&mut self) -> Bytes {
@@ -290,7 +290,50 @@ impl Reader {
 }
 
 fn memchr0(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == 0)
+    find_nul(b)
+}
+
+const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+const LOWS: u64 = u64::from_le_bytes([0x7f; 8]);
+
+fn word(chunk: &[u8]) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(chunk);
+    u64::from_le_bytes(w)
+}
+
+/// The index of the first NUL in `s`, eight bytes at a time.
+pub(crate) fn find_nul(s: &[u8]) -> Option<usize> {
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let v = word(chunk);
+        // The lowest flagged byte is the first zero byte (flags above it may be false).
+        let zero = v.wrapping_sub(ONES) & !v & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == 0)
+        .map(|i| at + i)
+}
+
+/// How many NULs `s` holds, eight bytes at a time.
+pub(crate) fn count_nul(s: &[u8]) -> usize {
+    let mut chunks = s.chunks_exact(8);
+    let mut n = 0;
+    for chunk in &mut chunks {
+        let v = word(chunk);
+        // Bit 7 of each byte set exactly when the byte is not zero.
+        let nonzero = ((v & LOWS).wrapping_add(LOWS) | v) & HIGHS;
+        n += 8 - nonzero.count_ones() as usize;
+    }
+    n + chunks.remainder().iter().filter(|&&c| c == 0).count()
 }
 
 /// True when `s` can go on the wire as a NUL-terminated string.

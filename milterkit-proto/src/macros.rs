@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::frame::{count_nul, find_nul};
 use crate::stage::Stage;
 
 /// A stage number of the OPTNEG macro-list section (`SMFIM_*`). Unknown numbers are kept.
@@ -193,30 +194,6 @@ impl Slot {
     }
 }
 
-/// The index of the first NUL in `s`, eight bytes at a time.
-fn find_nul(s: &[u8]) -> Option<usize> {
-    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
-    let mut chunks = s.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let v = u64::from_le_bytes(word);
-        // The lowest flagged byte is the first zero byte (flags above it may be false).
-        let zero = v.wrapping_sub(ONES) & !v & HIGHS;
-        if zero != 0 {
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&c| c == 0)
-        .map(|i| at + i)
-}
-
 /// The macros in effect, kept the way libmilter keeps them: one slot per stage (CONNECT, HELO,
 /// MAIL, RCPT, DATA, EOH, EOM) holding the latest packet for it; each command clears the slots
 /// of later stages; lookup goes from the latest stage back, so later values shadow earlier ones.
@@ -285,14 +262,11 @@ fn strip_braces(name: &[u8]) -> &[u8] {
     }
 }
 
-/// True if `pairs` is the body of a well-formed macro packet (after its stage byte): NUL-terminated
-/// strings, an even number of them. What `Command::decode` accepts.
-pub(crate) fn well_formed(pairs: &[u8]) -> bool {
-    pairs.last().is_none_or(|&c| c == 0) && bytecount_nul(pairs) % 2 == 0
-}
-
-fn bytecount_nul(b: &[u8]) -> usize {
-    b.iter().filter(|&&c| c == 0).count()
+/// The number of strings in `pairs`, the body of a macro packet after its stage byte, if it is
+/// well formed: NUL-terminated strings, an even number of them. What `Command::decode` accepts.
+pub(crate) fn well_formed(pairs: &[u8]) -> Option<usize> {
+    let strings = count_nul(pairs);
+    (pairs.last().is_none_or(|&c| c == 0) && strings % 2 == 0).then_some(strings)
 }
 
 impl Macros {
@@ -319,13 +293,13 @@ impl Macros {
     }
 
     /// Stores a packet as it came off the wire: `pairs` is its payload after the stage byte,
-    /// already checked with [`well_formed`].
-    pub(crate) fn set_wire(&mut self, code: u8, pairs: &[u8]) {
+    /// holding `strings` strings, as [`well_formed`] found.
+    pub(crate) fn set_wire(&mut self, code: u8, pairs: &[u8], strings: usize) {
         if pairs.is_empty() {
             return;
         }
         if let Some(i) = slot(code) {
-            self.slots[i].set_wire(pairs, bytecount_nul(pairs));
+            self.slots[i].set_wire(pairs, strings);
         }
     }
 
@@ -505,9 +479,9 @@ mod tests {
                 }
                 _ => false,
             };
-            proptest::prop_assert_eq!(ok, well_formed(&payload));
-            if ok {
-                wire.set_wire(code, &payload);
+            proptest::prop_assert_eq!(ok, well_formed(&payload).is_some());
+            if let Some(strings) = well_formed(&payload) {
+                wire.set_wire(code, &payload, strings);
             }
             proptest::prop_assert_eq!(&wire, &decoded);
             proptest::prop_assert_eq!(wire.get("a"), decoded.get("a"));
@@ -515,10 +489,11 @@ mod tests {
         }
 
         #[test]
-        fn find_nul_finds_the_first_nul(
-            s in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x80, 0xff, b'a']), 0..40),
+        fn nuls_are_found_and_counted_right(
+            s in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x7f, 0x80, 0xff, b'a']), 0..40),
         ) {
             proptest::prop_assert_eq!(find_nul(&s), s.iter().position(|&c| c == 0));
+            proptest::prop_assert_eq!(count_nul(&s), s.iter().filter(|&&c| c == 0).count());
         }
     }
 }

@@ -296,14 +296,14 @@ impl MilterSession {
                 reason: "macro packet without a stage",
             });
         };
-        if crate::macros::well_formed(pairs) {
+        if let Some(strings) = crate::macros::well_formed(pairs) {
             if self.agreement.is_none() {
                 return Err(ProtocolError::OutOfOrder {
                     code: crate::command::code::MACRO,
                     state: "before negotiation",
                 });
             }
-            self.macros.set_wire(stage, pairs);
+            self.macros.set_wire(stage, pairs, strings);
         }
         self.input.advance(start + len);
         Ok(())
