@@ -47,10 +47,12 @@ impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
         progress: &Progress,
         fut: F,
     ) -> std::io::Result<F::Output> {
+        // Awaited through the pin in both cases: the future is stored once more, not twice (it
+        // is part of every connection's future, idle or not).
+        let mut fut = std::pin::pin!(fut);
         if stage != Stage::Eom {
             return Ok(fut.await);
         }
-        let mut fut = std::pin::pin!(fut);
         // Progress goes out every `interval` from now, and at once when the handler asks. The
         // ticker and the registration are only made if the handler does not finish at its first
         // poll (most do), and on the heap: they would otherwise make every connection's future
