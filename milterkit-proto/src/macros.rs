@@ -186,11 +186,24 @@ impl Slot {
         self.buf.is_empty()
     }
 
-    /// The value of the first pair whose name, braces removed, is `name`.
+    /// The value of the first pair whose name, braces removed, is `name`. Names of another
+    /// length are passed over on their offsets alone.
     fn get(&self, name: &[u8]) -> Option<&[u8]> {
-        self.pairs()
-            .find(|(n, _)| strip_braces(n) == name)
-            .map(|(_, v)| v)
+        let (wire, ends) = self.buf.split_at(self.wire.min(self.buf.len()));
+        let mut start = 0;
+        for e in ends.chunks_exact(2 * OFFSET) {
+            let (name_end, value_end) = e.split_at(OFFSET);
+            let name_end = usize::from_ne_bytes(name_end.try_into().ok()?);
+            let value_end = usize::from_ne_bytes(value_end.try_into().ok()?);
+            let len = name_end.wrapping_sub(start);
+            if (len == name.len() || len == name.len() + 2)
+                && strip_braces(wire.get(start..name_end)?) == name
+            {
+                return wire.get(name_end + 1..value_end);
+            }
+            start = value_end + 1;
+        }
+        None
     }
 }
 
@@ -329,7 +342,11 @@ impl Macros {
     /// The value of macro `name` in effect (`smfi_getsymval`).
     pub fn get(&self, name: impl AsRef<[u8]>) -> Option<&[u8]> {
         let name = strip_braces(name.as_ref());
-        self.slots.iter().rev().find_map(|slot| slot.get(name))
+        self.slots
+            .iter()
+            .rev()
+            .filter(|slot| !slot.is_empty())
+            .find_map(|slot| slot.get(name))
     }
 
     /// Every macro in effect, as (name as sent, value), earliest stage first; a name shadowed by a
