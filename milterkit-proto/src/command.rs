@@ -335,8 +335,41 @@ impl Command {
         Ok(cmd)
     }
 
+    /// The payload's length in wire form.
+    fn payload_len(&self) -> usize {
+        match self {
+            Command::Optneg(_) => 12,
+            Command::Macro { pairs, .. } => {
+                1 + pairs
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len() + 2)
+                    .sum::<usize>()
+            }
+            Command::Connect(c) => {
+                c.hostname.len()
+                    + 2
+                    + if c.family == Family::Unknown {
+                        0
+                    } else {
+                        3 + c.address.len()
+                    }
+            }
+            Command::Helo { name: s } | Command::Unknown { line: s } => s.len() + 1,
+            Command::Mail(e) | Command::Rcpt(e) => {
+                e.address.len() + 1 + e.args.iter().map(|a| a.len() + 1).sum::<usize>()
+            }
+            Command::Header { name, value } => name.len() + value.len() + 2,
+            Command::Body(chunk) | Command::Eom { chunk } => chunk.len(),
+            Command::Data | Command::Eoh | Command::Abort | Command::Quit | Command::QuitNc => 0,
+        }
+    }
+
     /// Appends this command in wire form to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
+        // One reservation for the whole frame instead of growing with each field.
+        let len = crate::frame::LEN_BYTES + 1 + self.payload_len();
+        dst.reserve(len);
+        let start = dst.len();
         let mut w = FrameWriter::start(dst, self.code());
         match self {
             Command::Optneg(o) => {
@@ -375,5 +408,6 @@ impl Command {
             Command::Data | Command::Eoh | Command::Abort | Command::Quit | Command::QuitNc => {}
         }
         w.finish();
+        debug_assert_eq!(dst.len() - start, len, "payload_len of {self:?}");
     }
 }

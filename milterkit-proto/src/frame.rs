@@ -93,10 +93,29 @@ impl FrameDecoder {
     /// When a frame is announced but not complete, `src` is reserved to hold it (never more than
     /// the limit allows), so reads land in place.
     pub fn decode(&self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if src.len() < LEN_BYTES {
+        Ok(self
+            .complete(src)?
+            .map(|(code, payload_len)| take(src, code, payload_len)))
+    }
+
+    /// The code and payload length of the frame at the front of `src` once it is complete
+    /// (nothing is consumed); `Ok(None)` when more bytes are needed, with `src` reserved to hold
+    /// the announced frame.
+    pub(crate) fn complete(&self, src: &mut BytesMut) -> Result<Option<(u8, usize)>, FrameError> {
+        let Some(&prefix) = src.first_chunk::<LEN_BYTES>() else {
+            return Ok(None);
+        };
+        let payload_len = self.check(u32::from_be_bytes(prefix))?;
+        let total = LEN_BYTES + 1 + payload_len;
+        if src.len() < total {
+            src.reserve(total - src.len());
             return Ok(None);
         }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]);
+        Ok(Some((src[LEN_BYTES], payload_len)))
+    }
+
+    /// The payload length a length prefix announces, if allowed.
+    fn check(&self, len: u32) -> Result<usize, FrameError> {
         if len == 0 {
             return Err(FrameError::ZeroLength);
         }
@@ -107,16 +126,19 @@ impl FrameDecoder {
                 max: self.max_payload,
             });
         }
-        let total = LEN_BYTES + 1 + payload_len;
-        if src.len() < total {
-            src.reserve(total - src.len());
-            return Ok(None);
-        }
-        src.advance(LEN_BYTES);
-        let code = src.get_u8();
-        let payload = src.split_to(payload_len).freeze();
-        Ok(Some(Frame { code, payload }))
+        Ok(payload_len)
     }
+}
+
+/// Takes the complete frame [`FrameDecoder::complete`] found off the front of `src`.
+pub(crate) fn take(src: &mut BytesMut, code: u8, payload_len: usize) -> Frame {
+    src.advance(LEN_BYTES + 1);
+    let payload = if payload_len == 0 {
+        Bytes::new()
+    } else {
+        src.split_to(payload_len).freeze()
+    };
+    Frame { code, payload }
 }
 
 /// Moves the bytes of `out` to the end of `dst` (swapping buffers when `dst` is empty, so that
@@ -246,7 +268,7 @@ impl Reader {
 
     /// How many NULs the rest holds (to size a vector of strings once).
     pub(crate) fn nul_count(&self) -> usize {
-        self.buf.iter().filter(|&&c| c == 0).count()
+        count_nul(&self.buf)
     }
 
     pub(crate) fn rest(&mut self) -> Bytes {
@@ -268,7 +290,50 @@ impl Reader {
 }
 
 fn memchr0(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == 0)
+    find_nul(b)
+}
+
+const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+const LOWS: u64 = u64::from_le_bytes([0x7f; 8]);
+
+fn word(chunk: &[u8]) -> u64 {
+    let mut w = [0; 8];
+    w.copy_from_slice(chunk);
+    u64::from_le_bytes(w)
+}
+
+/// The index of the first NUL in `s`, eight bytes at a time.
+pub(crate) fn find_nul(s: &[u8]) -> Option<usize> {
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let v = word(chunk);
+        // The lowest flagged byte is the first zero byte (flags above it may be false).
+        let zero = v.wrapping_sub(ONES) & !v & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&c| c == 0)
+        .map(|i| at + i)
+}
+
+/// How many NULs `s` holds, eight bytes at a time.
+pub(crate) fn count_nul(s: &[u8]) -> usize {
+    let mut chunks = s.chunks_exact(8);
+    let mut n = 0;
+    for chunk in &mut chunks {
+        let v = word(chunk);
+        // Bit 7 of each byte set exactly when the byte is not zero.
+        let nonzero = ((v & LOWS).wrapping_add(LOWS) | v) & HIGHS;
+        n += 8 - nonzero.count_ones() as usize;
+    }
+    n + chunks.remainder().iter().filter(|&&c| c == 0).count()
 }
 
 /// True when `s` can go on the wire as a NUL-terminated string.

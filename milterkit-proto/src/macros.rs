@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::frame::{count_nul, find_nul};
 use crate::stage::Stage;
 
 /// A stage number of the OPTNEG macro-list section (`SMFIM_*`). Unknown numbers are kept.
@@ -126,8 +127,85 @@ impl MacroLists {
     }
 }
 
-/// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage.
-type Slot = Vec<(Bytes, Bytes)>;
+/// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage. `buf`
+/// holds the strings in wire form (each followed by a NUL), then the offset of each string's end
+/// (native-endian `usize`), so that a lookup steps from pair to pair without scanning. One buffer
+/// per slot, reused from packet to packet: storing a packet allocates nothing once the connection
+/// is warm, and keeps no reference to the input buffer.
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Slot {
+    buf: Vec<u8>,
+    /// Where the offsets start.
+    wire: usize,
+}
+
+const OFFSET: usize = std::mem::size_of::<usize>();
+
+impl Slot {
+    /// Replaces the pairs with those of `wire` (NUL-terminated strings, an even number).
+    fn set_wire(&mut self, mut wire: &[u8], strings: usize) {
+        self.buf.clear();
+        self.buf.reserve(wire.len() + strings * OFFSET);
+        self.buf.extend_from_slice(wire);
+        self.wire = wire.len();
+        let mut at = 0;
+        while let Some(end) = find_nul(wire) {
+            self.buf.extend_from_slice(&(at + end).to_ne_bytes());
+            at += end + 1;
+            wire = &wire[end + 1..];
+        }
+    }
+
+    /// Appends one string (which may hold NULs: its end is recorded, not searched for).
+    fn push(&mut self, strings: &mut Vec<usize>, s: &[u8]) {
+        self.buf.extend_from_slice(s);
+        strings.push(self.buf.len());
+        self.buf.push(0);
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let (wire, ends) = self.buf.split_at(self.wire.min(self.buf.len()));
+        let mut start = 0;
+        ends.chunks_exact(2 * OFFSET).filter_map(move |e| {
+            let (name_end, value_end) = e.split_at(OFFSET);
+            let name_end = usize::from_ne_bytes(name_end.try_into().ok()?);
+            let value_end = usize::from_ne_bytes(value_end.try_into().ok()?);
+            let name = wire.get(start..name_end)?;
+            let value = wire.get(name_end + 1..value_end)?;
+            start = value_end + 1;
+            Some((name, value))
+        })
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.wire = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The value of the first pair whose name, braces removed, is `name`. Names of another
+    /// length are passed over on their offsets alone.
+    fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        let (wire, ends) = self.buf.split_at(self.wire.min(self.buf.len()));
+        let mut start = 0;
+        for e in ends.chunks_exact(2 * OFFSET) {
+            let (name_end, value_end) = e.split_at(OFFSET);
+            let name_end = usize::from_ne_bytes(name_end.try_into().ok()?);
+            let value_end = usize::from_ne_bytes(value_end.try_into().ok()?);
+            let len = name_end.wrapping_sub(start);
+            if (len == name.len() || len == name.len() + 2)
+                && strip_braces(wire.get(start..name_end)?) == name
+            {
+                return wire.get(name_end + 1..value_end);
+            }
+            start = value_end + 1;
+        }
+        None
+    }
+}
 
 /// The macros in effect, kept the way libmilter keeps them: one slot per stage (CONNECT, HELO,
 /// MAIL, RCPT, DATA, EOH, EOM) holding the latest packet for it; each command clears the slots
@@ -151,11 +229,30 @@ type Slot = Vec<(Bytes, Bytes)>;
 /// assert_eq!(m.get("mail_addr"), None);
 /// assert!(m.get("j").is_some());
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 #[doc(alias = "smfi_getsymval")]
 pub struct Macros {
     slots: [Slot; 7],
 }
+
+impl std::fmt::Debug for Macros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut list = f.debug_list();
+        for (code, slot) in SLOT_CODES.iter().zip(&self.slots) {
+            if !slot.is_empty() {
+                let pairs: Vec<(Bytes, Bytes)> = slot
+                    .pairs()
+                    .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v)))
+                    .collect();
+                list.entry(&(char::from(*code), pairs));
+            }
+        }
+        list.finish()
+    }
+}
+
+/// The `SMFIC_MACRO` stage byte of each slot.
+const SLOT_CODES: [u8; 7] = [b'C', b'H', b'M', b'R', b'T', b'N', b'E'];
 
 /// Slot index of a `SMFIC_MACRO` stage byte, for the seven stages libmilter keeps.
 fn slot(code: u8) -> Option<usize> {
@@ -178,6 +275,13 @@ fn strip_braces(name: &[u8]) -> &[u8] {
     }
 }
 
+/// The number of strings in `pairs`, the body of a macro packet after its stage byte, if it is
+/// well formed: NUL-terminated strings, an even number of them. What `Command::decode` accepts.
+pub(crate) fn well_formed(pairs: &[u8]) -> Option<usize> {
+    let strings = count_nul(pairs);
+    (pairs.last().is_none_or(|&c| c == 0) && strings % 2 == 0).then_some(strings)
+}
+
 impl Macros {
     /// Stores a `SMFIC_MACRO` packet for the command `code`: it replaces that stage's slot.
     /// Packets for stages libmilter does not keep (Postfix's `L`, `B`, `U`) and packets without
@@ -187,7 +291,28 @@ impl Macros {
             return;
         }
         if let Some(i) = slot(code) {
-            self.slots[i] = pairs;
+            let slot = &mut self.slots[i];
+            slot.clear();
+            let mut ends = Vec::with_capacity(2 * pairs.len());
+            for (n, v) in &pairs {
+                slot.push(&mut ends, n);
+                slot.push(&mut ends, v);
+            }
+            slot.wire = slot.buf.len();
+            for end in ends {
+                slot.buf.extend_from_slice(&end.to_ne_bytes());
+            }
+        }
+    }
+
+    /// Stores a packet as it came off the wire: `pairs` is its payload after the stage byte,
+    /// holding `strings` strings, as [`well_formed`] found.
+    pub(crate) fn set_wire(&mut self, code: u8, pairs: &[u8], strings: usize) {
+        if pairs.is_empty() {
+            return;
+        }
+        if let Some(i) = slot(code) {
+            self.slots[i].set_wire(pairs, strings);
         }
     }
 
@@ -201,47 +326,45 @@ impl Macros {
             Stage::Rcpt => 4,
             _ => return,
         };
-        self.slots[from..].iter_mut().for_each(Vec::clear);
+        self.slots[from..].iter_mut().for_each(Slot::clear);
     }
 
     /// Forgets the macros of the message (MAIL…EOM slots), as after ABORT.
     pub fn clear_message(&mut self) {
-        self.slots[2..].iter_mut().for_each(Vec::clear);
+        self.slots[2..].iter_mut().for_each(Slot::clear);
     }
 
     /// Forgets everything, as after OPTNEG, QUIT and QUIT_NC.
     pub fn clear(&mut self) {
-        self.slots.iter_mut().for_each(Vec::clear);
+        self.slots.iter_mut().for_each(Slot::clear);
     }
 
     /// The value of macro `name` in effect (`smfi_getsymval`).
     pub fn get(&self, name: impl AsRef<[u8]>) -> Option<&[u8]> {
         let name = strip_braces(name.as_ref());
-        self.slots.iter().rev().find_map(|slot| {
-            slot.iter()
-                .find(|(n, _)| strip_braces(n) == name)
-                .map(|(_, v)| &v[..])
-        })
+        self.slots
+            .iter()
+            .rev()
+            .filter(|slot| !slot.is_empty())
+            .find_map(|slot| slot.get(name))
     }
 
     /// Every macro in effect, as (name as sent, value), earliest stage first; a name shadowed by a
     /// later stage appears once, with the later value.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.slots.iter().enumerate().flat_map(move |(i, slot)| {
-            slot.iter()
-                .filter(move |(n, _)| {
-                    let name = strip_braces(n);
-                    !self.slots[i + 1..]
-                        .iter()
-                        .any(|later| later.iter().any(|(m, _)| strip_braces(m) == name))
-                })
-                .map(|(n, v)| (&n[..], &v[..]))
+            slot.pairs().filter(move |(n, _)| {
+                let name = strip_braces(n);
+                !self.slots[i + 1..]
+                    .iter()
+                    .any(|later| later.get(name).is_some())
+            })
         })
     }
 
     /// True when no macro is in effect.
     pub fn is_empty(&self) -> bool {
-        self.slots.iter().all(Vec::is_empty)
+        self.slots.iter().all(Slot::is_empty)
     }
 }
 
@@ -335,5 +458,59 @@ mod tests {
         );
         assert_eq!(MacroStage::EOH.stage(), Some(Stage::Eoh));
         assert_eq!(MacroStage(9).stage(), None);
+    }
+
+    #[test]
+    fn names_and_values_may_hold_nuls_when_set_by_hand() {
+        let mut m = Macros::default();
+        m.set(
+            b'C',
+            vec![
+                (Bytes::from_static(b"j\0x"), Bytes::from_static(b"mx\0y")),
+                (Bytes::from_static(b"v"), Bytes::new()),
+            ],
+        );
+        assert_eq!(m.get("j\0x"), Some(&b"mx\0y"[..]));
+        assert_eq!(m.get("j"), None);
+        assert_eq!(m.get("v"), Some(&b""[..]));
+    }
+
+    proptest::proptest! {
+        /// The in-place path of the session stores exactly what decoding the packet as a
+        /// `Command` and `set` store, and ignores exactly the packets decoding refuses.
+        #[test]
+        fn wire_packets_are_stored_as_decoded_ones(
+            payload in proptest::collection::vec(proptest::sample::select(vec![0u8, b'a', b'{', b'}']), 0..24),
+            code in proptest::sample::select(vec![b'C', b'M', b'E', b'L']),
+        ) {
+            let mut framed = vec![code];
+            framed.extend_from_slice(&payload);
+            let frame = crate::frame::Frame { code: b'D', payload: Bytes::from(framed) };
+            let mut decoded = Macros::default();
+            decoded.set(b'C', pairs(&[("j", "old")]));
+            let mut wire = decoded.clone();
+            let ok = match crate::Command::decode(frame) {
+                Ok(crate::Command::Macro { stage, pairs }) => {
+                    decoded.set(stage, pairs);
+                    true
+                }
+                _ => false,
+            };
+            proptest::prop_assert_eq!(ok, well_formed(&payload).is_some());
+            if let Some(strings) = well_formed(&payload) {
+                wire.set_wire(code, &payload, strings);
+            }
+            proptest::prop_assert_eq!(&wire, &decoded);
+            proptest::prop_assert_eq!(wire.get("a"), decoded.get("a"));
+            proptest::prop_assert_eq!(wire.iter().collect::<Vec<_>>(), decoded.iter().collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn nuls_are_found_and_counted_right(
+            s in proptest::collection::vec(proptest::sample::select(vec![0u8, 1, 0x7f, 0x80, 0xff, b'a']), 0..40),
+        ) {
+            proptest::prop_assert_eq!(find_nul(&s), s.iter().position(|&c| c == 0));
+            proptest::prop_assert_eq!(count_nul(&s), s.iter().filter(|&&c| c == 0).count());
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::command::{Command, Connect, Envelope};
 use crate::error::{Incompatible, MisuseError, ProtocolError};
@@ -135,6 +135,10 @@ pub struct MilterSession {
     wanted: Stages,
     /// No-reply stages the MTA still expects a reply for: answered CONTINUE by the session.
     emulated_no_reply: Stages,
+    /// Stages the MTA sends, from the agreement (all before it).
+    sent: Stages,
+    /// Stages the MTA sends no reply for, from the agreement (none before it).
+    no_reply: Stages,
     macros: Macros,
     /// Clears to apply before the next frame: set by ABORT and QUIT_NC so the handler of that
     /// event still sees the macros.
@@ -189,6 +193,8 @@ impl MilterSession {
             agreement: None,
             wanted: Stages::all(),
             emulated_no_reply: Stages::empty(),
+            sent: Stages::all(),
+            no_reply: Stages::empty(),
             macros: Macros::default(),
             clear_message_macros: false,
             clear_all_macros: false,
@@ -241,7 +247,7 @@ impl MilterSession {
             if std::mem::take(&mut self.clear_message_macros) {
                 self.macros.clear_message();
             }
-            let frame = match self.decoder.decode(&mut self.input) {
+            let (code, len) = match self.decoder.complete(&mut self.input) {
                 Ok(Some(f)) => f,
                 Ok(None) if self.eof => {
                     if self.phase.in_message() {
@@ -253,18 +259,54 @@ impl MilterSession {
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(self.fail(e.into())),
             };
-            match Command::decode(frame) {
-                Ok(cmd) => {
-                    if let Err(e) = self.command(cmd) {
-                        return Err(self.fail(e));
-                    }
+            if code == crate::command::code::MACRO {
+                // Half of what an MTA sends: read in place and copied into the macro slots,
+                // without a frame, a command or a vector of pairs.
+                if let Err(e) = self.macro_packet(len) {
+                    return Err(self.fail(e));
                 }
-                // libmilter ignores macro packets it cannot parse, as long as they have a stage.
-                Err(ProtocolError::Malformed { code: b'D', reason })
-                    if reason != "macro packet without a stage" => {}
+                continue;
+            }
+            let frame = crate::frame::take(&mut self.input, code, len);
+            match Command::decode(frame) {
+                Ok(cmd) => match self.command(cmd) {
+                    Ok(Some((event, pending))) if self.ready.is_empty() => {
+                        self.pending = pending;
+                        self.reply_start = self.out.len();
+                        return Ok(Some(event));
+                    }
+                    Ok(Some(ready)) => self.ready.push_back(ready),
+                    Ok(None) => {}
+                    Err(e) => return Err(self.fail(e)),
+                },
                 Err(e) => return Err(self.fail(e)),
             }
         }
+    }
+
+    /// The complete `SMFIC_MACRO` frame at the front of the input, with a payload of `len`
+    /// bytes: as `Command::decode` then [`Macros::set`] would take it. libmilter ignores macro
+    /// packets it cannot parse, as long as they have a stage.
+    fn macro_packet(&mut self, len: usize) -> Result<(), ProtocolError> {
+        let start = crate::frame::LEN_BYTES + 1;
+        let payload = &self.input[start..start + len];
+        let Some((&stage, pairs)) = payload.split_first() else {
+            return Err(ProtocolError::Malformed {
+                code: crate::command::code::MACRO,
+                reason: "macro packet without a stage",
+            });
+        };
+        if let Some(strings) = crate::macros::well_formed(pairs) {
+            if self.agreement.is_none() {
+                return Err(ProtocolError::OutOfOrder {
+                    code: crate::command::code::MACRO,
+                    state: "before negotiation",
+                });
+            }
+            self.macros.set_wire(stage, pairs, strings);
+        }
+        self.input.advance(start + len);
+        Ok(())
     }
 
     fn fail(&mut self, e: ProtocolError) -> ProtocolError {
@@ -274,7 +316,9 @@ impl MilterSession {
         e
     }
 
-    fn command(&mut self, cmd: Command) -> Result<(), ProtocolError> {
+    /// Applies one command; gives the event it raises last, to hand up after those queued in
+    /// `ready` (most commands raise exactly one and queue nothing).
+    fn command(&mut self, cmd: Command) -> Result<Option<(Event, Pending)>, ProtocolError> {
         let code = cmd.code();
         if self.agreement.is_none() && !matches!(cmd, Command::Optneg(_)) {
             return Err(ProtocolError::OutOfOrder {
@@ -291,13 +335,11 @@ impl MilterSession {
                     });
                 }
                 self.macros.clear();
-                self.ready
-                    .push_back((Event::Negotiate(offer), Pending::Negotiation(offer)));
-                return Ok(());
+                return Ok(Some((Event::Negotiate(offer), Pending::Negotiation(offer))));
             }
             Command::Macro { stage, pairs } => {
                 self.macros.set(stage, pairs);
-                return Ok(());
+                return Ok(None);
             }
             Command::Abort => {
                 if self.phase.in_message() {
@@ -305,7 +347,7 @@ impl MilterSession {
                     self.phase = Phase::Connected;
                     self.clear_message_macros = true;
                 }
-                return Ok(());
+                return Ok(None);
             }
             Command::Quit | Command::QuitNc => {
                 if self.phase.in_message() {
@@ -322,7 +364,7 @@ impl MilterSession {
                     Phase::Closed
                 };
                 self.clear_all_macros = true;
-                return Ok(());
+                return Ok(None);
             }
             Command::Connect(c) => (Event::Connect(c), Stage::Connect),
             Command::Helo { name } => (Event::Helo { name }, Stage::Helo),
@@ -342,9 +384,8 @@ impl MilterSession {
             }
             Command::Unknown { line } => (Event::Unknown { line }, Stage::Unknown),
         };
-        let (sent, expects_reply) = self.agreement.as_ref().map_or((Stages::all(), true), |a| {
-            (a.sent_stages(), a.expects_reply(stage))
-        });
+        let sent = self.sent;
+        let expects_reply = !self.no_reply.has(stage);
         match self.phase.admit(stage, sent) {
             Order::Refuse(state) => return Err(ProtocolError::OutOfOrder { code, state }),
             Order::AbortFirst => {
@@ -365,9 +406,9 @@ impl MilterSession {
             } else {
                 Pending::Nothing
             };
-            self.ready.push_back((event, pending));
+            return Ok(Some((event, pending)));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Answers the OPTNEG with what `request` asks for, within what the MTA offered. On
@@ -389,6 +430,11 @@ impl MilterSession {
         self.emulated_no_reply = Stage::ALL
             .into_iter()
             .filter(|s| request.no_reply.has(*s) && agreement.expects_reply(*s))
+            .fold(Stages::empty(), |acc, s| acc | s.as_set());
+        self.sent = agreement.sent_stages();
+        self.no_reply = Stage::ALL
+            .into_iter()
+            .filter(|s| !agreement.expects_reply(*s))
             .fold(Stages::empty(), |acc, s| acc | s.as_set());
         Response::Optneg(agreement.clone()).encode(&mut self.out);
         self.phase = Phase::Negotiated;
