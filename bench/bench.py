@@ -1,7 +1,7 @@
 """The benchmark suite's driver, run by bench/run.sh (which installs and builds first).
 
 Contestants, all with the same behaviour (continue at every stage, ADD_HEADER, "X-Bench: 1" at
-end of message): milterkit (milterkit/examples/bench_milter.rs), libmilter (bench/c/
+end of message): milterkit (bench/milter/src/main.rs), libmilter (bench/c/
 libmilter_bench.c), ceiling (bench/c/ceiling.c: no library, one write per turn) and, when Debian's
 python3-milter is installed, pymilter (bench/pymilter_bench.py, on libmilter).
 
@@ -111,8 +111,8 @@ def contestants(build):
     """name -> (argv before the socket spec, description)."""
     found = {
         "milterkit": (
-            [os.path.join(ROOT, "target", "release", "examples", "bench_milter")],
-            "milterkit (milterkit/examples/bench_milter.rs, tokio multi-thread runtime)",
+            [os.path.join(ROOT, "target", "release", "bench_milter")],
+            "milterkit (bench/milter/src/main.rs, tokio multi-thread runtime)",
         ),
         "libmilter": (
             [os.path.join(build, "libmilter_bench")],

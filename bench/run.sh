@@ -49,7 +49,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 echo "== bench: building (release)"
 cargo build --release --locked -q -p milterkit-cli --bin milterkit
-cargo build --release --locked -q -p milterkit --example bench_milter
+cargo build --release --locked -q -p milterkit-bench
 cargo build --release --locked -q --manifest-path bench/proto-ir/Cargo.toml \
   --target-dir target/bench-proto-ir
 mkdir -p target/bench

@@ -2,7 +2,7 @@
 //! `X-Bench: 1` at end of message. The libmilter and no-library contestants in `bench/` do exactly
 //! the same, so the suite compares the libraries and not the filters.
 //!
-//! Run: `cargo run --release -p milterkit --example bench_milter -- unix:/tmp/bench.sock`; it stops
+//! Run: `cargo run --release -p milterkit-bench -- unix:/tmp/bench.sock`; it stops
 //! on SIGINT or SIGTERM.
 
 use milterkit::{Actions, Decision, Eom, Milter, Result, Stages};
