@@ -45,11 +45,8 @@ impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
         &mut self,
         stage: Stage,
         progress: &Progress,
-        fut: F,
+        mut fut: Pin<&mut F>,
     ) -> std::io::Result<F::Output> {
-        // Awaited through the pin in both cases: the future is stored once more, not twice (it
-        // is part of every connection's future, idle or not).
-        let mut fut = std::pin::pin!(fut);
         if stage != Stage::Eom {
             return Ok(fut.await);
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use milterkit_proto::{Decision, Event, MilterSession, Request, Stage};
 use tracing::field::Empty;
+use tracing::instrument::Instrumented;
 use tracing::{debug, warn, Instrument, Span};
 
 use crate::eom::{Eom, Progress};
@@ -20,11 +21,13 @@ use crate::{Config, Error, Result};
 /// at end of message; the harness just waits.
 pub(crate) trait Waiter: Send {
     /// Drives `fut` to completion. An I/O error ends the connection.
+    /// `fut` is pinned by the caller, so that the handler's future is stored once, in the
+    /// caller's state (it is part of every connection's future, idle or not).
     fn wait<F: Future + Send>(
         &mut self,
         stage: Stage,
         progress: &Progress,
-        fut: F,
+        fut: Pin<&mut F>,
     ) -> impl Future<Output = std::io::Result<F::Output>> + Send;
 }
 
@@ -36,7 +39,7 @@ impl Waiter for JustWait {
         &mut self,
         _: Stage,
         _: &Progress,
-        fut: F,
+        fut: Pin<&mut F>,
     ) -> std::io::Result<F::Output> {
         Ok(fut.await)
     }
@@ -59,32 +62,46 @@ enum Failure {
     TimedOut,
 }
 
-/// Polls a future, turning a panic into an error (the `catch_unwind` of one handler call).
-struct CatchUnwind<F>(F);
+pin_project_lite::pin_project! {
+    /// One handler call: inside its span, with a panic guard (the `catch_unwind` of each poll) and
+    /// a deadline whose timer is armed only if the call does not finish at its first poll. One
+    /// struct, so that the handler's future is stored once (it is part of every connection's
+    /// future, idle or not).
+    struct Guarded<F> {
+        #[pin]
+        fut: Instrumented<F>,
+        limit: Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
 
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
+impl<F: Future> Future for Guarded<F> {
     type Output = Result<F::Output, Failure>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut *inner).poll(cx))) {
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(_) => Poll::Ready(Err(Failure::Panicked)),
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Ready(v)) => return Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => {}
+            Err(_) => return Poll::Ready(Err(Failure::Panicked)),
+        }
+        let limit = *this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Failure::TimedOut)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
 
 /// Runs `fut` with a deadline and a panic guard, inside `span`.
-async fn guarded<F: Future + Send>(
-    deadline: Duration,
-    span: Span,
-    fut: F,
-) -> Result<F::Output, Failure> {
-    let fut = pin!(fut.instrument(span));
-    match CatchUnwind(Deadline::new(deadline, fut)).await {
-        Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(Failure::TimedOut),
-        Err(f) => Err(f),
+fn guarded<F: Future + Send>(limit: Duration, span: Span, fut: F) -> Guarded<F> {
+    Guarded {
+        fut: fut.instrument(span),
+        limit,
+        timer: None,
     }
 }
 
@@ -245,7 +262,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.connect(args)),
+                        pin!(guarded(deadline, span.clone(), milter.connect(args))),
                     )
                     .await
             }
@@ -255,7 +272,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.helo(args)),
+                        pin!(guarded(deadline, span.clone(), milter.helo(args))),
                     )
                     .await
             }
@@ -265,7 +282,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.unknown(args)),
+                        pin!(guarded(deadline, span.clone(), milter.unknown(args))),
                     )
                     .await
             }
@@ -275,7 +292,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.mail(m, args)),
+                        pin!(guarded(deadline, span.clone(), milter.mail(m, args))),
                     )
                     .await
             }
@@ -285,7 +302,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.rcpt(m, args)),
+                        pin!(guarded(deadline, span.clone(), milter.rcpt(m, args))),
                     )
                     .await
             }
@@ -295,7 +312,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.data(m, args)),
+                        pin!(guarded(deadline, span.clone(), milter.data(m, args))),
                     )
                     .await
             }
@@ -309,7 +326,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.header(m, args)),
+                        pin!(guarded(deadline, span.clone(), milter.header(m, args))),
                     )
                     .await
             }
@@ -319,7 +336,7 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.eoh(m, args)),
+                        pin!(guarded(deadline, span.clone(), milter.eoh(m, args))),
                     )
                     .await
             }
@@ -329,14 +346,20 @@ impl<M: Milter> Dispatcher<M> {
                     .wait(
                         stage,
                         &self.progress,
-                        guarded(deadline, span.clone(), milter.body(m, args)),
+                        pin!(guarded(deadline, span.clone(), milter.body(m, args))),
                     )
                     .await
             }
             (Event::Eom, Some(m)) => {
                 let mut eom = Eom::new(session, &self.progress);
-                let fut = guarded(self.eom_timeout, span.clone(), milter.eom(m, &mut eom));
-                let r = waiter.wait(stage, &self.progress, fut).await;
+                let r = {
+                    let fut = pin!(guarded(
+                        self.eom_timeout,
+                        span.clone(),
+                        milter.eom(m, &mut eom)
+                    ));
+                    waiter.wait(stage, &self.progress, fut).await
+                };
                 let finished = eom.finish();
                 counts = eom.counts;
                 match (r, finished) {
@@ -457,7 +480,10 @@ impl<M: Milter> Dispatcher<M> {
                     self.milter.negotiate(&offer, &mut request),
                 );
                 let started = self.metrics.is_some().then(Instant::now);
-                let result = match waiter.wait(Stage::Connect, &self.progress, hook).await {
+                let result = match waiter
+                    .wait(Stage::Connect, &self.progress, pin!(hook))
+                    .await
+                {
                     Ok(r) => r,
                     Err(io) => return Flow::Close(Error::Io(io)),
                 };
@@ -516,7 +542,7 @@ impl<M: Milter> Dispatcher<M> {
         let span = self.span.take().map_or_else(Span::current, |s| s.span);
         let fut = guarded(self.handler_timeout, span, self.milter.abort(message, args));
         let started = self.metrics.is_some().then(Instant::now);
-        let result = waiter.wait(Stage::Eom, &self.progress, fut).await;
+        let result = waiter.wait(Stage::Eom, &self.progress, pin!(fut)).await;
         if let (Some(m), Some(t)) = (&self.metrics, started) {
             m.handler("ABORT", t);
         }

@@ -3,6 +3,7 @@
 
 mod api;
 mod failsafe;
+mod memory;
 mod metrics;
 mod profiles;
 mod scripted;
