@@ -2,7 +2,7 @@
 //! `X-Bench: 1` at end of message. The libmilter and no-library contestants in `bench/` do exactly
 //! the same, so the suite compares the libraries and not the filters.
 //!
-//! Run: `cargo run --release -p milterkit-bench -- unix:/tmp/bench.sock`; it stops
+//! Run: `cargo run --release -p milterkit-bench -- [--current-thread] unix:/tmp/bench.sock`; it stops
 //! on SIGINT or SIGTERM.
 
 use milterkit::{Actions, Decision, Eom, Milter, Result, Stages};
@@ -23,12 +23,29 @@ impl Milter for Bench {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let spec = std::env::args()
-        .nth(1)
+/// `bench_milter [--current-thread] SPEC`: a multi-thread runtime (what `#[tokio::main]` and
+/// `milterkit::run` give), or with `--current-thread` one thread, as the ceiling has.
+fn main() -> Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let current_thread = args.first().is_some_and(|a| a == "--current-thread");
+    if current_thread {
+        args.remove(0);
+    }
+    let spec = args
+        .pop()
         .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
-    let listener = milterkit::bind(&spec).await?;
+    let runtime = if current_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(serve(&spec))
+}
+
+async fn serve(spec: &str) -> Result<()> {
+    let listener = milterkit::bind(spec).await?;
     milterkit::serve(listener, Bench::default)
         .with_graceful_shutdown(async {
             let mut term =
