@@ -228,7 +228,9 @@ pub struct Options {
     /// `RUST_LOG` if set, else `info`.
     #[arg(long, env = "MILTERKIT_LOG", value_name = "FILTER")]
     pub log: Option<String>,
-    /// Worker threads of the runtime (default: one per core).
+    /// Worker threads of the runtime (default: one per core). 1 runs everything on one thread (a
+    /// `current_thread` runtime): the least CPU per message, for milters whose handlers do not
+    /// compute much.
     #[arg(long, env = "MILTERKIT_THREADS")]
     pub threads: Option<usize>,
 }
@@ -289,10 +291,15 @@ impl Options {
         // Before any thread exists: listenfd clears LISTEN_FDS and LISTEN_PID from the
         // environment, so that children do not take the sockets for theirs.
         let mut passed = listenfd::ListenFd::from_env();
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        if let Some(n) = self.threads {
-            builder.worker_threads(n.max(1));
-        }
+        let mut builder = match self.threads {
+            Some(1) => tokio::runtime::Builder::new_current_thread(),
+            Some(n) => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(n.max(1));
+                b
+            }
+            None => tokio::runtime::Builder::new_multi_thread(),
+        };
         let runtime = match builder.enable_all().build() {
             Ok(r) => r,
             Err(e) => {

@@ -456,11 +456,17 @@ fn environment_configures() {
         .env("MILTERKIT_SOCKET", &spec)
         .env("MILTERKIT_FAIL_SAFE", "reject")
         .env("MILTERKIT_GRACE_PERIOD", "2s")
+        .env("MILTERKIT_THREADS", "1")
         .env("NOTIFY_SOCKET", dir.join("notify"))
         .env("WATCHDOG_USEC", "200000");
     let daemon = Daemon::start(cmd);
     daemon.wait_for_log("serving");
     expect_notification(&notify, "READY=1");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    assert!(
+        status.lines().any(|l| l == "Threads:\t1"),
+        "MILTERKIT_THREADS=1: one thread: {status}"
+    );
     let started = Instant::now();
     for _ in 0..3 {
         expect_notification(&notify, "WATCHDOG=1");
