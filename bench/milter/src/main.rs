@@ -31,9 +31,7 @@ fn main() -> Result<()> {
     if current_thread {
         args.remove(0);
     }
-    let spec = args
-        .pop()
-        .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
+    let spec = args.pop().unwrap_or_else(|| "inet:7357@127.0.0.1".into());
     let runtime = if current_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
