@@ -117,6 +117,9 @@ where
         max_payload: config.max_frame,
     });
     let mut d = Dispatcher::new(milter, config);
+    if let Some(m) = &config.metrics {
+        m.connection_opened();
+    }
     let result = serve_session(&mut io, &mut session, &mut d, config, shutdown).await;
     if d.has_message() || session.in_message() {
         let mut waiter = ProgressWriter {
@@ -128,6 +131,9 @@ where
     }
     d.close().await;
     let _ = io.shutdown().await;
+    if let Some(m) = &config.metrics {
+        m.connection_closed(&result);
+    }
     result
 }
 

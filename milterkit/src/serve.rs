@@ -106,27 +106,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (_keep, rx) = watch::channel(Shutdown::Running);
-    counted(io, milter, config, rx).await
-}
-
-/// [`conn::run`], counted in the config's metrics.
-async fn counted<M, IO>(
-    io: IO,
-    milter: M,
-    config: &Config,
-    shutdown: watch::Receiver<Shutdown>,
-) -> Result<(), Error>
-where
-    M: Milter,
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    let Some(metrics) = &config.metrics else {
-        return conn::run(io, milter, config, shutdown).await;
-    };
-    metrics.connection_opened();
-    let result = conn::run(io, milter, config, shutdown).await;
-    metrics.connection_closed(&result);
-    result
+    conn::run(io, milter, config, rx).await
 }
 
 /// Serves `factory`'s milters on `listener`: one task per connection, each with a new value from
@@ -279,7 +259,7 @@ where
         tasks.spawn(
             async move {
                 debug!("connected");
-                match counted(stream, milter, &config, watcher).await {
+                match conn::run(stream, milter, &config, watcher).await {
                     Ok(()) => debug!("closed"),
                     Err(Error::Io(e)) => info!(error = %e, "connection ended"),
                     Err(e) => info!(error = %e, "connection closed"),
