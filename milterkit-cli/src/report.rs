@@ -137,11 +137,22 @@ pub(crate) fn human(out: &Outcome, original: &[u8], style: Style) -> String {
     }
     let _ = writeln!(s, "{}", style.bold("stages:"));
     let mut bodies = 0;
+    let skipped_bodies = |s: &mut String, bodies: &mut u32| {
+        if *bodies > 0 {
+            let _ = writeln!(
+                s,
+                "  BODY     {bodies} chunk(s) not sent: the milter skips this stage or asked to skip the rest"
+            );
+            *bodies = 0;
+        }
+    };
     for step in &out.steps {
         if step.stage == Stage::Body && step.sent == Sent::Skipped {
             bodies += 1;
             continue;
         }
+        // Skipped chunks are summed up in one line, in their place (before EOM).
+        skipped_bodies(&mut s, &mut bodies);
         let arg = step.argument.as_deref().map(lossy).unwrap_or_default();
         let answer = match (&step.decision, step.sent) {
             (Some(d @ Decision::Continue), _) => style.dim(&decision_text(d)),
@@ -158,9 +169,7 @@ pub(crate) fn human(out: &Outcome, original: &[u8], style: Style) -> String {
             truncate(&arg, 40)
         );
     }
-    if bodies > 0 {
-        let _ = writeln!(s, "  BODY     {bodies} chunk(s) not sent: the milter skips this stage or asked to skip the rest");
-    }
+    skipped_bodies(&mut s, &mut bodies);
     if out.progress > 0 {
         let _ = writeln!(s, "  progress: {} packet(s)", out.progress);
     }
@@ -348,4 +357,42 @@ pub(crate) fn to_json(out: &Outcome) -> Value {
         })),
         "closed": out.closed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use milterkit::mta::Step;
+
+    fn step(stage: Stage, sent: Sent, decision: Option<Decision>) -> Step {
+        Step {
+            stage,
+            argument: None,
+            sent,
+            decision,
+        }
+    }
+
+    #[test]
+    fn skipped_body_chunks_are_summed_up_in_their_place() {
+        let out = Outcome {
+            steps: vec![
+                step(Stage::Eoh, Sent::Skipped, None),
+                step(Stage::Body, Sent::Skipped, None),
+                step(Stage::Body, Sent::Skipped, None),
+                step(
+                    Stage::Eom,
+                    Sent::AwaitingReply(Stage::Eom),
+                    Some(Decision::Accept),
+                ),
+            ],
+            ..Outcome::default()
+        };
+        let text = human(&out, b"Subject: x\r\n\r\nhi\r\n", Style { colour: false });
+        let body = text
+            .find("BODY     2 chunk(s) not sent")
+            .expect("the summary line");
+        let eom = text.find("  EOM").expect("the EOM line");
+        assert!(body < eom, "{text}");
+    }
 }
