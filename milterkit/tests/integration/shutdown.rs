@@ -143,3 +143,54 @@ async fn a_new_message_during_shutdown_gets_the_fail_safe() {
     conn.quit().await.unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// No handlers: connections that negotiate and then wait.
+#[derive(Default)]
+struct Quiet;
+
+impl Milter for Quiet {
+    type Message = ();
+}
+
+/// Idle connections (some past the 1 s idle release, some not) see every step of a shutdown at
+/// once: with no grace period the serve loop ends within a second, every round. (A connection that
+/// checked the shutdown state before registering for its changes, or trusted an earlier
+/// registration, slept through `Closing` and even `Abandon`, until its read timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_connections_wake_for_every_step_of_a_shutdown() {
+    for (round, idle_ms) in [(0, 20), (1, 1200), (2, 20), (3, 1200)] {
+        let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+        let spec = listener.local_spec().unwrap().to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = milterkit::Config {
+            grace_period: Duration::ZERO,
+            ..milterkit::Config::default()
+        };
+        let served = tokio::spawn(
+            milterkit::serve(listener, Quiet::default)
+                .with_config(config)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .into_future(),
+        );
+        let mut conns = Vec::new();
+        for _ in 0..200 {
+            conns.push(Connection::open(&spec, Profile::postfix()).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms)).await;
+        let started = std::time::Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), served)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: shutdown still running after 30 s"))
+            .unwrap()
+            .unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "round {round} (idle {idle_ms} ms): shutdown took {took:?}"
+        );
+        drop(conns);
+    }
+}
