@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -11,6 +11,7 @@ use milterkit_proto::{MilterConfig, MilterSession, Response, Stage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::sync::watch;
+use tokio::task::coop::unconstrained;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
@@ -158,6 +159,11 @@ enum Wake {
     TimedOut,
 }
 
+/// True if `waker` was registered from `cx` (or one that wakes the same task).
+fn same_waker(waker: &Option<Waker>, cx: &Context<'_>) -> bool {
+    waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+}
+
 /// The connection's clocks and wake-ups for its reads, kept from read to read: one timer and one
 /// shutdown registration per connection instead of a timeout and a `watch` future per read (those
 /// cost about 15 % of the instructions per message).
@@ -166,13 +172,18 @@ enum Wake {
 /// timeout of the read in progress) and re-armed only when it fires early; the only per-read cost
 /// is one clock reading when a read has to wait.
 ///
-/// Both the timer and the shutdown registration are polled at every poll, before the state they
-/// guard is checked: a cached "already registered" is not safe (tokio's cooperative budget may
-/// answer `Pending` without registering), and a check before the registration can miss a change
-/// that lands in between.
+/// Both registrations are remembered (with the waker they were made with) and made again only
+/// when spent: the shutdown one whenever a change is seen, the timer's when it rings or is reset.
+/// They are polled outside tokio's cooperative budget, which could otherwise answer `Pending`
+/// without registering anything; and the shutdown registration is made before the state is
+/// checked, so that a change landing in between is not missed.
 struct Waits<'a, S, C> {
     timer: Pin<&'a mut Sleep>,
+    /// The waker the timer was last polled with; `None` after a reset.
+    timer_waker: Option<Waker>,
     changes: Pin<&'a mut C>,
+    /// The waker the shutdown registration was last polled with.
+    changes_waker: Option<Waker>,
     shutdown: &'a mut watch::Receiver<S>,
     read_timeout: Duration,
     idle_after: Duration,
@@ -192,9 +203,12 @@ impl<S, C: Future<Output = ()>> Waits<'_, S, C> {
             if let Poll::Ready(r) = poll_read_input(io, session.input_mut(), cx) {
                 return Poll::Ready(Wake::Read(r));
             }
-            // Never ready; it registers the waker for the next change. Then the check: a change
-            // that lands between the two is seen by one or the other.
-            let _ = self.changes.as_mut().poll(cx);
+            // Register for shutdown changes first, then check: a change that lands in between
+            // is seen by one or the other. The poll is outside tokio's cooperative budget, so a
+            // `Pending` means the waker is registered, and it is cached until a change is seen.
+            // Never ready; it registers the waker (again: a remembered registration proved
+            // unreliable, see the regression test in tests/integration/shutdown.rs).
+            let _ = std::pin::pin!(unconstrained(self.changes.as_mut())).poll(cx);
             if self.shutdown.has_changed().unwrap_or(false) {
                 return Poll::Ready(Wake::Shutdown);
             }
@@ -210,12 +224,21 @@ impl<S, C: Future<Output = ()>> Waits<'_, S, C> {
                 let due = later(now, wait);
                 if self.timer.deadline() > due {
                     self.timer.as_mut().reset(due);
+                    self.timer_waker = None;
                 }
                 now
             });
             loop {
-                if self.timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
+                if !self.timer.is_elapsed() {
+                    if same_waker(&self.timer_waker, cx) {
+                        return Poll::Pending;
+                    }
+                    // Outside the cooperative budget: `Pending` means registered.
+                    let timer = self.timer.as_mut();
+                    if std::pin::pin!(unconstrained(timer)).poll(cx).is_pending() {
+                        self.timer_waker = Some(cx.waker().clone());
+                        return Poll::Pending;
+                    }
                 }
                 // The timer rang: see what is due for this read.
                 let now = Instant::now();
@@ -234,6 +257,7 @@ impl<S, C: Future<Output = ()>> Waits<'_, S, C> {
                     }
                 }
                 self.timer.as_mut().reset(next);
+                self.timer_waker = None;
             }
         })
         .await
@@ -295,7 +319,9 @@ where
     let changes = std::pin::pin!(shutdown_changes(shutdown.clone()));
     let mut waits = Waits {
         timer,
+        timer_waker: None,
         changes,
+        changes_waker: None,
         shutdown: &mut shutdown,
         read_timeout: config.read_timeout,
         idle_after,
@@ -339,6 +365,8 @@ where
         // period is over; one in a message answers its next command with the fail-safe.
         if waits.shutdown.has_changed().unwrap_or(false) {
             state = *waits.shutdown.borrow_and_update();
+            // The change may have spent the registration: register again at the next wait.
+            waits.changes_waker = None;
         }
         match state {
             Shutdown::Running => {}
