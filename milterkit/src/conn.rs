@@ -64,7 +64,11 @@ impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
                     return Poll::Ready(Some(out));
                 }
                 let ticker = ticker.get_or_insert_with(|| {
-                    tokio::time::interval_at(start + self.interval, self.interval)
+                    {
+                        // A zero period would panic; one too long to add means no ticks.
+                        let period = self.interval.max(Duration::from_millis(1));
+                        tokio::time::interval_at(later(start, period), period)
+                    }
                 });
                 if ticker.poll_tick(cx).is_ready() {
                     return Poll::Ready(None);
@@ -118,9 +122,8 @@ where
         max_payload: config.max_frame,
     });
     let mut d = Dispatcher::new(milter, config);
-    if let Some(m) = &config.metrics {
-        m.connection_opened();
-    }
+    // Counted closed when dropped: also if this future is dropped before its end.
+    let mut counted = config.metrics.as_ref().map(Counted::open);
     let result = serve_session(&mut io, &mut session, &mut d, config, shutdown).await;
     if d.has_message() || session.in_message() {
         let mut waiter = ProgressWriter {
@@ -132,10 +135,37 @@ where
     }
     d.close().await;
     let _ = io.shutdown().await;
-    if let Some(m) = &config.metrics {
-        m.connection_closed(&result);
+    if let Some(c) = counted.as_mut() {
+        c.result(&result);
     }
     result
+}
+
+/// An open connection in the metrics: `milter_connections_open` goes down when this is dropped,
+/// however the connection's future ends (its end, a panic outside the handlers, cancellation).
+struct Counted<'a> {
+    metrics: &'a crate::metrics::Metrics,
+    error: Option<&'static str>,
+}
+
+impl<'a> Counted<'a> {
+    fn open(metrics: &'a crate::metrics::Metrics) -> Self {
+        metrics.connection_opened();
+        Counted {
+            metrics,
+            error: Some("cancelled"),
+        }
+    }
+
+    fn result(&mut self, result: &Result<(), Error>) {
+        self.error = result.as_ref().err().map(Error::kind);
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.metrics.connection_closed(self.error);
+    }
 }
 
 /// Wakes the task at every change of the shutdown state; never completes. Polled only when the

@@ -379,6 +379,10 @@ impl Options {
                 });
             serving.spawn(serve.into_future());
         }
+        // Listening for SIGTERM before telling systemd we are ready: a stop right after start
+        // is graceful too.
+        let signal = terminated();
+        tokio::pin!(signal);
         let status = format!("serving on {}", names.join(", "));
         notify(&[
             sd_notify::NotifyState::Ready,
@@ -387,7 +391,9 @@ impl Options {
         let mut usec = 0;
         if sd_notify::watchdog_enabled(false, &mut usec) {
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_micros(usec / 2));
+                let mut tick = tokio::time::interval(
+                    Duration::from_micros(usec / 2).max(Duration::from_millis(1)),
+                );
                 loop {
                     tick.tick().await;
                     notify(&[sd_notify::NotifyState::Watchdog]);
@@ -395,8 +401,6 @@ impl Options {
             });
         }
 
-        let signal = terminated();
-        tokio::pin!(signal);
         tokio::select! {
             which = &mut signal => {
                 info!(signal = which, "stopping");
@@ -458,19 +462,23 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-/// Completes on the first SIGTERM or SIGINT, with the signal's name.
-async fn terminated() -> &'static str {
+/// Installs the SIGTERM and SIGINT handlers now (inside the runtime) and completes on the first
+/// of them, with the signal's name.
+fn terminated() -> impl std::future::Future<Output = &'static str> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let streams = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        warn!("cannot listen for signals; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = streams else {
+            warn!("cannot listen for signals; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! | `milter_messages` | counter | – (a message is counted when its first event arrives) |
 //! | `milter_decisions` | counter | `stage` (spec name: `CONNECT` … `EOM`), `decision` (`continue`, `accept`, `reject`, `tempfail`, `discard`, `skip`, `reply`, `shutdown`) |
 //! | `milter_modifications` | counter | `kind` (`add_header`, `insert_header`, `change_header`, `change_from`, `add_rcpt`, `add_rcpt_par`, `delete_rcpt`, `replace_body`, `quarantine`) |
-//! | `milter_errors` | counter | `kind`: why a connection ended in error (`io`, `protocol`, `misuse`, `timeout`, `handler_timeout`, `handler`, `panic`, `shutdown`) |
+//! | `milter_errors` | counter | `kind`: why a connection ended in error (`io`, `protocol`, `misuse`, `timeout`, `handler_timeout`, `handler`, `panic`, `shutdown`; `cancelled` when its future was dropped before its end) |
 //! | `milter_fail_safe_replies` | counter | `stage` |
 //! | `milter_handler_duration_seconds` | histogram | `stage` (plus `NEGOTIATE`, `ABORT`, `CLOSE`) |
 //!
@@ -43,8 +43,6 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
-
-use crate::Error;
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
@@ -229,10 +227,11 @@ impl Metrics {
         self.inner.connections_open.inc();
     }
 
-    pub(crate) fn connection_closed(&self, result: &Result<(), Error>) {
+    /// `error`: the kind of error the connection ended with, if any.
+    pub(crate) fn connection_closed(&self, error: Option<&'static str>) {
         self.inner.connections_open.dec();
-        if let Err(e) = result {
-            self.inner.errors.get_or_create(&[("kind", e.kind())]).inc();
+        if let Some(kind) = error {
+            self.inner.errors.get_or_create(&[("kind", kind)]).inc();
         }
     }
 

@@ -179,3 +179,26 @@ async fn silent_clients_hold_the_endpoint_for_ten_seconds_at_most() {
         assert!(rest.is_empty(), "closed without an answer");
     }
 }
+
+/// A connection whose future is dropped before its end (here by a timeout around
+/// `serve_connection`) is still counted closed, as `cancelled`.
+#[tokio::test]
+async fn a_cancelled_connection_is_counted_closed() {
+    let metrics = Metrics::new();
+    let config = milterkit::Config {
+        metrics: Some(metrics.clone()),
+        ..Default::default()
+    };
+    let (_mta, milter) = tokio::io::duplex(1024);
+    let served = milterkit::serve_connection(milter, Scripted::new(Script::default()), &config);
+    assert!(tokio::time::timeout(Duration::from_millis(50), served)
+        .await
+        .is_err());
+    let text = metrics.encode();
+    assert!(text.contains("\nmilter_connections_total 1\n"), "{text}");
+    assert!(text.contains("\nmilter_connections_open 0\n"), "{text}");
+    assert!(
+        text.contains("milter_errors_total{kind=\"cancelled\"} 1"),
+        "{text}"
+    );
+}
