@@ -193,7 +193,11 @@ impl Metrics {
                 let answer = async {
                     let mut request = Vec::with_capacity(512);
                     let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    // The end of the request head; bare LF line ends are accepted too.
+                    let ended = |r: &[u8]| {
+                        r.windows(4).any(|w| w == b"\r\n\r\n") || r.windows(2).any(|w| w == b"\n\n")
+                    };
+                    while !ended(&request) {
                         let n = stream.read(&mut buf).await?;
                         if n == 0 || request.len() + n > 8192 {
                             return Ok(());

@@ -144,6 +144,13 @@ async fn the_endpoint_refuses_other_methods_and_oversized_requests() {
     s.read_to_string(&mut r).await.unwrap();
     assert!(r.starts_with("HTTP/1.1 405"), "{r}");
 
+    // Bare LF line ends (a hand-typed request) are answered at once.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\n\n").await.unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let _ = s.write_all(&[b'a'; 20_000]).await;
     let mut r = Vec::new();
