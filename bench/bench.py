@@ -2,8 +2,9 @@
 
 Contestants, all with the same behaviour (continue at every stage, ADD_HEADER, "X-Bench: 1" at
 end of message): milterkit (bench/milter/src/main.rs), libmilter (bench/c/
-libmilter_bench.c), ceiling (bench/c/ceiling.c: no library, one write per turn) and, when Debian's
-python3-milter is installed, pymilter (bench/pymilter_bench.py, on libmilter).
+libmilter_bench.c), ceiling (bench/c/ceiling.c: no library, one write per turn), tokio-floor
+(bench/milter/src/bin/tokio_floor.rs: the ceiling on tokio, what the runtime alone costs) and,
+when Debian's python3-milter is installed, pymilter (bench/pymilter_bench.py, on libmilter).
 
 Workloads, each for every contestant in the same run, rounds interleaved: small messages over
 Unix and TCP, 1 MiB bodies, connection churn (all driven by `milterkit bench`, Postfix profile);
@@ -127,6 +128,12 @@ def contestants(build):
         "ceiling": (
             [os.path.join(build, "ceiling")],
             "ceiling (bench/c/ceiling.c: no library, one thread, epoll, one write per turn)",
+        ),
+        "tokio-floor": (
+            [os.path.join(ROOT, "target", "release", "tokio_floor")],
+            "tokio-floor (bench/milter/src/bin/tokio_floor.rs: the ceiling's answers with no "
+            "library on tokio, one thread, a task and a read timeout per connection: what the "
+            "runtime alone costs; not a milter library)",
         ),
     }
     if (
@@ -293,7 +300,9 @@ def machine():
 def run_suite(cfg, workdir):
     found = contestants(BUILD)
     names = [
-        n for n in ("milterkit", "milterkit-1t", "libmilter", "ceiling", "pymilter") if n in found
+        n
+        for n in ("milterkit", "milterkit-1t", "libmilter", "ceiling", "tokio-floor", "pymilter")
+        if n in found
     ]
     log(f"== contestants: {', '.join(names)}")
     results = {

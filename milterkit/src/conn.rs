@@ -10,14 +10,13 @@ use bytes::BytesMut;
 use milterkit_proto::{MilterConfig, MilterSession, Response, Stage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::futures::Notified;
-use tokio::sync::watch;
 use tokio::task::coop::unconstrained;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use crate::dispatch::{Deadline, Dispatcher, Flow, Waiter};
 use crate::eom::Progress;
-use crate::serve::Shutdown;
+use crate::shutdown::{Shutdown, Subscription};
 use crate::{Config, Error, Milter};
 
 /// Most bytes taken by one read between commands (through the stack).
@@ -112,7 +111,7 @@ pub(crate) async fn run<M, IO>(
     mut io: IO,
     milter: M,
     config: &Config,
-    shutdown: watch::Receiver<Shutdown>,
+    shutdown: Subscription,
 ) -> Result<(), Error>
 where
     M: Milter,
@@ -124,14 +123,44 @@ where
     let mut d = Dispatcher::new(milter, config);
     // Counted closed when dropped: also if this future is dropped before its end.
     let mut counted = config.metrics.as_ref().map(Counted::open);
-    let result = serve_session(&mut io, &mut session, &mut d, config, shutdown).await;
+    let idle_after = IDLE_AFTER.min(config.read_timeout);
+    let mut waits = Waits {
+        timer: std::pin::pin!(tokio::time::sleep(idle_after)),
+        timer_waker: None,
+        started: None,
+        seen: shutdown.state(),
+        shutdown,
+        read_timeout: config.read_timeout,
+        idle_after,
+    };
+    let mut out = BytesMut::new();
+    // Two phases: while commands come, the command loop runs on the heap (its futures, the
+    // handlers' among them, are large); after `IDLE_AFTER` of quiet it ends and the connection
+    // waits here, holding only its session and its milter.
+    let mut wake = None;
+    let result = loop {
+        let active = serve_session(
+            &mut io,
+            &mut session,
+            &mut d,
+            config,
+            &mut waits,
+            &mut out,
+            wake,
+        );
+        if let Some(result) = Box::pin(active).await {
+            break result;
+        }
+        wake = Some(waits.read(&mut io, &mut session, &mut out).await);
+    };
     if d.has_message() || session.in_message() {
         let mut waiter = ProgressWriter {
             io: &mut io,
             interval: config.progress_interval,
             write_timeout: config.write_timeout,
         };
-        d.abort(&session, &mut waiter).await;
+        // On the heap: rare, and its future would make every connection larger.
+        Box::pin(d.abort(&session, &mut waiter)).await;
     }
     d.close().await;
     let _ = io.shutdown().await;
@@ -168,17 +197,6 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// Wakes the task at every change of the shutdown state; never completes. Polled only when the
-/// task is about to wait for input with a waker it has not registered yet.
-async fn shutdown_changes(mut rx: watch::Receiver<Shutdown>) {
-    loop {
-        if rx.changed().await.is_err() {
-            // The sender is gone: no change can come any more.
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 /// Why a wait for input ended.
 enum Wake {
     /// A read finished: bytes (0 at end of stream) or an error.
@@ -187,6 +205,8 @@ enum Wake {
     Shutdown,
     /// Nothing came within the read timeout.
     TimedOut,
+    /// Quiet for `IDLE_AFTER` with nothing buffered: the buffers were given back.
+    Idle,
 }
 
 /// True if `waker` was registered from `cx` (or one that wakes the same task).
@@ -194,55 +214,52 @@ fn same_waker(waker: &Option<Waker>, cx: &Context<'_>) -> bool {
     waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
 }
 
-/// The connection's clocks and wake-ups for its reads, kept from read to read: one timer and one
-/// shutdown registration per connection instead of a timeout and a `watch` future per read (those
+/// The connection's clock and wake-ups for its reads, kept from read to read: one timer and one
+/// shutdown registration per connection instead of a timeout and a registration per read (those
 /// cost about 15 % of the instructions per message).
 ///
 /// The timer is armed no later than the next instant that matters (the idle release or the read
 /// timeout of the read in progress) and re-armed only when it fires early; the only per-read cost
 /// is one clock reading when a read has to wait.
 ///
-/// Both registrations are remembered (with the waker they were made with) and made again only
-/// when spent: the shutdown one whenever a change is seen, the timer's when it rings or is reset.
-/// They are polled outside tokio's cooperative budget, which could otherwise answer `Pending`
-/// without registering anything; and the shutdown registration is made before the state is
-/// checked, so that a change landing in between is not missed.
-struct Waits<'a, S, C> {
+/// The timer's registration is remembered (with the waker it was made with) and made again only
+/// when it rings or is reset; it is polled outside tokio's cooperative budget, which could
+/// otherwise answer `Pending` without registering anything. The shutdown registration is the
+/// [`Subscription`]'s: made once, read before every wait.
+struct Waits<'a> {
     timer: Pin<&'a mut Sleep>,
     /// The waker the timer was last polled with; `None` after a reset.
     timer_waker: Option<Waker>,
-    changes: Pin<&'a mut C>,
-    /// The waker the shutdown registration was last polled with.
-    changes_waker: Option<Waker>,
-    shutdown: &'a mut watch::Receiver<S>,
+    /// When the wait for the next input began; `None` after input came.
+    started: Option<Instant>,
+    /// The shutdown state the command loop acted on last.
+    seen: Shutdown,
+    shutdown: Subscription,
     read_timeout: Duration,
     idle_after: Duration,
 }
 
-impl<S, C: Future<Output = ()>> Waits<'_, S, C> {
+impl Waits<'_> {
     /// Reads once into the session's input (see [`poll_read_input`]). After `IDLE_AFTER` of quiet
-    /// with nothing buffered, the buffers are given back (`out` too) while the read goes on.
+    /// with nothing buffered, the buffers are given back (`out` too) and [`Wake::Idle`] returned;
+    /// the read timeout counts from the start of the wait through it.
     async fn read<IO: AsyncRead + Unpin>(
         &mut self,
         io: &mut IO,
         session: &mut MilterSession,
         out: &mut BytesMut,
     ) -> Wake {
-        let mut started: Option<Instant> = None;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = poll_read_input(io, session.input_mut(), cx) {
+                self.started = None;
                 return Poll::Ready(Wake::Read(r));
             }
-            // Register for shutdown changes first, then check: a change that lands in between
-            // is seen by one or the other. The poll is outside tokio's cooperative budget, so a
-            // `Pending` means the waker is registered, and it is cached until a change is seen.
-            // Never ready; it registers the waker (again: a remembered registration proved
-            // unreliable, see the regression test in tests/integration/shutdown.rs).
-            let _ = std::pin::pin!(unconstrained(self.changes.as_mut())).poll(cx);
-            if self.shutdown.has_changed().unwrap_or(false) {
+            // Registered for shutdown changes, then checked: a change that lands in between is
+            // seen by one or the other.
+            if self.shutdown.poll_state(cx) != self.seen {
                 return Poll::Ready(Wake::Shutdown);
             }
-            let start = *started.get_or_insert_with(|| {
+            let start = *self.started.get_or_insert_with(|| {
                 let now = Instant::now();
                 let idle = idle_eligible(session, out);
                 let wait = if idle {
@@ -282,9 +299,11 @@ impl<S, C: Future<Output = ()>> Waits<'_, S, C> {
                     if now >= idle_at {
                         *session.input_mut() = BytesMut::new();
                         *out = BytesMut::new();
-                    } else {
-                        next = idle_at;
+                        self.timer.as_mut().reset(next);
+                        self.timer_waker = None;
+                        return Poll::Ready(Wake::Idle);
                     }
+                    next = idle_at;
                 }
                 self.timer.as_mut().reset(next);
                 self.timer_waker = None;
@@ -331,32 +350,32 @@ fn poll_read_input<IO: AsyncRead + Unpin>(
     std::pin::pin!(io.read_buf(input)).poll(cx)
 }
 
+/// The command loop: handles `wake` (what ended the last wait, if any), then every command as it
+/// comes, until the connection ends (`Some`) or has been quiet for `IDLE_AFTER` (`None`).
 async fn serve_session<M, IO>(
     io: &mut IO,
     session: &mut MilterSession,
     d: &mut Dispatcher<M>,
     config: &Config,
-    mut shutdown: watch::Receiver<Shutdown>,
-) -> Result<(), Error>
+    waits: &mut Waits<'_>,
+    out: &mut BytesMut,
+    mut wake: Option<Wake>,
+) -> Option<Result<(), Error>>
 where
     M: Milter,
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut out = BytesMut::new();
-    let mut state = *shutdown.borrow_and_update();
-    let idle_after = IDLE_AFTER.min(config.read_timeout);
-    let timer = std::pin::pin!(tokio::time::sleep(idle_after));
-    let changes = std::pin::pin!(shutdown_changes(shutdown.clone()));
-    let mut waits = Waits {
-        timer,
-        timer_waker: None,
-        changes,
-        changes_waker: None,
-        shutdown: &mut shutdown,
-        read_timeout: config.read_timeout,
-        idle_after,
-    };
     loop {
+        match wake.take() {
+            Some(Wake::Read(Ok(0))) => session.handle_eof(),
+            None | Some(Wake::Read(Ok(_)) | Wake::Shutdown) => {}
+            Some(Wake::Read(Err(e))) => return Some(Err(Error::Io(e))),
+            Some(Wake::TimedOut) => {
+                warn!("no command from the MTA within the read timeout");
+                return Some(Err(Error::Timeout("waiting for the MTA")));
+            }
+            Some(Wake::Idle) => return None,
+        }
         // Every event the input holds, answered; then one write for the whole turn.
         let ended = loop {
             let event = match session.poll_event() {
@@ -375,55 +394,43 @@ where
                 Flow::Close(e) => break Some(Err(e)),
             }
         };
-        if session.poll_transmit(&mut out) {
-            let written = write_all(io, &out, config.write_timeout).await;
+        if session.poll_transmit(out) {
+            let written = write_all(io, out, config.write_timeout).await;
             out.clear();
             if out.capacity() > SHRINK_ABOVE {
-                out = BytesMut::new();
+                *out = BytesMut::new();
             }
             if let Err(e) = written {
-                return Err(Error::Io(e));
+                return Some(Err(Error::Io(e)));
             }
         }
         if let Some(result) = ended {
-            return result;
+            return Some(result);
         }
         if session.is_closed() {
-            return Ok(());
+            return Some(Ok(()));
         }
         // Shutdown: a connection with no message open and nothing owed may go once the grace
         // period is over; one in a message answers its next command with the fail-safe.
-        if waits.shutdown.has_changed().unwrap_or(false) {
-            state = *waits.shutdown.borrow_and_update();
-            // The change may have spent the registration: register again at the next wait.
-            waits.changes_waker = None;
-        }
-        match state {
+        waits.seen = waits.shutdown.state();
+        match waits.seen {
             Shutdown::Running => {}
             Shutdown::Draining => d.draining = true,
             Shutdown::Closing if !session.in_message() && session.awaiting().is_none() => {
                 debug!("shutdown: closing an idle connection");
-                return Ok(());
+                return Some(Ok(()));
             }
             Shutdown::Closing => {
                 d.draining = true;
                 d.closing = true;
             }
-            Shutdown::Abandon => return Err(Error::Shutdown),
+            Shutdown::Abandon => return Some(Err(Error::Shutdown)),
         }
         let input = session.input_mut();
         if input.is_empty() && input.capacity() > SHRINK_ABOVE {
             *input = BytesMut::new();
         }
-        match waits.read(io, session, &mut out).await {
-            Wake::Read(Ok(0)) => session.handle_eof(),
-            Wake::Read(Ok(_)) | Wake::Shutdown => {}
-            Wake::Read(Err(e)) => return Err(Error::Io(e)),
-            Wake::TimedOut => {
-                warn!("no command from the MTA within the read timeout");
-                return Err(Error::Timeout("waiting for the MTA"));
-            }
-        }
+        wake = Some(waits.read(io, session, out).await);
     }
 }
 

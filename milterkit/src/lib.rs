@@ -151,6 +151,7 @@ pub mod metrics;
 mod milter;
 pub mod mta;
 mod serve;
+mod shutdown;
 pub mod testing;
 
 pub use eom::Eom;

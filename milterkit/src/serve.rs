@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use milterkit_proto::Decision;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::listener::Listener;
 use crate::metrics::Metrics;
+use crate::shutdown::{Shutdown, Signal};
 use crate::{conn, Error, Milter};
 
 /// Settings of a served milter. Every default says where it comes from.
@@ -72,20 +73,6 @@ impl Default for Config {
     }
 }
 
-/// Where a shutdown stands, as every connection sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Shutdown {
-    /// Serving.
-    Running,
-    /// No new connections; connection-level commands get the fail-safe; messages finish.
-    Draining,
-    /// Grace period over: idle connections close; others answer their next command with the
-    /// fail-safe and close.
-    Closing,
-    /// Close now.
-    Abandon,
-}
-
 /// Runs one connection on any stream (a socket you accepted yourself, a systemd socket, a
 /// `tokio::io::duplex` in tests) until the MTA quits or the connection fails. `close` runs once.
 ///
@@ -105,8 +92,7 @@ where
     M: Milter,
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (_keep, rx) = watch::channel(Shutdown::Running);
-    conn::run(io, milter, config, rx).await
+    conn::run(io, milter, config, Signal::default().subscribe()).await
 }
 
 /// Serves `factory`'s milters on `listener`: one task per connection, each with a new value from
@@ -209,7 +195,7 @@ where
         signal,
     } = serve;
     let config = Arc::new(config);
-    let (state, watcher) = watch::channel(Shutdown::Running);
+    let state = Signal::default();
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let mut signal = pin!(signal);
@@ -255,11 +241,11 @@ where
             }
         };
         let config = config.clone();
-        let watcher = watcher.clone();
+        let shutdown = state.subscribe();
         tasks.spawn(
             async move {
                 debug!("connected");
-                match conn::run(stream, milter, &config, watcher).await {
+                match conn::run(stream, milter, &config, shutdown).await {
                     Ok(()) => debug!("closed"),
                     Err(Error::Io(e)) => info!(error = %e, "connection ended"),
                     Err(e) => info!(error = %e, "connection closed"),
@@ -272,7 +258,7 @@ where
     drop(listener);
     while tasks.try_join_next().is_some() {}
     info!(open = tasks.len(), "shutting down");
-    let _ = state.send(Shutdown::Draining);
+    state.send(Shutdown::Draining);
     for (next, wait) in [
         (Shutdown::Closing, config.grace_period),
         (Shutdown::Abandon, LAST_CALL),
@@ -282,7 +268,7 @@ where
             return Ok(());
         }
         info!(open = tasks.len(), state = ?next, "shutdown: connections still open");
-        let _ = state.send(next);
+        state.send(next);
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
