@@ -43,7 +43,7 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 FULL = {
     "runs": 5,
-    "duration_s": 3.0,
+    "duration_s": 2.0,
     "connections": 10,
     "idle_connections": 10_000,
     "idle_settle_s": 1.0,

@@ -136,9 +136,9 @@ where
     let mut out = BytesMut::new();
     // Two phases: while commands come, the command loop runs on the heap (its futures, the
     // handlers' among them, are large); after `IDLE_AFTER` of quiet it ends and the connection
-    // waits here, holding only its session and its milter.
+    // waits here, holding only its session and its milter, and takes shutdown steps here too.
     let mut wake = None;
-    let result = loop {
+    let result = 'conn: loop {
         let active = serve_session(
             &mut io,
             &mut session,
@@ -151,7 +151,16 @@ where
         if let Some(result) = Box::pin(active).await {
             break result;
         }
-        wake = Some(waits.read(&mut io, &mut session, &mut out).await);
+        wake = loop {
+            match waits.read(&mut io, &mut session, &mut out).await {
+                Wake::Shutdown => {
+                    if let Some(result) = shutdown_step(&mut waits, &session, &mut d) {
+                        break 'conn result;
+                    }
+                }
+                other => break Some(other),
+            }
+        };
     };
     if d.has_message() || session.in_message() {
         let mut waiter = ProgressWriter {
@@ -350,6 +359,34 @@ fn poll_read_input<IO: AsyncRead + Unpin>(
     std::pin::pin!(io.read_buf(input)).poll(cx)
 }
 
+/// Acts on the shutdown state, and remembers it as seen: a connection with no message open and
+/// nothing owed may go once the grace period is over (`Some`); one in a message answers its next
+/// command with the fail-safe.
+fn shutdown_step<M: Milter>(
+    waits: &mut Waits<'_>,
+    session: &MilterSession,
+    d: &mut Dispatcher<M>,
+) -> Option<Result<(), Error>> {
+    waits.seen = waits.shutdown.state();
+    match waits.seen {
+        Shutdown::Running => None,
+        Shutdown::Draining => {
+            d.draining = true;
+            None
+        }
+        Shutdown::Closing if !session.in_message() && session.awaiting().is_none() => {
+            debug!("shutdown: closing an idle connection");
+            Some(Ok(()))
+        }
+        Shutdown::Closing => {
+            d.draining = true;
+            d.closing = true;
+            None
+        }
+        Shutdown::Abandon => Some(Err(Error::Shutdown)),
+    }
+}
+
 /// The command loop: handles `wake` (what ended the last wait, if any), then every command as it
 /// comes, until the connection ends (`Some`) or has been quiet for `IDLE_AFTER` (`None`).
 async fn serve_session<M, IO>(
@@ -410,21 +447,8 @@ where
         if session.is_closed() {
             return Some(Ok(()));
         }
-        // Shutdown: a connection with no message open and nothing owed may go once the grace
-        // period is over; one in a message answers its next command with the fail-safe.
-        waits.seen = waits.shutdown.state();
-        match waits.seen {
-            Shutdown::Running => {}
-            Shutdown::Draining => d.draining = true,
-            Shutdown::Closing if !session.in_message() && session.awaiting().is_none() => {
-                debug!("shutdown: closing an idle connection");
-                return Some(Ok(()));
-            }
-            Shutdown::Closing => {
-                d.draining = true;
-                d.closing = true;
-            }
-            Shutdown::Abandon => return Some(Err(Error::Shutdown)),
+        if let Some(result) = shutdown_step(waits, session, d) {
+            return Some(result);
         }
         let input = session.input_mut();
         if input.is_empty() && input.capacity() > SHRINK_ABOVE {
@@ -443,6 +467,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::time::Instant;
 
+    use crate::shutdown::{Shutdown, Signal};
     use crate::{Config, Error, Milter};
 
     #[derive(Default)]
@@ -502,5 +527,76 @@ mod tests {
         assert!(!served.is_finished());
         drop(mta);
         assert!(served.await.unwrap().is_ok());
+    }
+
+    /// A connection of a server that is shutting down: negotiated, then quiet.
+    async fn negotiated(
+        signal: &crate::shutdown::Signal,
+        config: Config,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        let (mut mta, milter) = tokio::io::duplex(4096);
+        let shutdown = signal.subscribe();
+        let served =
+            tokio::spawn(async move { super::run(milter, Quiet, &config, shutdown).await });
+        let mut optneg = BytesMut::new();
+        Command::Optneg(Offer::default()).encode(&mut optneg);
+        mta.write_all(&optneg).await.unwrap();
+        let mut reply = [0u8; 64];
+        assert!(mta.read(&mut reply).await.unwrap() > 0);
+        (mta, served)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_step_does_not_restart_the_read_timeout() {
+        let signal = Signal::default();
+        let config = Config {
+            read_timeout: Duration::from_secs(5),
+            ..Config::default()
+        };
+        let start = Instant::now();
+        let (_mta, served) = negotiated(&signal, config).await;
+        // Past the idle release (1 s), then a shutdown step at 3 s.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        signal.send(Shutdown::Draining);
+        let result = served.await.unwrap();
+        assert!(matches!(result, Err(Error::Timeout(_))), "{result:?}");
+        let elapsed = start.elapsed();
+        assert!(elapsed < Duration::from_millis(5_010), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_connections_stay_while_draining_and_go_at_closing_or_abandon() {
+        let signal = Signal::default();
+        let start = Instant::now();
+        let (_a, first) = negotiated(&signal, Config::default()).await;
+        let (_b, second) = negotiated(&signal, Config::default()).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        signal.send(Shutdown::Draining);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!first.is_finished() && !second.is_finished());
+        signal.send(Shutdown::Closing);
+        assert!(first.await.unwrap().is_ok());
+        assert!(second.await.unwrap().is_ok());
+        assert!(start.elapsed() < Duration::from_millis(6_010));
+
+        // One in a message stays at Closing (its next command gets the fail-safe) and goes at
+        // Abandon.
+        let signal = Signal::default();
+        let (mut mta, served) = negotiated(&signal, Config::default()).await;
+        let mut mail = BytesMut::new();
+        Command::Mail(milterkit_proto::Envelope::new("<a@example.org>")).encode(&mut mail);
+        mta.write_all(&mail).await.unwrap();
+        let mut reply = [0u8; 64];
+        assert!(mta.read(&mut reply).await.unwrap() > 0);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        signal.send(Shutdown::Closing);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!served.is_finished());
+        signal.send(Shutdown::Abandon);
+        let result = served.await.unwrap();
+        assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
     }
 }

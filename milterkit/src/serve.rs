@@ -13,7 +13,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::listener::Listener;
 use crate::metrics::Metrics;
-use crate::shutdown::{Shutdown, Signal};
+use crate::shutdown::{Shutdown, Signal, Subscription};
 use crate::{conn, Error, Milter};
 
 /// Settings of a served milter. Every default says where it comes from.
@@ -92,7 +92,7 @@ where
     M: Milter,
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    conn::run(io, milter, config, Signal::default().subscribe()).await
+    conn::run(io, milter, config, Subscription::alone()).await
 }
 
 /// Serves `factory`'s milters on `listener`: one task per connection, each with a new value from

@@ -79,7 +79,7 @@ impl Signal {
             .unwrap_or_else(PoisonError::into_inner);
         wakers.next_id += 1;
         Subscription {
-            shared: self.shared.clone(),
+            shared: Some(self.shared.clone()),
             id: wakers.next_id,
             waker: None,
         }
@@ -89,24 +89,41 @@ impl Signal {
 /// A connection's end: the state, and its waker registered for changes.
 #[derive(Debug)]
 pub(crate) struct Subscription {
-    shared: Arc<Shared>,
+    /// `None` for a connection served on its own ([`Subscription::alone`]): always running.
+    shared: Option<Arc<Shared>>,
     id: u64,
     /// The waker registered last (a copy), to skip registering the same one again.
     waker: Option<Waker>,
 }
 
 impl Subscription {
+    /// For a connection no server shuts down (`serve_connection`): always running, nothing
+    /// registered.
+    pub(crate) fn alone() -> Self {
+        Subscription {
+            shared: None,
+            id: 0,
+            waker: None,
+        }
+    }
+
     /// The state now.
     pub(crate) fn state(&self) -> Shutdown {
-        Shutdown::from_u8(self.shared.state.load(Ordering::SeqCst))
+        match &self.shared {
+            Some(shared) => Shutdown::from_u8(shared.state.load(Ordering::SeqCst)),
+            None => Shutdown::Running,
+        }
     }
 
     /// Registers `cx`'s waker for changes (unless it is registered already), then reads the
     /// state: a change after this read wakes the task.
     pub(crate) fn poll_state(&mut self, cx: &Context<'_>) -> Shutdown {
+        let Some(shared) = &self.shared else {
+            return Shutdown::Running;
+        };
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             let waker = cx.waker().clone();
-            self.shared
+            shared
                 .wakers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -120,13 +137,13 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if self.waker.is_some() {
-            self.shared
-                .wakers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .by_id
-                .remove(&self.id);
+        if let (Some(shared), Some(_)) = (&self.shared, &self.waker) {
+            let mut wakers = shared.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+            wakers.by_id.remove(&self.id);
+            // Give back the room of a past crowd of connections.
+            if wakers.by_id.capacity() > 64 && wakers.by_id.len() * 4 < wakers.by_id.capacity() {
+                wakers.by_id.shrink_to_fit();
+            }
         }
     }
 }
