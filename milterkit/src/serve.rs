@@ -3,11 +3,12 @@
 use std::future::{Future, IntoFuture};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use milterkit_proto::Decision;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
@@ -182,6 +183,30 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A served connection's task: the connection, then its end logged. The permit is given back
+    /// when the task ends. (A struct rather than an `async` block, which would hold the
+    /// connection's stream and milter twice: once captured, once moved into the connection.)
+    struct Served<C> {
+        #[pin]
+        conn: C,
+        _permit: OwnedSemaphorePermit,
+    }
+}
+
+impl<C: Future<Output = Result<(), Error>>> Future for Served<C> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match std::task::ready!(self.project().conn.poll(cx)) {
+            Ok(()) => debug!("closed"),
+            Err(Error::Io(e)) => info!(error = %e, "connection ended"),
+            Err(e) => info!(error = %e, "connection closed"),
+        }
+        Poll::Ready(())
+    }
+}
+
 async fn run<M, F, S>(serve: Serve<F, S>) -> Result<(), Error>
 where
     M: Milter,
@@ -240,17 +265,11 @@ where
                 continue;
             }
         };
-        let config = config.clone();
-        let shutdown = state.subscribe();
+        span.in_scope(|| debug!("connected"));
         tasks.spawn(
-            async move {
-                debug!("connected");
-                match conn::run(stream, milter, &config, shutdown).await {
-                    Ok(()) => debug!("closed"),
-                    Err(Error::Io(e)) => info!(error = %e, "connection ended"),
-                    Err(e) => info!(error = %e, "connection closed"),
-                }
-                drop(permit);
+            Served {
+                conn: conn::run(stream, milter, config.clone(), state.subscribe()),
+                _permit: permit,
             }
             .instrument(span),
         );
