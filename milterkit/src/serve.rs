@@ -88,12 +88,17 @@ impl Default for Config {
 /// # Ok(()) }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f()).unwrap();
 /// ```
-pub async fn serve_connection<M, IO>(io: IO, milter: M, config: &Config) -> Result<(), Error>
+pub fn serve_connection<'a, M, IO>(
+    io: IO,
+    milter: M,
+    config: &'a Config,
+) -> impl Future<Output = Result<(), Error>> + Send + 'a
 where
     M: Milter,
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
-    conn::run(io, milter, config, Subscription::alone()).await
+    // Not an `async fn`, whose future would hold the stream and the milter twice (see `conn::run`).
+    conn::run(io, milter, config, Subscription::alone())
 }
 
 /// Serves `factory`'s milters on `listener`: one task per connection, each with a new value from

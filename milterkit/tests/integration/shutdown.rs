@@ -152,10 +152,10 @@ impl Milter for Quiet {
     type Message = ();
 }
 
-/// Idle connections (some past the idle release after 100 ms of quiet, some not) see every step of a shutdown at
-/// once: with no grace period the serve loop ends within a second, every round. (A connection that
-/// checked the shutdown state before registering for its changes, or trusted an earlier
-/// registration, slept through `Closing` and even `Abandon`, until its read timeout.)
+/// Idle connections (some past the idle release after 100 ms of quiet, some not) see every step of
+/// a shutdown at once: with no grace period the serve loop ends within a second, every round. (A
+/// connection that checked the shutdown state before registering for its changes, or trusted an
+/// earlier registration, slept through `Closing` and even `Abandon`, until its read timeout.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_connections_wake_for_every_step_of_a_shutdown() {
     for (round, idle_ms) in [(0, 20), (1, 1200), (2, 20), (3, 1200)] {
