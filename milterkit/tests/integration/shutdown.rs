@@ -152,7 +152,7 @@ impl Milter for Quiet {
     type Message = ();
 }
 
-/// Idle connections (some past the idle release after 100 ms of quiet, some not) see every step of
+/// Idle connections (some past the idle release after 1 s of quiet, some not) see every step of
 /// a shutdown at once: with no grace period the serve loop ends within a second, every round. (A
 /// connection that checked the shutdown state before registering for its changes, or trusted an
 /// earlier registration, slept through `Closing` and even `Abandon`, until its read timeout.)
