@@ -15,6 +15,8 @@ import struct
 import sys
 import time
 
+from idle import read_exactly  # bench/idle.py, beside this file
+
 
 def main():
     path, n, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
@@ -24,18 +26,9 @@ def main():
     def send(code, payload=b""):
         s.sendall(struct.pack(">I", len(payload) + 1) + code + payload)
 
-    def read_exactly(k):
-        data = b""
-        while len(data) < k:
-            chunk = s.recv(k - len(data))
-            if not chunk:
-                raise ConnectionError("the milter closed the connection")
-            data += chunk
-        return data
-
     def read():
-        (length,) = struct.unpack(">I", read_exactly(4))
-        return read_exactly(length)
+        (length,) = struct.unpack(">I", read_exactly(s, 4))
+        return read_exactly(s, length)
 
     def command(code, payload=b"", until=None):
         time.sleep(pause)

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use crate::dispatch::{Deadline, Dispatcher, Flow, Waiter};
 use crate::eom::Progress;
-use crate::shutdown::{Shutdown, Subscription};
+use crate::shutdown::{same_waker, Shutdown, Subscription};
 use crate::{Config, Error, Milter};
 
 /// Most bytes taken by one read between commands (through the stack).
@@ -228,11 +228,6 @@ enum Wake {
     TimedOut,
     /// Quiet for `IDLE_AFTER` with nothing buffered: the buffers were given back.
     Idle,
-}
-
-/// True if `waker` was registered from `cx` (or one that wakes the same task).
-fn same_waker(waker: &Option<Waker>, cx: &Context<'_>) -> bool {
-    waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
 }
 
 /// The connection's clock and wake-ups for its reads, kept from read to read: one timer and one

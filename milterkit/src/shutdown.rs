@@ -121,7 +121,7 @@ impl Subscription {
         let Some(shared) = &self.shared else {
             return Shutdown::Running;
         };
-        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !same_waker(&self.waker, cx) {
             let waker = cx.waker().clone();
             shared
                 .wakers
@@ -146,6 +146,11 @@ impl Drop for Subscription {
             }
         }
     }
+}
+
+/// True if `waker` was registered from `cx` (or one that wakes the same task).
+pub(crate) fn same_waker(waker: &Option<Waker>, cx: &Context<'_>) -> bool {
+    waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
 }
 
 #[cfg(test)]
