@@ -238,8 +238,17 @@ impl Command {
     }
 
     /// Parses one frame sent by an MTA. Unknown codes and malformed payloads are errors.
+    ///
+    /// What libmilter tolerates is tolerated, and what it ignores is dropped: a payload on DATA,
+    /// EOH, ABORT, QUIT and QUIT_NC; bytes after the last field of HELO, CONNECT and HEADER when
+    /// the payload still ends in a NUL; an unterminated last argument of MAIL and RCPT; an
+    /// UNKNOWN line without its NUL. What libmilter refuses (a string without its NUL, an empty
+    /// payload where one is needed, an unknown address family) is an error.
     pub fn decode(frame: Frame) -> Result<Command, ProtocolError> {
         let code = frame.code;
+        // libmilter checks that these payloads end in a NUL and reads its fields as C strings,
+        // so anything between the last field and that NUL is ignored.
+        let nul_ended = frame.payload.last() == Some(&0);
         let mut r = Reader::new(frame);
         let cmd = match code {
             code::OPTNEG => {
@@ -286,6 +295,11 @@ impl Command {
                 };
                 let (port, address) = if family == Family::Unknown {
                     (0, Bytes::new())
+                } else if !nul_ended {
+                    return Err(ProtocolError::Malformed {
+                        code,
+                        reason: "address without NUL",
+                    });
                 } else {
                     (r.u16("missing port")?, r.str("address without NUL")?)
                 };
@@ -296,11 +310,17 @@ impl Command {
                     address,
                 })
             }
-            code::HELO => Command::Helo {
+            code::HELO if nul_ended => Command::Helo {
                 name: r.str("HELO name without NUL")?,
             },
+            code::HELO => {
+                return Err(ProtocolError::Malformed {
+                    code,
+                    reason: "HELO name without NUL",
+                })
+            }
             code::MAIL | code::RCPT => {
-                let mut args = r.strs("argument without NUL")?.into_iter();
+                let mut args = r.strs_terminated().into_iter();
                 let address = args.next().ok_or(ProtocolError::Malformed {
                     code,
                     reason: "no address",
@@ -316,22 +336,41 @@ impl Command {
                 }
             }
             code::DATA => Command::Data,
-            code::HEADER => Command::Header {
+            code::HEADER if nul_ended => Command::Header {
                 name: r.str("header name without NUL")?,
                 value: r.str("header value without NUL")?,
             },
+            code::HEADER => {
+                return Err(ProtocolError::Malformed {
+                    code,
+                    reason: "header value without NUL",
+                })
+            }
             code::EOH => Command::Eoh,
+            // libmilter's reader gives no buffer for an empty payload, and BODY needs one.
+            code::BODY if r.is_empty() => {
+                return Err(ProtocolError::Malformed {
+                    code,
+                    reason: "empty body chunk",
+                })
+            }
             code::BODY => Command::Body(r.rest()),
             code::BODYEOB => Command::Eom { chunk: r.rest() },
             code::ABORT => Command::Abort,
             code::QUIT => Command::Quit,
             code::QUIT_NC => Command::QuitNc,
+            code::UNKNOWN if r.is_empty() => {
+                return Err(ProtocolError::Malformed {
+                    code,
+                    reason: "empty command line",
+                })
+            }
+            // libmilter adds a NUL after every payload and hands the line over as a C string.
             code::UNKNOWN => Command::Unknown {
-                line: r.str("command line without NUL")?,
+                line: r.str("").unwrap_or_else(|_| r.rest()),
             },
             _ => return Err(ProtocolError::UnknownCode { code }),
         };
-        r.end()?;
         Ok(cmd)
     }
 

@@ -257,13 +257,15 @@ impl Reader {
         }
     }
 
-    /// Zero or more NUL-terminated strings filling the rest.
-    pub(crate) fn strs(&mut self, what: &'static str) -> Result<Vec<Bytes>, ProtocolError> {
-        let mut out = Vec::new();
-        while !self.buf.is_empty() {
-            out.push(self.str(what)?);
+    /// The NUL-terminated strings of the rest; bytes after the last NUL are dropped, as
+    /// libmilter's `dec_argv()` drops them.
+    pub(crate) fn strs_terminated(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::with_capacity(self.nul_count());
+        while let Ok(s) = self.str("") {
+            out.push(s);
         }
-        Ok(out)
+        self.buf.clear();
+        out
     }
 
     /// How many NULs the rest holds (to size a vector of strings once).

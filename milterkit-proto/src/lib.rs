@@ -70,6 +70,7 @@ pub mod message;
 pub mod milter;
 pub mod mta;
 pub mod negotiate;
+pub mod order;
 pub mod reply;
 pub mod response;
 pub mod stage;

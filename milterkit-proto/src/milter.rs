@@ -9,8 +9,9 @@ use crate::error::{Incompatible, MisuseError, ProtocolError};
 use crate::frame::{FrameDecoder, MILTER_CHUNK_SIZE};
 use crate::macros::Macros;
 use crate::negotiate::{negotiate, Agreement, Offer, Request};
+use crate::order::{admit, after_decision, Admit, State};
 use crate::response::{Decision, Modification, Response};
-use crate::stage::{Order, Phase, Stage, Stages};
+use crate::stage::{Stage, Stages};
 
 /// What the MTA asked of the milter, one per command (macros are not events: they update
 /// [`MilterSession::macros`]).
@@ -129,7 +130,13 @@ pub struct MilterSession {
     decoder: FrameDecoder,
     input: BytesMut,
     out: BytesMut,
-    phase: Phase,
+    /// libmilter's state: the last command taken (see [`crate::order`]).
+    state: State,
+    /// A message is open: from its first command until end of message, an abort, or a decision
+    /// that returns to connection level. Its state lives in the caller until then.
+    open: bool,
+    /// QUIT, end of input, or a dropped QUIT: nothing more is read.
+    closed: bool,
     agreement: Option<Agreement>,
     /// Stages the milter asked to see.
     wanted: Stages,
@@ -139,6 +146,9 @@ pub struct MilterSession {
     sent: Stages,
     /// Stages the MTA sends no reply for, from the agreement (none before it).
     no_reply: Stages,
+    /// Stages the MTA does not send, from the agreement: libmilter's transition table steps over
+    /// their states.
+    skip: Stages,
     macros: Macros,
     /// Clears to apply before the next frame: set by ABORT and QUIT_NC so the handler of that
     /// event still sees the macros.
@@ -189,12 +199,15 @@ impl MilterSession {
             decoder: FrameDecoder::new(config.max_payload),
             input: BytesMut::new(),
             out: BytesMut::new(),
-            phase: Phase::Init,
+            state: State::Init,
+            open: false,
+            closed: false,
             agreement: None,
             wanted: Stages::all(),
             emulated_no_reply: Stages::empty(),
             sent: Stages::all(),
             no_reply: Stages::empty(),
+            skip: Stages::empty(),
             macros: Macros::default(),
             clear_message_macros: false,
             clear_all_macros: false,
@@ -238,7 +251,7 @@ impl MilterSession {
                 self.reply_start = self.out.len();
                 return Ok(Some(event));
             }
-            if self.phase == Phase::Closed {
+            if self.closed {
                 return Ok(None);
             }
             if std::mem::take(&mut self.clear_all_macros) {
@@ -250,10 +263,8 @@ impl MilterSession {
             let (code, len) = match self.decoder.complete(&mut self.input) {
                 Ok(Some(f)) => f,
                 Ok(None) if self.eof => {
-                    if self.phase.in_message() {
-                        self.ready.push_back((Event::Abort, Pending::Nothing));
-                    }
-                    self.phase = Phase::Closed;
+                    self.abort_message();
+                    self.closed = true;
                     continue;
                 }
                 Ok(None) => return Ok(None),
@@ -296,13 +307,8 @@ impl MilterSession {
                 reason: "macro packet without a stage",
             });
         };
+        // Taken in any state, as libmilter takes them (`ST_NONE`); OPTNEG clears them.
         if let Some(strings) = crate::macros::well_formed(pairs) {
-            if self.agreement.is_none() {
-                return Err(ProtocolError::OutOfOrder {
-                    code: crate::command::code::MACRO,
-                    state: "before negotiation",
-                });
-            }
             self.macros.set_wire(stage, pairs, strings);
         }
         self.input.advance(start + len);
@@ -317,53 +323,72 @@ impl MilterSession {
     }
 
     /// Applies one command; gives the event it raises last, to hand up after those queued in
-    /// `ready` (most commands raise exactly one and queue nothing).
+    /// `ready` (most commands raise exactly one and queue nothing). The order is libmilter's
+    /// (see [`crate::order`]).
     fn command(&mut self, cmd: Command) -> Result<Option<(Event, Pending)>, ProtocolError> {
         let code = cmd.code();
-        if self.agreement.is_none() && !matches!(cmd, Command::Optneg(_)) {
+        let Some(to) = State::of(&cmd) else {
+            if let Command::Macro { stage, pairs } = cmd {
+                self.macros.set(stage, pairs);
+            }
+            return Ok(None);
+        };
+        if self.agreement.is_none() && to != State::Opts {
+            // Intended difference 2 of `crate::order`.
             return Err(ProtocolError::OutOfOrder {
                 code,
-                state: "before negotiation",
+                state: State::Init.describe(),
             });
+        }
+        let stage = cmd.stage();
+        let expects_reply = match stage {
+            Some(s) => !self.no_reply.has(s),
+            None => to == State::Opts,
+        };
+        match admit(self.state, to, self.skip) {
+            Admit::Direct => {
+                // Intended difference 3: libmilter starts over from UNKNOWN without an abort.
+                if self.state == State::Unkn
+                    && matches!(to, State::Mail | State::Helo | State::Quit | State::QuitNc)
+                {
+                    self.abort_message();
+                }
+            }
+            Admit::FromHelo => self.abort_message(),
+            Admit::Ignored if expects_reply => {
+                // Intended difference 1: libmilter would leave the MTA waiting for a reply.
+                return Err(ProtocolError::OutOfOrder {
+                    code,
+                    state: self.state.describe(),
+                });
+            }
+            Admit::Ignored => {
+                self.abort_message();
+                self.state = State::Helo;
+                if to == State::Quit {
+                    // libmilter's loop ends at QUIT even when it drops it.
+                    self.quit(false);
+                }
+                return Ok(None);
+            }
         }
         let (event, stage) = match cmd {
             Command::Optneg(offer) => {
-                if self.phase != Phase::Init {
-                    return Err(ProtocolError::OutOfOrder {
-                        code,
-                        state: "after negotiation",
-                    });
-                }
+                self.state = State::Opts;
                 self.macros.clear();
                 return Ok(Some((Event::Negotiate(offer), Pending::Negotiation(offer))));
             }
-            Command::Macro { stage, pairs } => {
-                self.macros.set(stage, pairs);
-                return Ok(None);
-            }
             Command::Abort => {
-                if self.phase.in_message() {
-                    self.ready.push_back((Event::Abort, Pending::Nothing));
-                    self.phase = Phase::Connected;
+                if self.open {
+                    self.abort_message();
                     self.clear_message_macros = true;
                 }
+                self.state = State::Abrt;
                 return Ok(None);
             }
             Command::Quit | Command::QuitNc => {
-                if self.phase.in_message() {
-                    self.ready.push_back((Event::Abort, Pending::Nothing));
-                }
-                let quit_nc = matches!(cmd, Command::QuitNc);
-                self.ready.push_back((
-                    if quit_nc { Event::QuitNc } else { Event::Quit },
-                    Pending::Nothing,
-                ));
-                self.phase = if quit_nc {
-                    Phase::Negotiated
-                } else {
-                    Phase::Closed
-                };
-                self.clear_all_macros = true;
+                self.abort_message();
+                self.quit(matches!(cmd, Command::QuitNc));
                 return Ok(None);
             }
             Command::Connect(c) => (Event::Connect(c), Stage::Connect),
@@ -383,22 +408,15 @@ impl MilterSession {
                 (Event::Eom, Stage::Eom)
             }
             Command::Unknown { line } => (Event::Unknown { line }, Stage::Unknown),
+            Command::Macro { .. } => return Ok(None),
         };
-        let sent = self.sent;
-        let expects_reply = !self.no_reply.has(stage);
-        match self.phase.admit(stage, sent) {
-            Order::Refuse(state) => return Err(ProtocolError::OutOfOrder { code, state }),
-            Order::AbortFirst => {
-                self.ready.push_back((Event::Abort, Pending::Nothing));
-                self.phase = Phase::Connected;
-            }
-            Order::Ok => {}
-        }
+        self.open |= to.opens_message();
+        self.state = to;
         self.macros.command(stage);
-        self.phase = self.phase.after(stage);
         let wanted = self.wanted.has(stage) || stage == Stage::Eom;
         if expects_reply && (!wanted || self.emulated_no_reply.has(stage)) {
             Response::Decision(Decision::Continue).encode(&mut self.out);
+            self.after_reply(&Decision::Continue);
         }
         if wanted {
             let pending = if expects_reply && !self.emulated_no_reply.has(stage) {
@@ -409,6 +427,39 @@ impl MilterSession {
             return Ok(Some((event, pending)));
         }
         Ok(None)
+    }
+
+    /// Ends the open message without end of message: [`Event::Abort`] is queued.
+    fn abort_message(&mut self) {
+        if std::mem::take(&mut self.open) {
+            self.ready.push_back((Event::Abort, Pending::Nothing));
+        }
+    }
+
+    /// QUIT (the session ends) or QUIT_NC (a new one follows with CONNECT).
+    fn quit(&mut self, new_session: bool) {
+        self.ready.push_back((
+            if new_session {
+                Event::QuitNc
+            } else {
+                Event::Quit
+            },
+            Pending::Nothing,
+        ));
+        self.state = if new_session {
+            State::QuitNc
+        } else {
+            State::Quit
+        };
+        self.closed = !new_session;
+        self.clear_all_macros = true;
+    }
+
+    /// The state after a reply: libmilter's, and the message is over once it is outside a
+    /// transaction (an open message survives UNKNOWN).
+    fn after_reply(&mut self, decision: &Decision) {
+        self.state = after_decision(self.state, decision);
+        self.open &= self.state.in_mail() || self.state == State::Unkn;
     }
 
     /// Answers the OPTNEG with what `request` asks for, within what the MTA offered. On
@@ -436,8 +487,8 @@ impl MilterSession {
             .into_iter()
             .filter(|s| !agreement.expects_reply(*s))
             .fold(Stages::empty(), |acc, s| acc | s.as_set());
+        self.skip = Stages::all().difference(self.sent);
         Response::Optneg(agreement.clone()).encode(&mut self.out);
-        self.phase = Phase::Negotiated;
         Ok(self.agreement.insert(agreement))
     }
 
@@ -464,10 +515,9 @@ impl MilterSession {
                 decision: decision.name(),
             });
         }
-        let ends_message = ends_message(stage, &decision);
-        Response::Decision(decision).encode(&mut self.out);
+        Response::Decision(decision.clone()).encode(&mut self.out);
         self.pending = Pending::Nothing;
-        self.phase = self.phase.after_decision(stage, ends_message);
+        self.after_reply(&decision);
         if stage == Stage::Eom {
             self.body_run = BodyRun::NotStarted;
         }
@@ -573,12 +623,12 @@ impl MilterSession {
     /// True while a message is open (from its first command until its end, abort, or a decision
     /// that ends it).
     pub fn in_message(&self) -> bool {
-        self.phase.in_message()
+        self.open
     }
 
     /// True once the session has ended (QUIT, end of stream, or a protocol error).
     pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed || self.error.is_some()
+        self.closed || self.error.is_some()
     }
 
     /// Bytes received and not yet decoded.

@@ -475,12 +475,12 @@ fn end_of_stream_inside_a_message_aborts_it() {
 fn unknown_commands_are_handed_up_before_and_inside_the_envelope() {
     let cmds = vec![
         optneg(),
-        unknown("XFOO bar"),
         connect(),
-        unknown("XBAR"),
+        unknown("XFOO bar"),
         mail("<a@b>"),
-        unknown("XBAZ"),
+        unknown("XBAR"),
         rcpt("<c@d>"),
+        unknown("XBAZ"),
     ];
     let mut s = milter_with(&all(), &cmds);
     let events = drain(&mut s, |e| match e {
@@ -557,4 +557,138 @@ fn a_body_chunk_inside_eom_is_handed_up_as_body_without_a_reply() {
     let events = drain(&mut s, |_| Decision::Continue);
     assert!(matches!(&events[events.len() - 2..], [Event::Body(b), Event::Eom] if b == "tail"));
     assert_eq!(sent_codes(&mut s), "Occccccccc");
+}
+
+#[test]
+fn a_message_without_data_is_handed_up_whole_as_libmilter_takes_it() {
+    // Several MTA-side implementations send no DATA even when it was agreed.
+    let mut cmds = transaction();
+    cmds.retain(|c| *c != Command::Data);
+    let mut s = milter_with(&all(), &cmds);
+    let events = drain(&mut s, |_| Decision::Continue);
+    assert!(matches!(
+        events[..],
+        [
+            Event::Connect(_),
+            Event::Helo { .. },
+            Event::Mail(_),
+            Event::Rcpt(_),
+            Event::Header { .. },
+            Event::Eoh,
+            Event::Body(_),
+            Event::Eom
+        ]
+    ));
+    assert_eq!(sent_codes(&mut s), "Occcccccc");
+    assert!(!s.in_message());
+}
+
+#[test]
+fn headers_body_and_eom_may_follow_rcpt_directly() {
+    for skipped in [
+        &[Command::Data][..],
+        &[Command::Data, header("Subject", "Hello"), Command::Eoh],
+        &[
+            Command::Data,
+            header("Subject", "Hello"),
+            Command::Eoh,
+            body(b"Hi\r\n"),
+        ],
+    ] {
+        let mut cmds = transaction();
+        cmds.retain(|c| !skipped.contains(c));
+        let mut s = milter_with(&all(), &cmds);
+        let events = drain(&mut s, |_| Decision::Continue);
+        assert_eq!(events.last(), Some(&Event::Eom), "without {skipped:?}");
+    }
+}
+
+#[test]
+fn after_unknown_in_a_message_data_goes_on_and_a_new_mail_aborts_the_message() {
+    let mut cmds = transaction();
+    cmds.insert(7, unknown("XFOO"));
+    let mut s = milter_with(&all(), &cmds);
+    let events = drain(&mut s, |_| Decision::Continue);
+    assert_eq!(events.last(), Some(&Event::Eom));
+    assert!(!events.contains(&Event::Abort));
+
+    let mut cmds = transaction();
+    cmds.truncate(7);
+    cmds.extend([unknown("XFOO"), mail("<again@example.org>")]);
+    let mut s = milter_with(&all(), &cmds);
+    let events = drain(&mut s, |_| Decision::Continue);
+    assert!(matches!(
+        events[events.len() - 3..],
+        [Event::Unknown { .. }, Event::Abort, Event::Mail(_)]
+    ));
+}
+
+#[test]
+fn payloads_libmilter_ignores_are_ignored() {
+    let mut raw = wire(&[optneg(), connect(), helo(), mail("<a@b>"), rcpt("<c@d>")]);
+    let frame = |code: u8, payload: &[u8]| {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&u32::try_from(payload.len() + 1).unwrap().to_be_bytes());
+        b.extend_from_slice(&[code]);
+        b.extend_from_slice(payload);
+        b
+    };
+    raw.extend(frame(b'T', b"junk"));
+    raw.extend(frame(b'L', b"Subject\0Hello\0junk\0"));
+    raw.extend(frame(b'N', b"junk"));
+    raw.extend(frame(b'U', b"XFOO without a NUL"));
+    raw.extend(frame(b'A', b"junk"));
+    raw.extend(frame(b'M', b"<e@f>\0SIZE=1\0unterminated"));
+    let mut s = MilterSession::new(MilterConfig::default());
+    s.handle_input(&raw);
+    s.poll_event().unwrap();
+    s.negotiate(&all()).unwrap();
+    let events = drain(&mut s, |_| Decision::Continue);
+    assert!(events.contains(&Event::Data));
+    assert!(events.contains(&Event::Header {
+        name: "Subject".into(),
+        value: "Hello".into()
+    }));
+    assert!(events.contains(&Event::Unknown {
+        line: "XFOO without a NUL".into()
+    }));
+    assert!(events.contains(&Event::Abort));
+    assert!(matches!(
+        events.last(),
+        Some(Event::Mail(e)) if e.address == "<e@f>" && e.args == [Bytes::from("SIZE=1")]
+    ));
+}
+
+#[test]
+fn a_dropped_command_that_needs_no_reply_changes_nothing_but_the_state() {
+    // QUIT_NC at connection level: libmilter drops it (its state table takes it only after a
+    // message); the session goes on.
+    let mut s = milter_with(
+        &all(),
+        &[optneg(), connect(), helo(), Command::QuitNc, helo()],
+    );
+    let events = drain(&mut s, |_| Decision::Continue);
+    assert!(matches!(
+        events[..],
+        [Event::Connect(_), Event::Helo { .. }, Event::Helo { .. }]
+    ));
+}
+
+#[test]
+fn discard_at_rcpt_keeps_the_message_open_as_libmilter_does() {
+    let mut s = milter_with(
+        &all(),
+        &[
+            optneg(),
+            connect(),
+            mail("<a@b>"),
+            rcpt("<c@d>"),
+            Command::Abort,
+        ],
+    );
+    let events = drain(&mut s, |e| match e {
+        Event::Rcpt(_) => Decision::Discard,
+        _ => Decision::Continue,
+    });
+    assert_eq!(events.last(), Some(&Event::Abort));
 }

@@ -97,12 +97,17 @@ fn command() -> impl Strategy<Value = Command> {
         Just(Command::Data),
         (text(32), text(128)).prop_map(|(name, value)| Command::Header { name, value }),
         Just(Command::Eoh),
-        raw(512).prop_map(Command::Body),
+        // libmilter refuses an empty BODY and an empty UNKNOWN line: neither is a valid command.
+        raw(512)
+            .prop_filter("empty body chunk", |b| !b.is_empty())
+            .prop_map(Command::Body),
         raw(64).prop_map(|chunk| Command::Eom { chunk }),
         Just(Command::Abort),
         Just(Command::Quit),
         Just(Command::QuitNc),
-        text(128).prop_map(|line| Command::Unknown { line }),
+        text(128)
+            .prop_filter("empty command line", |l| !l.is_empty())
+            .prop_map(|line| Command::Unknown { line }),
     ]
 }
 
@@ -981,7 +986,19 @@ fn event_of(cmd: &Command) -> Option<Event> {
     })
 }
 
-/// Whether `decision` at `stage` closes the message (the protocol reference, §6.4).
+/// Whether the milter's message is over after `decision` at `stage`: libmilter returns to
+/// connection level after ACCEPT anywhere, and after a refusal except at RCPT and UNKNOWN (where
+/// only that recipient or command is refused, DISCARD included).
+fn milter_message_ends(stage: Stage, decision: &Decision) -> bool {
+    match stage {
+        Stage::Eom => true,
+        Stage::Rcpt | Stage::Unknown => *decision == Decision::Accept,
+        _ => !matches!(decision, Decision::Continue | Decision::Skip),
+    }
+}
+
+/// Whether `decision` at `stage` makes the MTA stop sending the message (the protocol
+/// reference, §6.4).
 fn ends_message(stage: Stage, decision: &Decision) -> bool {
     match stage {
         Stage::Eom => true,
@@ -1348,12 +1365,13 @@ impl Pair {
             self.session_accepted = true;
         }
         if stage == Stage::Eom {
-            self.message_open = false;
             self.message_decided = false;
             self.skipping_body = false;
         } else if ends_message(stage, decision) {
-            self.message_open = false;
             self.message_decided = true;
+        }
+        if milter_message_ends(stage, decision) {
+            self.message_open = false;
         }
         if *decision == Decision::Skip {
             self.skipping_body = true;

@@ -253,10 +253,10 @@ fn cases() -> Vec<Case> {
             closed: true,
         },
         Case {
-            name: "MAIL argument without its NUL",
+            name: "MAIL's last argument without its NUL",
             bytes: with(frame(b'M', b"<a@b>\0SIZE=1")),
-            codes: "Occ",
-            closed: true,
+            codes: "Occc",
+            closed: false,
         },
         Case {
             name: "RCPT without its NUL",
@@ -282,8 +282,8 @@ fn cases() -> Vec<Case> {
         Case {
             name: "UNKNOWN without its NUL",
             bytes: with(frame(b'U', b"XFOO")),
-            codes: "Occ",
-            closed: true,
+            codes: "Occc",
+            closed: false,
         },
         Case {
             name: "OPTNEG shorter than 12 bytes",
@@ -340,13 +340,24 @@ fn cases() -> Vec<Case> {
             closed: false,
         },
         Case {
-            name: "BODY before DATA",
+            name: "BODY after RCPT, with no DATA",
             bytes: with({
                 let mut v = in_message.clone();
                 v.extend(frame(b'B', b"x"));
                 v
             }),
-            codes: "Occcc",
+            codes: "Occccc",
+            closed: false,
+        },
+        Case {
+            name: "BODY right after DATA",
+            bytes: with({
+                let mut v = in_message.clone();
+                v.extend(wire(&[Command::Data]));
+                v.extend(frame(b'B', b"x"));
+                v
+            }),
+            codes: "Occccc",
             closed: true,
         },
         Case {
@@ -472,17 +483,18 @@ hostile! {
     command_code_below_0x20_closes => "command code below 0x20";
     helo_without_nul_closes => "HELO without its NUL";
     mail_with_empty_payload_closes => "MAIL with an empty payload";
-    mail_argument_without_nul_closes => "MAIL argument without its NUL";
+    mail_argument_without_nul_is_dropped => "MAIL's last argument without its NUL";
     rcpt_without_nul_closes => "RCPT without its NUL";
     header_value_without_nul_closes => "HEADER without the value's NUL";
-    unknown_without_nul_closes => "UNKNOWN without its NUL";
+    unknown_without_nul_is_answered => "UNKNOWN without its NUL";
     short_optneg_closes_without_a_reply => "OPTNEG shorter than 12 bytes";
     connect_with_unknown_family_closes => "CONNECT with an unknown family";
     connect_truncated_after_family_closes => "CONNECT truncated after the family";
     connect_with_port_but_no_address_closes => "CONNECT with a port but no address";
     macro_packet_without_stage_closes => "macro packet with no stage";
     odd_macro_packets_are_ignored => "macro packets of odd shape are ignored";
-    body_before_data_closes => "BODY before DATA";
+    body_after_rcpt_without_data_is_answered => "BODY after RCPT, with no DATA";
+    body_right_after_data_closes => "BODY right after DATA";
     eom_with_no_message_closes => "EOM with no message";
     rcpt_with_no_message_closes => "RCPT with no message";
     mail_inside_a_message_restarts_it => "MAIL inside a message aborts it and starts anew";

@@ -1,0 +1,357 @@
+//! The order in which a milter accepts commands: libmilter's transition table, written once.
+//!
+//! Every rule here comes from libmilter's engine (`libmilter/engine.c` of Sendmail 8.17, the
+//! library Postfix and Sendmail are tested against): its states `ST_*`, the sets of next states
+//! `NX_*`, `trans_ok()` with the skip bits of `fix_stm()`, the fallback to `ST_HELO` in
+//! `mi_engine()`, and the state changes after a decision. A milter that accepts exactly what
+//! libmilter accepts never turns an MTA that libmilter serves into lost mail.
+//!
+//! What libmilter does with a command, and what [`MilterSession`](crate::MilterSession) does:
+//!
+//! | libmilter | milterkit |
+//! |---|---|
+//! | the new state is allowed after the current one (possibly skipping stages the MTA does not send) | the command is handled |
+//! | not allowed, but allowed after HELO: the open transaction is aborted (`xxfi_abort`), then the command is handled | [`Event::Abort`](crate::Event::Abort) for an open message, then the command |
+//! | allowed from neither: the command is dropped without a reply, the state becomes HELO | dropped the same way when the MTA waits for no reply (ABORT, QUIT_NC, no-reply stages); **closed** with [`ProtocolError::OutOfOrder`](crate::ProtocolError::OutOfOrder) when it waits for one |
+//!
+//! # Intended differences from libmilter
+//! Each one only turns a libmilter hang into a clean close, or keeps the milter's own API whole;
+//! the differential test (`interop/tests/order.rs`) excuses exactly these.
+//! 1. **A dropped command that waits for a reply closes the connection.** libmilter sends nothing
+//!    and waits for the next command while the MTA waits for the reply, until the MTA's command
+//!    timeout (Postfix `milter_command_timeout`, 30 s; Sendmail `T=S:`); then the MTA applies its
+//!    default action. milterkit closes at once, so the MTA applies it at once.
+//! 2. **Nothing but OPTNEG and macros before negotiation.** libmilter falls back to HELO and runs
+//!    HELO and MAIL callbacks with no agreement; milterkit closes (no MTA does this: both send
+//!    OPTNEG first).
+//! 3. **An open message ends with `abort`, also after UNKNOWN.** libmilter's UNKNOWN state counts
+//!    as outside a transaction (`ST_IN_MAIL`), so a message interrupted after an UNKNOWN command
+//!    (by MAIL, HELO, QUIT, QUIT_NC, the end of the connection or a dropped command) gets no
+//!    `xxfi_abort`; milterkit hands the message state to the milter's abort handler whenever a
+//!    message ends without end of message.
+//! 4. **`abort` runs only for an open message.** libmilter calls `xxfi_abort` for an ABORT taken
+//!    from its UNKNOWN state (or, with `SMFIP_NOUNKNOWN`/`SMFIP_NOMAIL`, after an earlier ABORT or
+//!    a finished message) even when no message is open; milterkit has no message state to hand
+//!    over and calls nothing.
+//! 5. **A malformed HELO closes the connection.** libmilter answers a HELO without its trailing
+//!    NUL with nothing (a hang, as in 1.).
+//! 6. **A message may have no headers.** libmilter steps from DATA to the body or to end of
+//!    message only when the milter asked for neither headers nor EOH; a message without headers
+//!    sent to a milter that asked for no EOH (`SMFIP_NOEOH`) would hang there. milterkit steps
+//!    over the headers state as if `SMFIP_NOHDRS` had been agreed.
+
+use crate::command::Command;
+use crate::response::Decision;
+use crate::stage::{Stage, Stages};
+
+/// A state of libmilter's engine (`ST_*`): the last command it took. The order is libmilter's:
+/// `trans_ok()` skips forward through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum State {
+    /// `ST_INIT`: nothing yet.
+    Init,
+    /// `ST_OPTS`: OPTNEG.
+    Opts,
+    /// `ST_CONN`: CONNECT.
+    Conn,
+    /// `ST_HELO`: HELO, and where libmilter returns after a decision or a fallback.
+    Helo,
+    /// `ST_MAIL`.
+    Mail,
+    /// `ST_RCPT`.
+    Rcpt,
+    /// `ST_DATA`.
+    Data,
+    /// `ST_HDRS`: a header.
+    Hdrs,
+    /// `ST_EOHS`: end of headers.
+    Eohs,
+    /// `ST_BODY`: a body chunk.
+    Body,
+    /// `ST_ENDM`: end of message.
+    Endm,
+    /// `ST_QUIT`.
+    Quit,
+    /// `ST_ABRT`: ABORT.
+    Abrt,
+    /// `ST_UNKN`: UNKNOWN.
+    Unkn,
+    /// `ST_Q_NC`: QUIT_NC, a new session follows.
+    QuitNc,
+}
+
+impl State {
+    /// In libmilter's order, for `trans_ok()`'s step to the next state.
+    const ALL: [State; 15] = [
+        State::Init,
+        State::Opts,
+        State::Conn,
+        State::Helo,
+        State::Mail,
+        State::Rcpt,
+        State::Data,
+        State::Hdrs,
+        State::Eohs,
+        State::Body,
+        State::Endm,
+        State::Quit,
+        State::Abrt,
+        State::Unkn,
+        State::QuitNc,
+    ];
+
+    const fn bit(self) -> u16 {
+        1 << self as u16
+    }
+
+    /// The states allowed after this one (`NX_*`).
+    const fn next(self) -> u16 {
+        use State::*;
+        const fn set(states: &[State]) -> u16 {
+            let mut bits = 0;
+            let mut i = 0;
+            while i < states.len() {
+                bits |= states[i].bit();
+                i += 1;
+            }
+            bits
+        }
+        match self {
+            Init => set(&[Opts]),
+            Opts => set(&[Conn, Unkn]),
+            Conn | Helo => set(&[Helo, Mail, Unkn]),
+            Mail => set(&[Rcpt, Abrt, Unkn]),
+            Rcpt => set(&[Hdrs, Eohs, Data, Body, Endm, Rcpt, Abrt, Unkn]),
+            Data | Hdrs => set(&[Eohs, Hdrs, Abrt]),
+            Eohs => set(&[Body, Endm, Abrt]),
+            Body => set(&[Endm, Body, Abrt]),
+            Endm => set(&[Quit, Mail, Unkn, QuitNc]),
+            Quit | Abrt => 0,
+            Unkn => set(&[Helo, Mail, Rcpt, Abrt, Data, Body, Unkn, Quit, QuitNc]),
+            QuitNc => set(&[Conn, Unkn]),
+        }
+    }
+
+    /// The stage whose `SMFIP_NO*` bit lets `trans_ok()` step over this state (`fix_stm()`).
+    const fn skipped_with(self) -> Option<Stage> {
+        Some(match self {
+            State::Conn => Stage::Connect,
+            State::Helo => Stage::Helo,
+            State::Mail => Stage::Mail,
+            State::Rcpt => Stage::Rcpt,
+            State::Data => Stage::Data,
+            State::Hdrs => Stage::Header,
+            State::Eohs => Stage::Eoh,
+            State::Body => Stage::Body,
+            State::Unkn => Stage::Unknown,
+            _ => return None,
+        })
+    }
+
+    /// `ST_IN_MAIL`: from MAIL up to (not including) end of message; libmilter calls `xxfi_abort`
+    /// when it leaves such a state other than by end of message.
+    pub(crate) const fn in_mail(self) -> bool {
+        matches!(
+            self,
+            State::Mail | State::Rcpt | State::Data | State::Hdrs | State::Eohs | State::Body
+        )
+    }
+
+    /// True for the states of a message's commands: taking one opens a message if none is open.
+    pub(crate) const fn opens_message(self) -> bool {
+        self.in_mail() || matches!(self, State::Endm)
+    }
+
+    /// The state a command moves to (`cm_next`); `None` for MACRO, which changes no state.
+    pub(crate) fn of(cmd: &Command) -> Option<State> {
+        Some(match cmd {
+            Command::Optneg(_) => State::Opts,
+            Command::Macro { .. } => return None,
+            Command::Connect(_) => State::Conn,
+            Command::Helo { .. } => State::Helo,
+            Command::Mail(_) => State::Mail,
+            Command::Rcpt(_) => State::Rcpt,
+            Command::Data => State::Data,
+            Command::Header { .. } => State::Hdrs,
+            Command::Eoh => State::Eohs,
+            Command::Body(_) => State::Body,
+            Command::Eom { .. } => State::Endm,
+            Command::Abort => State::Abrt,
+            Command::Quit => State::Quit,
+            Command::QuitNc => State::QuitNc,
+            Command::Unknown { .. } => State::Unkn,
+        })
+    }
+
+    /// Where the session stands, for an out-of-order error.
+    pub(crate) const fn describe(self) -> &'static str {
+        match self {
+            State::Init => "before negotiation",
+            State::Opts => "after OPTNEG",
+            State::Conn => "after CONNECT",
+            State::Helo => "at connection level (after HELO or a finished message)",
+            State::Mail => "after MAIL",
+            State::Rcpt => "after RCPT",
+            State::Data => "after DATA",
+            State::Hdrs => "after HEADER",
+            State::Eohs => "after EOH",
+            State::Body => "after BODY",
+            State::Endm => "after end of message",
+            State::Quit => "after QUIT",
+            State::Abrt => "after ABORT",
+            State::Unkn => "after UNKNOWN",
+            State::QuitNc => "after QUIT_NC",
+        }
+    }
+}
+
+/// `trans_ok()`: `to` may follow `from`, directly or by stepping over states whose stage the MTA
+/// does not send (`skip`, the agreement's `SMFIP_NO*` stages). The headers state is also stepped
+/// over when the MTA sends headers: a message may have none (intended difference 6).
+fn reachable(from: State, to: State, skip: Stages) -> bool {
+    let mut s = from;
+    loop {
+        if s.next() & to.bit() != 0 {
+            return true;
+        }
+        let Some(&n) = State::ALL.get(s as usize + 1) else {
+            return false;
+        };
+        match n.skipped_with() {
+            Some(stage) if skip.has(stage) || n == State::Hdrs => s = n,
+            _ => return false,
+        }
+    }
+}
+
+/// What libmilter does with a command in a state (`mi_engine()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Allowed after the current state: handled.
+    Direct,
+    /// Not allowed after the current state but after HELO: libmilter aborts an open transaction
+    /// (if its state was in one) and handles the command from HELO.
+    FromHelo,
+    /// Allowed from neither: libmilter drops the command without a callback or a reply, and its
+    /// state becomes HELO (after an abort if it was in a transaction).
+    Ignored,
+}
+
+/// What libmilter does with a command moving to `to` in state `from`.
+pub(crate) fn admit(from: State, to: State, skip: Stages) -> Admit {
+    if reachable(from, to, skip) {
+        Admit::Direct
+    } else if reachable(State::Helo, to, skip) {
+        Admit::FromHelo
+    } else {
+        Admit::Ignored
+    }
+}
+
+/// The state after the milter answered `decision` to the command that moved to `state`
+/// (`mi_engine()` after `sendreply()`): ACCEPT returns to HELO; REJECT, TEMPFAIL and DISCARD (and
+/// so a custom reply) return to HELO except at RCPT and UNKNOWN (`CT_IGNO`: only that recipient
+/// or that command is refused); anything else keeps the state.
+pub(crate) fn after_decision(state: State, decision: &Decision) -> State {
+    let ignorable = matches!(state, State::Rcpt | State::Unkn);
+    match decision {
+        Decision::Accept => State::Helo,
+        Decision::Reject
+        | Decision::Tempfail
+        | Decision::Discard
+        | Decision::Reply(_)
+        | Decision::Shutdown
+            if !ignorable =>
+        {
+            State::Helo
+        }
+        _ => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: Stages = Stages::empty();
+
+    #[test]
+    fn a_message_without_data_goes_from_rcpt_to_its_headers() {
+        assert_eq!(admit(State::Rcpt, State::Hdrs, NONE), Admit::Direct);
+        assert_eq!(admit(State::Rcpt, State::Body, NONE), Admit::Direct);
+        assert_eq!(admit(State::Rcpt, State::Endm, NONE), Admit::Direct);
+    }
+
+    #[test]
+    fn body_after_data_needs_eoh_skipped() {
+        assert_eq!(admit(State::Data, State::Body, NONE), Admit::Ignored);
+        assert_eq!(admit(State::Data, State::Body, Stages::EOH), Admit::Direct);
+        assert_eq!(admit(State::Data, State::Endm, Stages::EOH), Admit::Direct);
+        assert_eq!(admit(State::Data, State::Endm, NONE), Admit::Ignored);
+    }
+
+    #[test]
+    fn mail_and_helo_inside_a_message_come_from_helo() {
+        assert_eq!(admit(State::Rcpt, State::Mail, NONE), Admit::FromHelo);
+        assert_eq!(admit(State::Body, State::Helo, NONE), Admit::FromHelo);
+        assert_eq!(admit(State::Endm, State::Mail, NONE), Admit::Direct);
+        assert_eq!(admit(State::Endm, State::Helo, NONE), Admit::FromHelo);
+    }
+
+    #[test]
+    fn rcpt_without_mail_is_dropped_unless_mail_is_not_sent() {
+        assert_eq!(admit(State::Helo, State::Rcpt, NONE), Admit::Ignored);
+        assert_eq!(admit(State::Helo, State::Rcpt, Stages::MAIL), Admit::Direct);
+        // UNKNOWN's next states include RCPT: libmilter takes it there.
+        assert_eq!(admit(State::Unkn, State::Rcpt, NONE), Admit::Direct);
+    }
+
+    #[test]
+    fn headers_and_end_of_message_do_not_follow_unknown() {
+        assert_eq!(admit(State::Unkn, State::Hdrs, NONE), Admit::Ignored);
+        assert_eq!(admit(State::Unkn, State::Endm, NONE), Admit::Ignored);
+        assert_eq!(admit(State::Unkn, State::Data, NONE), Admit::Direct);
+    }
+
+    #[test]
+    fn a_second_connect_or_optneg_is_dropped() {
+        assert_eq!(admit(State::Conn, State::Conn, NONE), Admit::Ignored);
+        assert_eq!(admit(State::Helo, State::Opts, NONE), Admit::Ignored);
+        assert_eq!(admit(State::QuitNc, State::Conn, NONE), Admit::Direct);
+    }
+
+    #[test]
+    fn quit_is_taken_only_after_a_message_or_unknown() {
+        assert_eq!(admit(State::Endm, State::Quit, NONE), Admit::Direct);
+        assert_eq!(admit(State::Unkn, State::Quit, NONE), Admit::Direct);
+        assert_eq!(admit(State::Helo, State::Quit, NONE), Admit::Ignored);
+        assert_eq!(admit(State::Rcpt, State::Quit, NONE), Admit::Ignored);
+    }
+
+    #[test]
+    fn after_abort_only_skipping_unknown_leads_on() {
+        assert_eq!(admit(State::Abrt, State::Mail, NONE), Admit::FromHelo);
+        assert_eq!(
+            admit(State::Abrt, State::Rcpt, Stages::UNKNOWN),
+            Admit::Direct
+        );
+    }
+
+    #[test]
+    fn decisions_return_to_helo_except_refusals_at_rcpt_and_unknown() {
+        assert_eq!(after_decision(State::Mail, &Decision::Reject), State::Helo);
+        assert_eq!(after_decision(State::Rcpt, &Decision::Reject), State::Rcpt);
+        assert_eq!(after_decision(State::Rcpt, &Decision::Discard), State::Rcpt);
+        assert_eq!(after_decision(State::Rcpt, &Decision::Accept), State::Helo);
+        assert_eq!(
+            after_decision(State::Unkn, &Decision::Tempfail),
+            State::Unkn
+        );
+        assert_eq!(after_decision(State::Body, &Decision::Skip), State::Body);
+        assert_eq!(
+            after_decision(State::Hdrs, &Decision::Continue),
+            State::Hdrs
+        );
+        assert_eq!(after_decision(State::Conn, &Decision::Accept), State::Helo);
+    }
+}
