@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::futures::Notified;
 use tokio::task::coop::unconstrained;
 use tokio::time::{Instant, Sleep};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::dispatch::{Deadline, Dispatcher, Flow, Waiter};
 use crate::eom::Progress;
@@ -414,10 +414,7 @@ where
             Some(Wake::Read(Ok(0))) => session.handle_eof(),
             None | Some(Wake::Read(Ok(_)) | Wake::Shutdown) => {}
             Some(Wake::Read(Err(e))) => return Some(Err(Error::Io(e))),
-            Some(Wake::TimedOut) => {
-                warn!("no command from the MTA within the read timeout");
-                return Some(Err(Error::Timeout("waiting for the MTA")));
-            }
+            Some(Wake::TimedOut) => return Some(Err(Error::Timeout("waiting for the MTA"))),
             Some(Wake::Idle) => return None,
         }
         // Every event the input holds, answered; then one write for the whole turn.

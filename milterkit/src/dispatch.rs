@@ -516,7 +516,7 @@ impl<M: Milter> Dispatcher<M> {
                         stage: Stage::Connect,
                     },
                 };
-                warn!(error = %err, "negotiation failed; closing without a reply");
+                debug!("negotiation failed; closing without a reply");
                 Flow::Close(err)
             }
             Event::Abort => {

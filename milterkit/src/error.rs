@@ -1,8 +1,9 @@
 //! Errors of the async layer, and what each puts on the wire.
 
-use std::io;
+use std::{fmt, io};
 
 use milterkit_proto::{MisuseError, ProtocolError, Stage};
+use tracing::{info, warn};
 
 /// What a handler returns on failure: any error, boxed. `?` works on every error type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -85,6 +86,18 @@ impl Error {
         )
     }
 
+    /// Logs why a connection ended, once, in the connection's span, with every cause: warn for
+    /// what the MTA sent or failed to send in time (protocol errors, timeouts), info for the rest
+    /// (a handler's failure was logged with its stage where it happened).
+    pub(crate) fn log_close(&self) {
+        let reason = Causes(self);
+        match self {
+            Error::Protocol(_) | Error::Timeout(_) => warn!(error = %reason, "connection closed"),
+            Error::Io(_) => info!(error = %reason, "connection ended"),
+            _ => info!(error = %reason, "connection closed"),
+        }
+    }
+
     /// A short name of the kind of error, for logs and the `milter_errors` metric: `io`,
     /// `protocol`, `misuse`, `timeout`, `handler_timeout`, `handler`, `panic`, `shutdown`, `bind`.
     pub fn kind(&self) -> &'static str {
@@ -99,5 +112,21 @@ impl Error {
             Error::Shutdown => "shutdown",
             Error::Bind { .. } => "bind",
         }
+    }
+}
+
+/// An error and its sources, joined by `: ` (`protocol error: command 'L' out of order after
+/// UNKNOWN`): the errors' own texts do not repeat their sources.
+pub(crate) struct Causes<'a>(pub(crate) &'a dyn std::error::Error);
+
+impl fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
     }
 }

@@ -205,8 +205,7 @@ impl<C: Future<Output = Result<(), Error>>> Future for Served<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match std::task::ready!(self.project().conn.poll(cx)) {
             Ok(()) => debug!("closed"),
-            Err(Error::Io(e)) => info!(error = %e, "connection ended"),
-            Err(e) => info!(error = %e, "connection closed"),
+            Err(e) => e.log_close(),
         }
         Poll::Ready(())
     }

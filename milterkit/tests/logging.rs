@@ -6,7 +6,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use milterkit::mta::{Connection, Profile, Transaction};
+use milterkit::proto::{Command, Envelope, Offer};
 use milterkit::{Config, Decision, Helo, Milter, Result, Stage};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fails at HELO.
 #[derive(Default)]
@@ -58,9 +60,50 @@ async fn the_connection_span_names_its_id_and_peer_and_failures_are_logged() {
         .await
         .unwrap();
     assert_eq!(out.decision(Stage::Helo), Some(&Decision::Tempfail));
+    // A command libmilter would drop while the MTA waits for its reply: the connection closes
+    // and the reason is logged once, with its cause, in the connection's span.
+    let (port, host) = spec.trim_start_matches("inet:").split_once('@').unwrap();
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    let mut raw = tokio::net::TcpStream::connect((host, port.parse::<u16>().unwrap()))
+        .await
+        .unwrap();
+    let mut wire = bytes::BytesMut::new();
+    for cmd in [
+        Command::Optneg(Offer::default()),
+        Command::Connect(milterkit::proto::Connect {
+            hostname: "client".into(),
+            family: milterkit::proto::Family::Unknown,
+            port: 0,
+            address: "".into(),
+        }),
+        Command::Mail(Envelope::new("<a@example.org>")),
+        Command::Rcpt(Envelope::new("<b@example.net>")),
+        Command::Unknown {
+            line: "XFOO".into(),
+        },
+        Command::Header {
+            name: "Subject".into(),
+            value: "hi".into(),
+        },
+    ] {
+        cmd.encode(&mut wire);
+    }
+    raw.write_all(&wire).await.unwrap();
+    let mut answers = Vec::new();
+    raw.read_to_end(&mut answers).await.unwrap();
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let closed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("milter_conn{id=2") && l.contains("connection closed"))
+        .collect();
+    assert_eq!(closed.len(), 1, "{log}");
+    assert!(closed[0].contains("WARN"), "{log}");
+    assert!(
+        closed[0].contains("error=protocol error: command 'L' out of order after UNKNOWN"),
+        "{log}"
+    );
     assert!(log.contains("milter_conn{id=1 peer=127.0.0.1:"), "{log}");
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("handler failed; fail-safe reply"), "{log}");

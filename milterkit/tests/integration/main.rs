@@ -5,6 +5,7 @@ mod api;
 mod failsafe;
 mod memory;
 mod metrics;
+mod order;
 mod profiles;
 mod scripted;
 mod shutdown;
