@@ -260,9 +260,10 @@ impl Reader {
     /// The NUL-terminated strings of the rest; bytes after the last NUL are dropped, as
     /// libmilter's `dec_argv()` drops them.
     pub(crate) fn strs_terminated(&mut self) -> Vec<Bytes> {
-        let mut out = Vec::with_capacity(self.nul_count());
-        while let Ok(s) = self.str("") {
-            out.push(s);
+        let mut out = Vec::new();
+        while let Some(i) = memchr0(&self.buf) {
+            out.push(self.buf.split_to(i));
+            self.buf.advance(1);
         }
         self.buf.clear();
         out

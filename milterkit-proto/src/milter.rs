@@ -340,8 +340,7 @@ impl MilterSession {
                 state: State::Init.describe(),
             });
         }
-        let stage = cmd.stage();
-        let expects_reply = match stage {
+        let expects_reply = match to.stage() {
             Some(s) => !self.no_reply.has(s),
             None => to == State::Opts,
         };
@@ -416,7 +415,6 @@ impl MilterSession {
         let wanted = self.wanted.has(stage) || stage == Stage::Eom;
         if expects_reply && (!wanted || self.emulated_no_reply.has(stage)) {
             Response::Decision(Decision::Continue).encode(&mut self.out);
-            self.after_reply(&Decision::Continue);
         }
         if wanted {
             let pending = if expects_reply && !self.emulated_no_reply.has(stage) {
@@ -455,11 +453,11 @@ impl MilterSession {
         self.clear_all_macros = true;
     }
 
-    /// The state after a reply: libmilter's, and the message is over once it is outside a
-    /// transaction (an open message survives UNKNOWN).
-    fn after_reply(&mut self, decision: &Decision) {
-        self.state = after_decision(self.state, decision);
-        self.open &= self.state.in_mail() || self.state == State::Unkn;
+    /// Moves to the state after a decision (see [`after_decision`]); the message is over once
+    /// that is outside a transaction (an open message survives UNKNOWN).
+    fn after_reply(&mut self, next: State) {
+        self.state = next;
+        self.open &= next.in_mail() || next == State::Unkn;
     }
 
     /// Answers the OPTNEG with what `request` asks for, within what the MTA offered. On
@@ -515,9 +513,10 @@ impl MilterSession {
                 decision: decision.name(),
             });
         }
-        Response::Decision(decision.clone()).encode(&mut self.out);
+        let next = after_decision(self.state, &decision);
+        Response::Decision(decision).encode(&mut self.out);
         self.pending = Pending::Nothing;
-        self.after_reply(&decision);
+        self.after_reply(next);
         if stage == Stage::Eom {
             self.body_run = BodyRun::NotStarted;
         }

@@ -104,32 +104,9 @@ impl State {
         1 << self as u16
     }
 
-    /// The states allowed after this one (`NX_*`).
+    /// The states allowed after this one (`NX_*`), from a table built at compile time.
     const fn next(self) -> u16 {
-        use State::*;
-        const fn set(states: &[State]) -> u16 {
-            let mut bits = 0;
-            let mut i = 0;
-            while i < states.len() {
-                bits |= states[i].bit();
-                i += 1;
-            }
-            bits
-        }
-        match self {
-            Init => set(&[Opts]),
-            Opts => set(&[Conn, Unkn]),
-            Conn | Helo => set(&[Helo, Mail, Unkn]),
-            Mail => set(&[Rcpt, Abrt, Unkn]),
-            Rcpt => set(&[Hdrs, Eohs, Data, Body, Endm, Rcpt, Abrt, Unkn]),
-            Data | Hdrs => set(&[Eohs, Hdrs, Abrt]),
-            Eohs => set(&[Body, Endm, Abrt]),
-            Body => set(&[Endm, Body, Abrt]),
-            Endm => set(&[Quit, Mail, Unkn, QuitNc]),
-            Quit | Abrt => 0,
-            Unkn => set(&[Helo, Mail, Rcpt, Abrt, Data, Body, Unkn, Quit, QuitNc]),
-            QuitNc => set(&[Conn, Unkn]),
-        }
+        NEXT[self as usize]
     }
 
     /// The stage whose `SMFIP_NO*` bit lets `trans_ok()` step over this state (`fix_stm()`).
@@ -143,6 +120,23 @@ impl State {
             State::Hdrs => Stage::Header,
             State::Eohs => Stage::Eoh,
             State::Body => Stage::Body,
+            State::Unkn => Stage::Unknown,
+            _ => return None,
+        })
+    }
+
+    /// The reply-bearing stage of this state's command.
+    pub(crate) const fn stage(self) -> Option<Stage> {
+        Some(match self {
+            State::Conn => Stage::Connect,
+            State::Helo => Stage::Helo,
+            State::Mail => Stage::Mail,
+            State::Rcpt => Stage::Rcpt,
+            State::Data => Stage::Data,
+            State::Hdrs => Stage::Header,
+            State::Eohs => Stage::Eoh,
+            State::Body => Stage::Body,
+            State::Endm => Stage::Eom,
             State::Unkn => Stage::Unknown,
             _ => return None,
         })
@@ -204,6 +198,37 @@ impl State {
         }
     }
 }
+
+/// libmilter's `next_states[]`: the states allowed after each state (`NX_*`), indexed by state.
+const NEXT: [u16; 15] = {
+    use State::*;
+    const fn set(states: &[State]) -> u16 {
+        let mut bits = 0;
+        let mut i = 0;
+        while i < states.len() {
+            bits |= states[i].bit();
+            i += 1;
+        }
+        bits
+    }
+    let mut t = [0; 15];
+    t[Init as usize] = set(&[Opts]);
+    t[Opts as usize] = set(&[Conn, Unkn]);
+    t[Conn as usize] = set(&[Helo, Mail, Unkn]);
+    t[Helo as usize] = set(&[Helo, Mail, Unkn]);
+    t[Mail as usize] = set(&[Rcpt, Abrt, Unkn]);
+    t[Rcpt as usize] = set(&[Hdrs, Eohs, Data, Body, Endm, Rcpt, Abrt, Unkn]);
+    t[Data as usize] = set(&[Eohs, Hdrs, Abrt]);
+    t[Hdrs as usize] = set(&[Eohs, Hdrs, Abrt]);
+    t[Eohs as usize] = set(&[Body, Endm, Abrt]);
+    t[Body as usize] = set(&[Endm, Body, Abrt]);
+    t[Endm as usize] = set(&[Quit, Mail, Unkn, QuitNc]);
+    t[Quit as usize] = 0;
+    t[Abrt as usize] = 0;
+    t[Unkn as usize] = set(&[Helo, Mail, Rcpt, Abrt, Data, Body, Unkn, Quit, QuitNc]);
+    t[QuitNc as usize] = set(&[Conn, Unkn]);
+    t
+};
 
 /// `trans_ok()`: `to` may follow `from`, directly or by stepping over states whose stage the MTA
 /// does not send (`skip`, the agreement's `SMFIP_NO*` stages). The headers state is also stepped

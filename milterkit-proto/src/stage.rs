@@ -1,4 +1,5 @@
-//! Stages of an SMTP session as a milter sees them, and the order they may come in.
+//! Stages of an SMTP session as a milter sees them, and the order in which the MTA side sends
+//! them. (The order a milter accepts is libmilter's, in [`crate::order`].)
 
 use std::fmt;
 
@@ -229,7 +230,8 @@ impl From<Stage> for Stages {
     }
 }
 
-/// Where a session stands, shared by both sides so that they agree on what may come next.
+/// Where the MTA side stands: what a well-behaved MTA sends next. The milter side accepts more
+/// (libmilter's table, [`crate::order`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Before OPTNEG.
