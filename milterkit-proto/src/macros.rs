@@ -279,7 +279,7 @@ fn strip_braces(name: &[u8]) -> &[u8] {
 /// well formed: NUL-terminated strings, an even number of them. What `Command::decode` accepts.
 pub(crate) fn well_formed(pairs: &[u8]) -> Option<usize> {
     let strings = count_nul(pairs);
-    (pairs.last().is_none_or(|&c| c == 0) && strings % 2 == 0).then_some(strings)
+    (pairs.last().is_none_or(|&c| c == 0) && strings.is_multiple_of(2)).then_some(strings)
 }
 
 impl Macros {
