@@ -133,6 +133,7 @@ where
         });
         let mut d = Dispatcher::new(milter, config);
         // Counted closed when dropped: also if this future is dropped before its end.
+        #[cfg(feature = "metrics")]
         let mut counted = config.metrics.as_ref().map(Counted::open);
         let idle_after = IDLE_AFTER.min(config.read_timeout);
         let mut waits = Waits {
@@ -184,6 +185,7 @@ where
         }
         d.close().await;
         let _ = io.shutdown().await;
+        #[cfg(feature = "metrics")]
         if let Some(c) = counted.as_mut() {
             c.result(&result);
         }
@@ -193,11 +195,13 @@ where
 
 /// An open connection in the metrics: `milter_connections_open` goes down when this is dropped,
 /// however the connection's future ends (its end, a panic outside the handlers, cancellation).
+#[cfg(feature = "metrics")]
 struct Counted<'a> {
     metrics: &'a crate::metrics::Metrics,
     error: Option<&'static str>,
 }
 
+#[cfg(feature = "metrics")]
 impl<'a> Counted<'a> {
     fn open(metrics: &'a crate::metrics::Metrics) -> Self {
         metrics.connection_opened();
@@ -212,6 +216,7 @@ impl<'a> Counted<'a> {
     }
 }
 
+#[cfg(feature = "metrics")]
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.metrics.connection_closed(self.error);

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use milterkit_proto::{Decision, Event, MilterSession, Request, Stage};
 use tracing::field::Empty;
@@ -13,7 +13,7 @@ use tracing::instrument::Instrumented;
 use tracing::{debug, warn, Instrument, Span};
 
 use crate::eom::{Eom, Progress};
-use crate::metrics::{Metrics, ModificationCounts};
+use crate::meter::{Meter, ModificationCounts};
 use crate::milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Unknown};
 use crate::{Config, Error, Result};
 
@@ -165,7 +165,8 @@ pub(crate) struct Dispatcher<M: Milter> {
     progress: Progress,
     /// The span of the open message; its `queue_id` is filled in when the MTA sends `i`.
     span: Option<MessageSpan>,
-    metrics: Option<Metrics>,
+    /// Where handler times, messages, decisions and modifications are counted.
+    meter: Meter,
 }
 
 impl<M: Milter> Dispatcher<M> {
@@ -181,7 +182,7 @@ impl<M: Milter> Dispatcher<M> {
             eom_timeout: config.eom_timeout,
             progress: Progress::default(),
             span: None,
-            metrics: config.metrics.clone(),
+            meter: Meter::new(config),
         }
     }
 
@@ -243,11 +244,9 @@ impl<M: Milter> Dispatcher<M> {
         }
         if stage.in_message() && self.message.is_none() {
             self.message = Some(M::Message::default());
-            if let Some(m) = &self.metrics {
-                m.message();
-            }
+            self.meter.message();
         }
-        let started = self.metrics.is_some().then(Instant::now);
+        let started = self.meter.start();
         let mut counts = ModificationCounts::default();
         let span = self.span(stage, session);
         let deadline = self.handler_timeout;
@@ -375,12 +374,10 @@ impl<M: Milter> Dispatcher<M> {
             Ok(r) => r,
             Err(io) => return Flow::Close(Error::Io(io)),
         };
-        if let (Some(m), Some(t)) = (&self.metrics, started) {
-            m.handler(stage.name(), t);
-        }
+        self.meter.handler(stage.name(), started);
         let flow = span.in_scope(|| self.conclude(session, stage, result));
-        if let (Some(m), Stage::Eom, Flow::Continue) = (&self.metrics, stage, &flow) {
-            m.modifications(&counts);
+        if let (Stage::Eom, Flow::Continue) = (stage, &flow) {
+            self.meter.modifications(&counts);
         }
         if !session.in_message() {
             self.message = None;
@@ -414,9 +411,7 @@ impl<M: Milter> Dispatcher<M> {
         let name = decision.name();
         match session.decide(decision) {
             Ok(()) => {
-                if let Some(m) = &self.metrics {
-                    m.decision(stage, name);
-                }
+                self.meter.decision(stage, name);
                 Flow::Continue
             }
             Err(source) => self.fail(session, stage, Error::Misuse { stage, source }),
@@ -449,10 +444,8 @@ impl<M: Milter> Dispatcher<M> {
             sent = Decision::Tempfail.name();
             let _ = session.decide(Decision::Tempfail);
         }
-        if let Some(m) = &self.metrics {
-            m.fail_safe(stage);
-            m.decision(stage, sent);
-        }
+        self.meter.fail_safe(stage);
+        self.meter.decision(stage, sent);
         debug!(%stage, "fail-safe decision sent");
         if !session.in_message() {
             self.message = None;
@@ -479,7 +472,7 @@ impl<M: Milter> Dispatcher<M> {
                     Span::current(),
                     self.milter.negotiate(&offer, &mut request),
                 );
-                let started = self.metrics.is_some().then(Instant::now);
+                let started = self.meter.start();
                 let result = match waiter
                     .wait(Stage::Connect, &self.progress, pin!(hook))
                     .await
@@ -487,9 +480,7 @@ impl<M: Milter> Dispatcher<M> {
                     Ok(r) => r,
                     Err(io) => return Flow::Close(Error::Io(io)),
                 };
-                if let (Some(m), Some(t)) = (&self.metrics, started) {
-                    m.handler("NEGOTIATE", t);
-                }
+                self.meter.handler("NEGOTIATE", started);
                 let err = match result {
                     Ok(Ok(())) => match session.negotiate(&request) {
                         Ok(agreement) => {
@@ -541,11 +532,9 @@ impl<M: Milter> Dispatcher<M> {
         };
         let span = self.span.take().map_or_else(Span::current, |s| s.span);
         let fut = guarded(self.handler_timeout, span, self.milter.abort(message, args));
-        let started = self.metrics.is_some().then(Instant::now);
+        let started = self.meter.start();
         let result = waiter.wait(Stage::Eom, &self.progress, pin!(fut)).await;
-        if let (Some(m), Some(t)) = (&self.metrics, started) {
-            m.handler("ABORT", t);
-        }
+        self.meter.handler("ABORT", started);
         match result {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => warn!(error = %e, "abort handler failed"),
@@ -559,11 +548,9 @@ impl<M: Milter> Dispatcher<M> {
         self.message = None;
         self.span = None;
         let close = guarded(self.handler_timeout, Span::current(), self.milter.close());
-        let started = self.metrics.is_some().then(Instant::now);
+        let started = self.meter.start();
         let result = close.await;
-        if let (Some(m), Some(t)) = (&self.metrics, started) {
-            m.handler("CLOSE", t);
-        }
+        self.meter.handler("CLOSE", started);
         if result.is_err() {
             warn!("close handler panicked or ran past its deadline");
         }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use milterkit_proto::{Actions, Agreement, Macros, MilterSession, MisuseError, Modification};
 use tokio::sync::Notify;
 
-use crate::metrics::ModificationCounts;
+use crate::meter::ModificationCounts;
 use crate::milter::Text;
 
 /// Progress requests from a handler to whoever drives it (the connection loop writes a

@@ -85,6 +85,18 @@
 //! # Ok::<(), milterkit::Error>(()) }).unwrap();
 //! ```
 //!
+//! ## Features
+//!
+//! Without any feature, milterkit is the milter side ([`serve`], [`bind`], [`serve_connection`],
+//! [`Config`]), the MTA side ([`mta`]) and the in-process harness ([`testing`]), on tokio and
+//! tracing only. Library users who write their own `main` can turn the default off:
+//! `milterkit = { version = "0.1", default-features = false }`.
+//!
+//! | feature | default | what it adds | dependencies it brings |
+//! |---|---|---|---|
+//! | `daemon` | yes | [`run`] and [`daemon::Options`]: a milter's whole `main` (flags and `MILTERKIT_*` variables, systemd socket activation and notifications, privilege drop, SIGTERM, a metrics endpoint, a log subscriber). Enables `metrics` | clap, listenfd, sd-notify, nix, tracing-subscriber, tokio's `signal` and `rt-multi-thread` |
+//! | `metrics` | with `daemon` | [`metrics::Metrics`] and [`Config::metrics`]: Prometheus counters and histograms of a served milter and an HTTP endpoint to scrape them. Without it nothing is counted or timed | prometheus-client |
+//!
 //! ## Where everything of libmilter and the other milter libraries lives
 //!
 //! | libmilter | node-milter | milterjs | phalaaxx/milter (Go) | cwedgwood/milter (Go) | milterkit |
@@ -128,7 +140,7 @@
 //! | – | – | `ctx.uniqueID`, `error` event | – | – | tracing span `milter_conn{id, peer}`; connection errors logged |
 //! | – | – | – | – | `TestMilter` | [`testing::Harness`] |
 //! | a `main` with flags, daemon, user switch | – | – | – | – | [`run`] and [`daemon::Options`] (feature `daemon`): socket activation, `sd_notify`, SIGTERM, privilege drop, logs; docs/deployment.md |
-//! | – | – | – | – | – | [`metrics::Metrics`] in [`Config::metrics`]: Prometheus counters and histograms, HTTP endpoint |
+//! | – | – | – | – | – | [`metrics::Metrics`] in [`Config::metrics`] (feature `metrics`): Prometheus counters and histograms, HTTP endpoint |
 //!
 //! ## Where milterkit differs from libmilter, on purpose
 //! - Per-connection negotiation (libmilter's suppress bits leak across connections).
@@ -138,8 +150,11 @@
 //!   nothing (the MTA waits for its own timeout).
 //! - Graceful shutdown waits for open messages; payloads up to 1 MiB are accepted by default.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod conn;
 #[cfg(feature = "daemon")]
+#[cfg_attr(docsrs, doc(cfg(feature = "daemon")))]
 pub mod daemon;
 mod dispatch;
 mod eom;
@@ -147,6 +162,9 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod listener;
+mod meter;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 mod milter;
 pub mod mta;
@@ -163,6 +181,7 @@ pub use milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Text,
 pub use serve::{serve, serve_connection, Config, Serve};
 
 #[cfg(feature = "daemon")]
+#[cfg_attr(docsrs, doc(cfg(feature = "daemon")))]
 pub use daemon::run;
 
 pub use milterkit_proto as proto;

@@ -33,7 +33,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use milterkit_proto::{Modification, Stage};
+use milterkit_proto::Stage;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -257,15 +257,11 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn modifications(&self, counts: &ModificationCounts) {
-        for (kind, n) in KINDS.iter().zip(counts.0) {
-            if n > 0 {
-                self.inner
-                    .modifications
-                    .get_or_create(&[("kind", kind)])
-                    .inc_by(u64::from(n));
-            }
-        }
+    pub(crate) fn modifications(&self, kind: &'static str, n: u32) {
+        self.inner
+            .modifications
+            .get_or_create(&[("kind", kind)])
+            .inc_by(u64::from(n));
     }
 
     pub(crate) fn handler(&self, stage: &'static str, started: Instant) {
@@ -273,49 +269,5 @@ impl Metrics {
             .handler_seconds
             .get_or_create(&[("stage", stage)])
             .observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// Label values of `milter_modifications`, in the order of [`ModificationCounts`].
-const KINDS: [&str; 9] = [
-    "add_header",
-    "insert_header",
-    "change_header",
-    "change_from",
-    "add_rcpt",
-    "add_rcpt_par",
-    "delete_rcpt",
-    "replace_body",
-    "quarantine",
-];
-
-/// Modifications made at one end of message, by kind (counted once the decision went out).
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ModificationCounts(pub(crate) [u32; 9]);
-
-impl ModificationCounts {
-    pub(crate) const REPLACE_BODY: usize = 7;
-
-    /// The index of `m`'s kind in [`KINDS`].
-    pub(crate) fn index(m: &Modification) -> usize {
-        match m {
-            Modification::AddHeader { .. } => 0,
-            Modification::InsertHeader { .. } => 1,
-            Modification::ChangeHeader { .. } => 2,
-            Modification::ChangeFrom { .. } => 3,
-            Modification::AddRcpt { .. } => 4,
-            Modification::AddRcptPar { .. } => 5,
-            Modification::DeleteRcpt { .. } => 6,
-            Modification::ReplaceBody { .. } => 7,
-            Modification::Quarantine { .. } => 8,
-            // A kind this version does not know is not counted.
-            _ => KINDS.len(),
-        }
-    }
-
-    pub(crate) fn bump(&mut self, kind: usize) {
-        if let Some(n) = self.0.get_mut(kind) {
-            *n = n.saturating_add(1);
-        }
     }
 }

@@ -13,11 +13,15 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::listener::Listener;
+#[cfg(feature = "metrics")]
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Signal, Subscription};
 use crate::{conn, Error, Milter};
 
 /// Settings of a served milter. Every default says where it comes from.
+///
+/// Build it from [`Config::default`] with `..Default::default()` for the fields you leave: the
+/// set of fields depends on the crate's features (the `metrics` field needs feature `metrics`).
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Most connections served at once; further ones wait in the listen backlog. Default 10,000
@@ -50,6 +54,10 @@ pub struct Config {
     pub grace_period: Duration,
     /// Where connections served with this config count their connections, messages, decisions,
     /// modifications, errors and handler times. Default `None`: nothing is counted or timed.
+    /// Needs the `metrics` feature (without it, the field does not exist and nothing is ever
+    /// counted).
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub metrics: Option<Metrics>,
 }
 
@@ -69,6 +77,7 @@ impl Default for Config {
             max_frame: milterkit_proto::frame::DEFAULT_MAX_PAYLOAD,
             fail_safe: Decision::Tempfail,
             grace_period: Duration::from_secs(30),
+            #[cfg(feature = "metrics")]
             metrics: None,
         }
     }

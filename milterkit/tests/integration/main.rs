@@ -4,6 +4,7 @@
 mod api;
 mod failsafe;
 mod memory;
+#[cfg(feature = "metrics")]
 mod metrics;
 mod order;
 mod profiles;
