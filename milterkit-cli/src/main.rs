@@ -2,6 +2,7 @@
 //! the bundled example milter at work (`milterkit demo`).
 
 mod bench;
+mod demo_milter;
 mod diff;
 mod report;
 
@@ -14,10 +15,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
-
-#[allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
-#[path = "../../milterkit/examples/policy.rs"]
-mod policy;
 
 /// Drive milters from the command line: see a milter's decisions and modifications, and the
 /// message it would leave behind, without an MTA.
@@ -281,7 +278,7 @@ async fn demo() -> Result<u8, milterkit::BoxError> {
     let spec = listener.local_spec()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        milterkit::serve(listener, policy::Policy::default)
+        milterkit::serve(listener, demo_milter::Policy::default)
             .with_graceful_shutdown(async {
                 stopped.await.ok();
             })

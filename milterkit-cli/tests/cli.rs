@@ -6,9 +6,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-#[allow(dead_code, unreachable_pub, missing_docs)]
-#[path = "../../milterkit/examples/policy.rs"]
-mod policy;
+#[path = "../src/demo_milter.rs"]
+mod demo_milter;
 
 fn milterkit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_milterkit"))
@@ -66,7 +65,7 @@ async fn bench_reports_throughput_and_latency_of_a_milter() {
     let spec = listener.local_spec().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        milterkit::serve(listener, policy::Policy::default)
+        milterkit::serve(listener, demo_milter::Policy::default)
             .with_graceful_shutdown(async {
                 stopped.await.ok();
             })

@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-#[allow(dead_code, unreachable_pub, missing_docs)]
-#[path = "../../milterkit/examples/policy.rs"]
-mod policy;
+#[path = "../src/demo_milter.rs"]
+mod demo_milter;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -57,7 +56,7 @@ async fn soak_many_connections_with_flat_memory_and_no_wrong_answer() {
     let spec = listener.local_spec().unwrap().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
-        milterkit::serve(listener, policy::Policy::default)
+        milterkit::serve(listener, demo_milter::Policy::default)
             .with_graceful_shutdown(async {
                 stopped.await.ok();
             })

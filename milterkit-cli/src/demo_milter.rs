@@ -1,0 +1,74 @@
+//! The milter `milterkit demo` serves: the same policy as milterkit's example
+//! (`milterkit/examples/policy.rs`), kept here so that this package builds on its own. It refuses
+//! recipients in a retired domain, quarantines messages whose subject carries a keyword, and
+//! stamps every accepted message with a header.
+
+use milterkit::{Actions, Decision, Eom, Header, Milter, Rcpt, Reply, Result, Stages};
+
+/// The policy; one value per MTA connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Recipients in this domain are refused with 550 5.1.6.
+    retired_domain: String,
+    /// A subject containing this word (any case) sends the message to quarantine.
+    keyword: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            retired_domain: "old.example".into(),
+            keyword: "lottery".into(),
+        }
+    }
+}
+
+/// What the policy learns about one message.
+#[derive(Debug, Default)]
+pub(crate) struct Verdicts {
+    refused: u32,
+    suspicious: bool,
+}
+
+impl Milter for Policy {
+    type Message = Verdicts;
+    const STAGES: Stages = Stages::RCPT.union(Stages::HEADER).union(Stages::EOM);
+    const ACTIONS: Actions = Actions::ADD_HEADER.union(Actions::QUARANTINE);
+
+    async fn rcpt(&mut self, m: &mut Verdicts, rcpt: Rcpt<'_>) -> Result<Decision> {
+        let addr = rcpt.address().to_str()?.to_ascii_lowercase();
+        let domain = addr
+            .trim_end_matches('>')
+            .rsplit('@')
+            .next()
+            .unwrap_or_default();
+        if domain == self.retired_domain {
+            m.refused += 1;
+            return Ok(Decision::Reply(Reply::new(
+                550,
+                "5.1.6",
+                "recipient has moved",
+            )?));
+        }
+        Ok(Decision::Continue)
+    }
+
+    async fn header(&mut self, m: &mut Verdicts, h: Header<'_>) -> Result<Decision> {
+        if h.name().eq_ignore_ascii_case(b"subject") {
+            let subject = h.value().to_string_lossy().to_lowercase();
+            m.suspicious |= subject.contains(&self.keyword);
+        }
+        Ok(Decision::Continue)
+    }
+
+    async fn eom(&mut self, m: &mut Verdicts, eom: &mut Eom<'_>) -> Result<Decision> {
+        if m.suspicious {
+            eom.quarantine(format!("subject mentions {}", self.keyword))?;
+        }
+        eom.add_header(
+            "X-Policy",
+            format!("checked; {} recipient(s) refused", m.refused),
+        )?;
+        Ok(Decision::Continue)
+    }
+}
