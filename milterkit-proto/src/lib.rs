@@ -57,8 +57,12 @@
 //! # Ok::<(), ProtocolError>(())
 //! ```
 //!
-//! The reference for every byte is `shared/docs/milter-protocol.md` in the project; the tests
-//! replay real captures of Postfix 3.7 and Sendmail 8.17 talking to libmilter.
+//! The tests replay real captures of Postfix 3.7 and Sendmail 8.17 talking to libmilter, recorded
+//! by the project (`testdata/captures` in this crate).
+//!
+//! The crate has no features; it depends on `bytes`, `bitflags` and `thiserror` only.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod command;
 pub mod error;
