@@ -3,11 +3,11 @@
 #   MTA->milter streams (*.mta.bin)    seed frames, commands, milter_session
 #   milter->MTA streams (*.milter.bin) seed frames, responses, mta_session
 # Each seed is named <capture-dir>-<file> and truncated to 64 KiB so the corpus stays small.
-# Usage: fuzz/seed.sh [CAPTURES_DIR]   (default: /work/shared/fixtures/captures)
+# Usage: fuzz/seed.sh [CAPTURES_DIR]   (default: milterkit-proto/testdata/captures)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-captures="${1:-/work/shared/fixtures/captures}"
+captures="${1:-$here/../milterkit-proto/testdata/captures}"
 corpus="$here/corpus"
 cap=65536
 

@@ -58,12 +58,6 @@ echo "== toolchain"
 cargo --version
 rustc --version
 
-# The golden tests read the real captures in ../shared/fixtures (beside the checkout).
-if [ -z "${MILTERKIT_FIXTURES:-}" ] && [ ! -d ../shared/fixtures/captures ]; then
-  echo "error: ../shared/fixtures/captures not found (set MILTERKIT_FIXTURES to the captures folder)" >&2
-  exit 1
-fi
-
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -48,6 +48,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod capture;
 pub mod milter;
 pub mod postfix;
 pub mod sendmail;

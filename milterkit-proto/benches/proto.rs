@@ -22,7 +22,7 @@ use milterkit_proto::{
     ProtocolFlags, Request, Response, Sent, Stage, Stages,
 };
 
-/// The capture both `decode_encode` stream benchmarks replay, relative to `shared/fixtures/captures/`.
+/// The capture both `decode_encode` stream benchmarks replay, relative to `testdata/captures/`.
 const CAPTURE: &str = "postfix/01-accept-plain";
 
 /// Size of the body of the `body_1mib` benchmark.
@@ -39,10 +39,7 @@ const TRANSACTION_BODY_SIZE: usize = 1024;
 fn read_capture(side: &str) -> Option<Vec<u8>> {
     let path: PathBuf = [
         env!("CARGO_MANIFEST_DIR"),
-        "..",
-        "..",
-        "shared",
-        "fixtures",
+        "testdata",
         "captures",
         &format!("{CAPTURE}.{side}.bin"),
     ]

@@ -1,5 +1,5 @@
 //! Applying modifications as each MTA does: a table of header index cases, each row citing its
-//! evidence (a fixture case in shared/fixtures/captures or a section of the reference).
+//! evidence (a scenario of testdata/captures, or a section of the protocol reference).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;

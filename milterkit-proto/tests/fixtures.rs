@@ -1,5 +1,5 @@
 //! Golden tests: every real capture of Postfix 3.7 and Sendmail 8.17 talking to a libmilter milter
-//! (shared/fixtures/captures) decodes, re-encodes byte for byte, matches its transcript, and drives
+//! (testdata/captures, recorded by `cargo run -p interop --bin capture`) decodes, re-encodes byte for byte, matches its transcript, and drives
 //! both sessions exactly as the real peers did.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -42,7 +42,7 @@ fn captures_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("MILTERKIT_FIXTURES") {
         return PathBuf::from(dir);
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/captures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/captures")
 }
 
 /// Every scenario with both streams, sorted; fails the test when there are none.
@@ -74,7 +74,7 @@ fn captures() -> Vec<Capture> {
     out.sort_by_key(Capture::id);
     assert!(
         !out.is_empty(),
-        "found no captures under {}: the golden tests need shared/fixtures",
+        "found no captures under {}: the golden tests need testdata/captures (`cargo run -p interop --bin capture` records them)",
         dir.display()
     );
     out
@@ -130,13 +130,13 @@ fn every_capture_packet_decodes_and_reencodes_to_identical_bytes() {
     );
     assert_eq!(
         caps.len() * 2,
-        108,
-        "the fixtures README promises 108 streams"
+        112,
+        "the captures' README promises 112 streams"
     );
     assert_eq!(
         commands + responses,
-        2736,
-        "the fixtures README promises 2,736 packets"
+        2898,
+        "the captures' README promises 2,898 packets"
     );
 }
 

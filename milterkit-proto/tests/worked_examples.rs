@@ -1,4 +1,4 @@
-//! Every worked byte-level example of section 11 of `shared/docs/milter-protocol.md`, encoded
+//! Every worked byte-level example of the protocol reference's section 11 (worked examples), encoded
 //! from values built by name and decoded back, byte for byte.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
