@@ -142,8 +142,6 @@ pub struct MilterSession {
     wanted: Stages,
     /// No-reply stages the MTA still expects a reply for: answered CONTINUE by the session.
     emulated_no_reply: Stages,
-    /// Stages the MTA sends, from the agreement (all before it).
-    sent: Stages,
     /// Stages the MTA sends no reply for, from the agreement (none before it).
     no_reply: Stages,
     /// Stages the MTA does not send, from the agreement: libmilter's transition table steps over
@@ -205,7 +203,6 @@ impl MilterSession {
             agreement: None,
             wanted: Stages::all(),
             emulated_no_reply: Stages::empty(),
-            sent: Stages::all(),
             no_reply: Stages::empty(),
             skip: Stages::empty(),
             macros: Macros::default(),
@@ -480,12 +477,11 @@ impl MilterSession {
             .into_iter()
             .filter(|s| request.no_reply.has(*s) && agreement.expects_reply(*s))
             .fold(Stages::empty(), |acc, s| acc | s.as_set());
-        self.sent = agreement.sent_stages();
         self.no_reply = Stage::ALL
             .into_iter()
             .filter(|s| !agreement.expects_reply(*s))
             .fold(Stages::empty(), |acc, s| acc | s.as_set());
-        self.skip = Stages::all().difference(self.sent);
+        self.skip = Stages::all().difference(agreement.sent_stages());
         Response::Optneg(agreement.clone()).encode(&mut self.out);
         Ok(self.agreement.insert(agreement))
     }
