@@ -35,9 +35,13 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.path.join(ROOT, "target", "bench")
-MILTERKIT_CLI = os.path.join(ROOT, "target", "release", "milterkit")
-PROTO_IR = os.path.join(ROOT, "target", "bench-proto-ir", "release", "milterkit-proto-ir")
+# Cargo's target directory: CARGO_TARGET_DIR if set (a relative one from the current directory,
+# as cargo takes it; bench/run.sh passes it absolute), else target/ in the checkout.
+TARGET = os.path.abspath(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"))
+RELEASE = os.path.join(TARGET, "release")
+BUILD = os.path.join(TARGET, "bench")
+MILTERKIT_CLI = os.path.join(RELEASE, "milterkit")
+PROTO_IR = os.path.join(TARGET, "bench-proto-ir", "release", "milterkit-proto-ir")
 DEBIAN_PYTHON = "/usr/bin/python3"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -112,11 +116,11 @@ def contestants(build):
     """name -> (argv before the socket spec, description)."""
     found = {
         "milterkit": (
-            [os.path.join(ROOT, "target", "release", "bench_milter")],
+            [os.path.join(RELEASE, "bench_milter")],
             "milterkit (bench/milter/src/main.rs, tokio multi-thread runtime)",
         ),
         "milterkit-1t": (
-            [os.path.join(ROOT, "target", "release", "bench_milter"), "--current-thread"],
+            [os.path.join(RELEASE, "bench_milter"), "--current-thread"],
             "milterkit-1t (the same binary with --current-thread: one thread, as the ceiling)",
         ),
         "libmilter": (
@@ -130,7 +134,7 @@ def contestants(build):
             "ceiling (bench/c/ceiling.c: no library, one thread, epoll, one write per turn)",
         ),
         "tokio-floor": (
-            [os.path.join(ROOT, "target", "release", "tokio_floor")],
+            [os.path.join(RELEASE, "tokio_floor")],
             "tokio-floor (bench/milter/src/bin/tokio_floor.rs: the ceiling's answers with no "
             "library on tokio, one thread, a task and a read timeout per connection: what the "
             "runtime alone costs; not a milter library)",

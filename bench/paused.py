@@ -6,7 +6,7 @@ Usage: paused.py SOCKET_PATH N PAUSE_SECONDS   (a Unix socket; the milter must a
 as bench_milter does). Measure the milter with callgrind for two values of N and take the
 difference, as for the table's instruction rows:
 
-    valgrind --tool=callgrind target/release/bench_milter --current-thread unix:/tmp/m.sock &
+    valgrind --tool=callgrind "${CARGO_TARGET_DIR:-target}"/release/bench_milter --current-thread unix:/tmp/m.sock &
     python3 bench/paused.py /tmp/m.sock 15 0.15; kill %1
 """
 

@@ -12,7 +12,14 @@
 # It installs what it needs with apt-get when missing (gcc, libmilter-dev, valgrind, python3,
 # and optionally python3-milter), builds in release mode, then runs bench/bench.py.
 set -euo pipefail
+# Cargo's target directory: CARGO_TARGET_DIR if set (a relative one from where this was started,
+# as cargo takes it), else target/ in the checkout. Exported absolute, for bench/bench.py.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+  CARGO_TARGET_DIR="$(realpath -m -- "$CARGO_TARGET_DIR")"
+  export CARGO_TARGET_DIR
+fi
 cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-$PWD/target}"
 
 smoke=""
 case "${1:-}" in
@@ -51,16 +58,16 @@ echo "== bench: building (release)"
 cargo build --release --locked -q -p milterkit-cli --bin milterkit
 cargo build --release --locked -q -p milterkit-bench
 cargo build --release --locked -q --manifest-path bench/proto-ir/Cargo.toml \
-  --target-dir target/bench-proto-ir
-mkdir -p target/bench
-gcc -O2 -Wall -Wextra -o target/bench/libmilter_bench bench/c/libmilter_bench.c -lmilter -pthread
-gcc -O2 -Wall -Wextra -o target/bench/ceiling bench/c/ceiling.c
+  --target-dir "$target/bench-proto-ir"
+mkdir -p "$target/bench"
+gcc -O2 -Wall -Wextra -o "$target/bench/libmilter_bench" bench/c/libmilter_bench.c -lmilter -pthread
+gcc -O2 -Wall -Wextra -o "$target/bench/ceiling" bench/c/ceiling.c
 
 if [ -n "$smoke" ]; then
   # bench/proto-ir is a workspace of its own: the workspace's fmt and clippy do not see it.
   cargo fmt --manifest-path bench/proto-ir/Cargo.toml -- --check
   cargo clippy --release --locked -q --manifest-path bench/proto-ir/Cargo.toml \
-    --target-dir target/bench-proto-ir -- -D warnings
+    --target-dir "$target/bench-proto-ir" -- -D warnings
 fi
 
 python=python3

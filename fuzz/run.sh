@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS_PER_TARGET seconds (default 120), one after another.
 # The corpus of each target is fuzz/corpus/<target>/ (libFuzzer adds new inputs there);
-# crashing inputs go to fuzz/artifacts/<target>/; full logs to fuzz/target/fuzz-logs/<target>.log.
+# crashing inputs go to fuzz/artifacts/<target>/; full logs to fuzz-logs/<target>.log in the
+# target directory (CARGO_TARGET_DIR if set, a relative one from where this was started as cargo
+# takes it; else fuzz/target).
 # Prints, per target, the executions, the wall time and whether a crash was found.
 # Exits 1 if any target crashed.
 #
@@ -15,9 +17,13 @@ secs="${1:-120}"
 shift || true
 case "$secs" in ''|*[!0-9]*) echo "run.sh: SECONDS_PER_TARGET must be a number, got '$secs'" >&2; exit 2 ;; esac
 
+# Absolute, so that it means the same after the cd below.
+if [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    CARGO_TARGET_DIR="$(realpath -m -- "$CARGO_TARGET_DIR")"
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
 targets="${TARGETS:-frames commands responses milter_session mta_session served_connection}"
-logs="$here/target/fuzz-logs"
+logs="$CARGO_TARGET_DIR/fuzz-logs"
 mkdir -p "$logs"
 cd "$here"
 
