@@ -170,7 +170,10 @@ pub trait Milter: Send + 'static {
 
     /// The message ended without end of message: the MTA aborted it (RSET, another milter's or
     /// the MTA's rejection), a new message started, or the connection closed (`xxfi_abort`).
-    /// Not called for a message this milter decided itself.
+    /// Not called for a message this milter decided itself: ACCEPT anywhere, or REJECT, TEMPFAIL,
+    /// DISCARD or a custom reply outside RCPT and UNKNOWN (at those two they refuse only the
+    /// recipient or the command, as in libmilter). Unlike libmilter, it also runs for a message
+    /// interrupted after an UNKNOWN command (see `milterkit_proto::order`).
     #[doc(alias = "xxfi_abort")]
     fn abort(
         &mut self,
