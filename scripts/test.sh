@@ -70,6 +70,27 @@ cargo test --workspace --doc --locked
 
 # `cargo test --all-targets` builds the criterion benches too and runs each once as a test.
 
+# milterkit without its default features is tokio and tracing only (what a library user who wants
+# just `serve` compiles); with every feature on too; and the docs as docs.rs builds them.
+echo "== features"
+cargo build -p milterkit --no-default-features --locked
+if cargo tree -p milterkit --no-default-features -e normal --prefix none --locked \
+  | grep -E '^(clap|nix|listenfd|sd-notify|tracing-subscriber|prometheus-client) '; then
+  echo "error: milterkit --no-default-features depends on the crates above" >&2
+  exit 1
+fi
+cargo clippy -p milterkit --no-default-features --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "== cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
+
+# The published crates as crates.io would receive them: each is built from its own package, the
+# ones depending on milterkit-proto and milterkit against the packages made here (cargo's temporary
+# local registry), so nothing has to be published first. Local edits are packaged too
+# (--allow-dirty); nothing is uploaded. interop and bench/milter are publish = false.
+echo "== cargo package"
+cargo package -p milterkit-proto -p milterkit -p milterkit-cli --locked --allow-dirty
+
 # The benchmark suite's smoke run (bench/run.sh; BENCHMARKS.md has the full run's table): every
 # contestant through every workload with tiny settings; fails if any row is missing.
 echo "== bench smoke"
