@@ -91,6 +91,15 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --lock
 echo "== cargo package"
 cargo package -p milterkit-proto -p milterkit -p milterkit-cli --locked --allow-dirty
 
+# The protocol core's tests run from its unpacked package, as a user of the published crate would
+# run them: its captures travel with it (testdata/captures).
+echo "== milterkit-proto's tests from its package"
+target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+unpacked="$(mktemp -d)"
+tar xzf "$target_dir"/package/milterkit-proto-*.crate -C "$unpacked"
+(cd "$unpacked"/milterkit-proto-* && CARGO_TARGET_DIR="$target_dir/unpacked" cargo test --locked -q)
+rm -rf "$unpacked"
+
 # The benchmark suite's smoke run (bench/run.sh; BENCHMARKS.md has the full run's table): every
 # contestant through every workload with tiny settings; fails if any row is missing.
 echo "== bench smoke"
