@@ -83,6 +83,7 @@ impl Profile {
             Unknown("XFOO"),
             Unknown("XFOO reject"),
             Unknown("XFOO accept"),
+            Unknown("XFOO discard"),
             Quit,
             QuitNc,
         ];

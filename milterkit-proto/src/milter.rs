@@ -488,8 +488,9 @@ impl MilterSession {
 
     /// Answers the event awaiting a decision.
     ///
-    /// Refused (nothing sent, still awaiting) when no decision is awaited, for SKIP outside BODY
-    /// or without `SMFIP_SKIP`, and for DISCARD at CONNECT, HELO or UNKNOWN.
+    /// Refused (nothing sent, still awaiting) when no decision is awaited, and for a decision the
+    /// stage does not allow ([`Decision::allowed_at`]: SKIP outside BODY or without `SMFIP_SKIP`,
+    /// DISCARD at CONNECT or HELO).
     pub fn decide(&mut self, decision: Decision) -> Result<(), MisuseError> {
         if self.error.is_some() {
             return Err(MisuseError::Closed);
@@ -497,12 +498,10 @@ impl MilterSession {
         let Pending::Decision(stage) = self.pending else {
             return Err(MisuseError::NotAwaiting);
         };
-        let skip_ok = self.agreement.as_ref().is_some_and(Agreement::skip);
-        let allowed = match decision {
-            Decision::Skip => stage == Stage::Body && skip_ok,
-            Decision::Discard => !matches!(stage, Stage::Connect | Stage::Helo | Stage::Unknown),
-            _ => true,
-        };
+        let allowed = self
+            .agreement
+            .as_ref()
+            .is_some_and(|a| decision.allowed_at(stage, a));
         if !allowed {
             return Err(MisuseError::DecisionNotAllowed {
                 stage,

@@ -384,12 +384,7 @@ impl MtaSession {
                 self.events.push_back(MtaEvent::Modification(m));
             }
             Response::Decision(decision) => {
-                let allowed = match decision {
-                    Decision::Skip => stage == Stage::Body && agreement.skip(),
-                    Decision::Discard => !matches!(stage, Stage::Connect | Stage::Helo),
-                    _ => true,
-                };
-                if !allowed {
+                if !decision.allowed_at(stage, agreement) {
                     return Err(unexpected("at this stage"));
                 }
                 if decision == Decision::Skip {

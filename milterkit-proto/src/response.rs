@@ -7,6 +7,7 @@ use crate::frame::{Frame, FrameWriter, Reader};
 use crate::macros::{MacroLists, MacroStage};
 use crate::negotiate::{Actions, Agreement, ProtocolFlags};
 use crate::reply::Reply;
+use crate::stage::Stage;
 
 /// `SMFIR_*` codes.
 pub mod code {
@@ -133,6 +134,28 @@ impl Decision {
             Decision::Skip => code::SKIP,
             Decision::Reply(_) => code::REPLYCODE,
             Decision::Shutdown => code::SHUTDOWN,
+        }
+    }
+
+    /// True if this decision may answer `stage` under `agreement`: SKIP only at BODY and only when
+    /// `SMFIP_SKIP` was agreed; DISCARD anywhere but CONNECT and HELO (Postfix logs "DISCARD action
+    /// is not allowed for connect or helo" and applies its default action; at UNKNOWN both Postfix
+    /// and Sendmail discard the open or the next message, as `interop/tests/discard_at_unknown.rs`
+    /// shows); everything else everywhere. The one rule of both sessions: the milter side refuses
+    /// to send what this refuses, the MTA side refuses to receive it.
+    ///
+    /// ```
+    /// # use milterkit_proto::{negotiate::negotiate, Decision, Offer, Request, Stage};
+    /// let agreement = negotiate(&Offer::default(), &Request::default()).unwrap();
+    /// assert!(Decision::Discard.allowed_at(Stage::Unknown, &agreement));
+    /// assert!(!Decision::Discard.allowed_at(Stage::Helo, &agreement));
+    /// assert!(!Decision::Skip.allowed_at(Stage::Eom, &agreement));
+    /// ```
+    pub fn allowed_at(&self, stage: Stage, agreement: &Agreement) -> bool {
+        match self {
+            Decision::Skip => stage == Stage::Body && agreement.skip(),
+            Decision::Discard => !matches!(stage, Stage::Connect | Stage::Helo),
+            _ => true,
         }
     }
 

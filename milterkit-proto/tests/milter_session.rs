@@ -692,3 +692,16 @@ fn discard_at_rcpt_keeps_the_message_open_as_libmilter_does() {
     });
     assert_eq!(events.last(), Some(&Event::Abort));
 }
+
+#[test]
+fn discard_at_unknown_is_sent_as_both_mtas_take_it() {
+    let mut s = milter_with(
+        &all(),
+        &[optneg(), connect(), mail("<a@b>"), unknown("XFOO")],
+    );
+    drain(&mut s, |e| match e {
+        Event::Unknown { .. } => Decision::Discard,
+        _ => Decision::Continue,
+    });
+    assert_eq!(sent_codes(&mut s), "Occd");
+}
