@@ -10,7 +10,7 @@ use crate::frame::{FrameDecoder, MILTER_CHUNK_SIZE};
 use crate::macros::Macros;
 use crate::negotiate::{negotiate, Agreement, Offer, Request};
 use crate::order::{admit, after_decision, Admit, State};
-use crate::response::{Decision, Modification, Response};
+use crate::response::{BodyRun, Decision, Modification, Response};
 use crate::stage::{Stage, Stages};
 
 /// What the MTA asked of the milter, one per command (macros are not events: they update
@@ -67,14 +67,6 @@ enum Pending {
     Nothing,
     Negotiation(Offer),
     Decision(Stage),
-}
-
-/// State of the replacement body run at end of message (Postfix needs one contiguous run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyRun {
-    NotStarted,
-    Open,
-    Ended,
 }
 
 /// The milter side of one connection, without I/O.
@@ -531,11 +523,12 @@ impl MilterSession {
             });
         }
         validate(&m)?;
+        if !self.body_run.admits(&m) {
+            return Err(MisuseError::BodyNotContiguous);
+        }
+        let run = self.body_run.after(&m);
         if let Modification::ReplaceBody { chunk } = m {
-            if self.body_run == BodyRun::Ended {
-                return Err(MisuseError::BodyNotContiguous);
-            }
-            self.body_run = BodyRun::Open;
+            self.body_run = run;
             // An empty replacement is one empty packet; anything else goes in full-size chunks.
             let mut rest = chunk;
             loop {
@@ -555,9 +548,7 @@ impl MilterSession {
                 max: agreement.max_payload(),
             });
         }
-        if self.body_run == BodyRun::Open {
-            self.body_run = BodyRun::Ended;
-        }
+        self.body_run = run;
         Response::Modification(m).encode(&mut self.out);
         Ok(())
     }

@@ -9,7 +9,7 @@ use crate::error::{Incompatible, MisuseError, ProtocolError};
 use crate::frame::{FrameDecoder, MILTER_CHUNK_SIZE};
 use crate::milter::ends_message;
 use crate::negotiate::{Agreement, Offer};
-use crate::response::{Decision, Modification, Response};
+use crate::response::{BodyRun, Decision, Modification, Response};
 use crate::stage::{Order, Phase, Stage};
 
 /// What the milter said, one item per response that matters to the MTA.
@@ -120,8 +120,8 @@ pub struct MtaSession {
     message_decided: bool,
     /// The milter accepted the whole session at CONNECT or HELO.
     session_accepted: bool,
-    /// At EOM: a replacement body run was started, then ended by another modification.
-    body_run: (bool, bool),
+    /// At EOM: where the replacement body run stands.
+    body_run: BodyRun,
     events: VecDeque<MtaEvent>,
     error: Option<ProtocolError>,
 }
@@ -149,7 +149,7 @@ impl MtaSession {
             skipping_body: false,
             message_decided: false,
             session_accepted: false,
-            body_run: (false, false),
+            body_run: BodyRun::NotStarted,
             events: VecDeque::new(),
             error: None,
         }
@@ -289,7 +289,7 @@ impl MtaSession {
     fn end_message(&mut self) {
         self.message_decided = false;
         self.skipping_body = false;
-        self.body_run = (false, false);
+        self.body_run = BodyRun::NotStarted;
         if self.phase.in_message() {
             self.phase = Phase::Connected;
         }
@@ -372,15 +372,10 @@ impl MtaSession {
                 if !agreement.actions.contains(m.action()) {
                     return Err(unexpected("without its action negotiated"));
                 }
-                let body = matches!(m, Modification::ReplaceBody { .. });
-                match (body, self.body_run) {
-                    (true, (_, true)) => {
-                        return Err(unexpected("after the replacement body run ended"))
-                    }
-                    (true, _) => self.body_run.0 = true,
-                    (false, (true, _)) => self.body_run.1 = true,
-                    (false, _) => {}
+                if !self.body_run.admits(&m) {
+                    return Err(unexpected("after the replacement body run ended"));
                 }
+                self.body_run = self.body_run.after(&m);
                 self.events.push_back(MtaEvent::Modification(m));
             }
             Response::Decision(decision) => {

@@ -174,6 +174,36 @@ impl Decision {
     }
 }
 
+/// Where the replacement body stands at end of message. Postfix takes REPLBODY packets only as
+/// one contiguous run, so a body chunk after another modification that followed body chunks is
+/// refused: by the milter side before sending it, by the MTA side on receiving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum BodyRun {
+    /// No body chunk yet.
+    #[default]
+    NotStarted,
+    /// Body chunks are being sent.
+    Open,
+    /// Body chunks were sent, then another modification.
+    Ended,
+}
+
+impl BodyRun {
+    /// Whether `m` may come now.
+    pub(crate) fn admits(self, m: &Modification) -> bool {
+        !(matches!(m, Modification::ReplaceBody { .. }) && self == BodyRun::Ended)
+    }
+
+    /// The run after `m`.
+    pub(crate) fn after(self, m: &Modification) -> BodyRun {
+        match (m, self) {
+            (Modification::ReplaceBody { .. }, _) => BodyRun::Open,
+            (_, BodyRun::Open) => BodyRun::Ended,
+            (_, run) => run,
+        }
+    }
+}
+
 /// A change to the message, sent at end of message before the decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
