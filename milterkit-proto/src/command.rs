@@ -232,6 +232,18 @@ impl Command {
         }
     }
 
+    /// The spec name of the command (`OPTNEG`, `MACRO`, `HELO`, `QUIT_NC`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Optneg(_) => "OPTNEG",
+            Command::Macro { .. } => "MACRO",
+            Command::Abort => "ABORT",
+            Command::Quit => "QUIT",
+            Command::QuitNc => "QUIT_NC",
+            other => other.stage().map_or("command", Stage::name),
+        }
+    }
+
     /// The reply-bearing stage of this command; `None` for OPTNEG, MACRO, ABORT, QUIT, QUIT_NC.
     pub fn stage(&self) -> Option<Stage> {
         Stage::from_code(self.code()).filter(|_| !matches!(self, Command::Macro { .. }))

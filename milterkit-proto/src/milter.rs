@@ -61,6 +61,31 @@ pub enum Event {
     QuitNc,
 }
 
+impl Event {
+    /// The reply-bearing stage of this event; `None` for OPTNEG, ABORT, QUIT and QUIT_NC.
+    ///
+    /// ```
+    /// # use milterkit_proto::{Event, Stage};
+    /// assert_eq!(Event::Eoh.stage(), Some(Stage::Eoh));
+    /// assert_eq!(Event::Abort.stage(), None);
+    /// ```
+    pub fn stage(&self) -> Option<Stage> {
+        Some(match self {
+            Event::Connect(_) => Stage::Connect,
+            Event::Helo { .. } => Stage::Helo,
+            Event::Mail(_) => Stage::Mail,
+            Event::Rcpt(_) => Stage::Rcpt,
+            Event::Data => Stage::Data,
+            Event::Header { .. } => Stage::Header,
+            Event::Eoh => Stage::Eoh,
+            Event::Body(_) => Stage::Body,
+            Event::Eom => Stage::Eom,
+            Event::Unknown { .. } => Stage::Unknown,
+            Event::Negotiate(_) | Event::Abort | Event::Quit | Event::QuitNc => return None,
+        })
+    }
+}
+
 /// What the session waits for from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {

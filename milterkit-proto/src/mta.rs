@@ -160,7 +160,7 @@ impl MtaSession {
         if self.error.is_some() {
             return Err(MisuseError::Closed);
         }
-        let name = command_name(&cmd);
+        let name = cmd.name();
         match self.awaiting {
             Awaiting::Negotiation => {
                 return Err(MisuseError::CannotSend {
@@ -443,16 +443,5 @@ impl MtaSession {
     /// True once QUIT was sent or the milter broke the protocol.
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed || self.error.is_some()
-    }
-}
-
-fn command_name(cmd: &Command) -> &'static str {
-    match cmd {
-        Command::Optneg(_) => "OPTNEG",
-        Command::Macro { .. } => "MACRO",
-        Command::Abort => "ABORT",
-        Command::Quit => "QUIT",
-        Command::QuitNc => "QUIT_NC",
-        other => other.stage().map_or("command", Stage::name),
     }
 }

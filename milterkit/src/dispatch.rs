@@ -224,7 +224,7 @@ impl<M: Milter> Dispatcher<M> {
         event: Event,
         waiter: &mut W,
     ) -> Flow {
-        let stage = match stage_of(&event) {
+        let stage = match event.stage() {
             Some(stage) => stage,
             None => return self.lifecycle(session, event, waiter).await,
         };
@@ -560,21 +560,4 @@ impl<M: Milter> Dispatcher<M> {
     pub(crate) fn has_message(&self) -> bool {
         self.message.is_some()
     }
-}
-
-/// The reply-bearing stage of an event; `None` for OPTNEG, ABORT, QUIT and QUIT_NC.
-fn stage_of(event: &Event) -> Option<Stage> {
-    Some(match event {
-        Event::Connect(_) => Stage::Connect,
-        Event::Helo { .. } => Stage::Helo,
-        Event::Mail(_) => Stage::Mail,
-        Event::Rcpt(_) => Stage::Rcpt,
-        Event::Data => Stage::Data,
-        Event::Header { .. } => Stage::Header,
-        Event::Eoh => Stage::Eoh,
-        Event::Body(_) => Stage::Body,
-        Event::Eom => Stage::Eom,
-        Event::Unknown { .. } => Stage::Unknown,
-        _ => return None,
-    })
 }
