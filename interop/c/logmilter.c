@@ -12,32 +12,14 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "milterlog.h"
+
 static FILE *out;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
-static const char *macros[] = {
-    "i", "j", "v", "_", "{auth_type}", "{auth_authen}", "{auth_author}", "{auth_ssf}",
-    "{cert_issuer}", "{cert_subject}", "{cipher}", "{cipher_bits}", "{client_addr}",
-    "{client_name}", "{client_port}", "{client_ptr}", "{client_resolve}", "{daemon_addr}",
-    "{daemon_name}", "{daemon_port}", "{if_addr}", "{if_name}", "{mail_addr}", "{mail_host}",
-    "{mail_mailer}", "{msg_id}", "{msg_size}", "{nrcpts}", "{quarantine}", "{rcpt_addr}",
-    "{rcpt_host}", "{rcpt_mailer}", "{tls_version}", NULL};
 
 struct msg { int headers, chunks; unsigned long bytes; unsigned int hash; };
 
-static void esc(char *dst, const unsigned char *s, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = s[i];
-        if (c == '\\') { *dst++ = '\\'; *dst++ = '\\'; }
-        else if (c == '"') { *dst++ = '\\'; *dst++ = '"'; }
-        else if (c == '\n') { *dst++ = '\\'; *dst++ = 'n'; }
-        else if (c == '\t') { *dst++ = '\\'; *dst++ = 't'; }
-        else if (c == '\r') { *dst++ = '\\'; *dst++ = 'r'; }
-        else if (c >= 0x20 && c <= 0x7e) *dst++ = (char)c;
-        else dst += sprintf(dst, "\\x%02x", c);
-    }
-    *dst = 0;
-}
 
 static char *e(const char *s) {
     static __thread char buf[65536 * 4 + 1];

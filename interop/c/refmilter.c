@@ -41,18 +41,13 @@
 #include <sys/time.h>
 #include <sys/un.h>
 
+#include "milterlog.h"
+
 static FILE *out;
 static int leadspc, rcptrej, symlist;
 static int connections;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
-static const char *macros[] = {
-    "i", "j", "v", "_", "{auth_type}", "{auth_authen}", "{auth_author}", "{auth_ssf}",
-    "{cert_issuer}", "{cert_subject}", "{cipher}", "{cipher_bits}", "{client_addr}",
-    "{client_name}", "{client_port}", "{client_ptr}", "{client_resolve}", "{daemon_addr}",
-    "{daemon_name}", "{daemon_port}", "{if_addr}", "{if_name}", "{mail_addr}", "{mail_host}",
-    "{mail_mailer}", "{msg_id}", "{msg_size}", "{nrcpts}", "{quarantine}", "{rcpt_addr}",
-    "{rcpt_host}", "{rcpt_mailer}", "{tls_version}", NULL};
 
 struct conn {
     int c, m, headers, chunks, skipped;
@@ -72,26 +67,15 @@ static unsigned int crc32_update(unsigned int crc, const unsigned char *p, size_
 
 /* Escapes n bytes of s into a buffer of this thread; the result is valid until the next call
  * with the same slot (0 or 1). */
-static const char *esc(int slot, const char *s, size_t n) {
+static const char *escaped(int slot, const char *s, size_t n) {
     static __thread char buf[2][65536 * 4 + 1];
-    char *d = buf[slot];
     if (!s) s = "";
     if (n > 65536) n = 65536;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\\') { *d++ = '\\'; *d++ = '\\'; }
-        else if (c == '"') { *d++ = '\\'; *d++ = '"'; }
-        else if (c == '\n') { *d++ = '\\'; *d++ = 'n'; }
-        else if (c == '\t') { *d++ = '\\'; *d++ = 't'; }
-        else if (c == '\r') { *d++ = '\\'; *d++ = 'r'; }
-        else if (c >= 0x20 && c <= 0x7e) *d++ = (char)c;
-        else d += sprintf(d, "\\x%02x", c);
-    }
-    *d = 0;
+    esc(buf[slot], (const unsigned char *)s, n);
     return buf[slot];
 }
-static const char *e(const char *s) { return esc(0, s, s ? strlen(s) : 0); }
-static const char *e2(const char *s) { return esc(1, s, s ? strlen(s) : 0); }
+static const char *e(const char *s) { return escaped(0, s, s ? strlen(s) : 0); }
+static const char *e2(const char *s) { return escaped(1, s, s ? strlen(s) : 0); }
 
 static struct conn *C(SMFICTX *ctx) {
     struct conn *p = smfi_getpriv(ctx);
@@ -300,7 +284,7 @@ static sfsistat x_body(SMFICTX *ctx, unsigned char *chunk, size_t len) {
     p->bytes += len;
     p->crc = crc32_update(p->crc, chunk, len);
     logline(ctx, NULL, "body chunk=%d len=%zu head=\"%s\"", p->chunks, len,
-            esc(0, (const char *)chunk, len < 32 ? len : 32));
+            escaped(0, (const char *)chunk, len < 32 ? len : 32));
     if (p->actions && strstr(p->actions, "skip") && !p->skipped) {
         p->skipped = 1;
         logline(ctx, NULL, "action op=skip");

@@ -454,21 +454,7 @@ fn hexdump(t: &mut String, wire: &[u8]) {
 /// Records every scenario of one MTA and negotiation into `out`.
 pub fn record(mta: Mta, variant: bool, out: &Path) -> Result<()> {
     let dir = RunDir::new("capture")?;
-    let binary = dir.join("refmilter");
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/refmilter.c");
-    let built = Process::new("gcc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .args(["-lmilter", "-lpthread"])
-        .output()
-        .context("running gcc")?;
-    if !built.status.success() {
-        return Err(Error::new(format!(
-            "gcc: {}",
-            String::from_utf8_lossy(&built.stderr)
-        )));
-    }
+    let binary = crate::build_c_milter("refmilter", dir.path())?;
     let socket = dir.join("ref.sock");
     let log = dir.join("ref-milter.log");
     let mut args = vec![

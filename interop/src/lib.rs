@@ -64,7 +64,7 @@ pub use postfix::Postfix;
 pub use sendmail::Sendmail;
 pub use sink::{Message, Sink};
 pub use smtp::{send, Reply, Session, SmtpResult};
-pub use tools::{require, sendmail_root, Tool};
+pub use tools::{build_c_milter, require, sendmail_root, Tool};
 pub use util::{free_port, Error, Result, RunDir};
 
 /// How long a test waits for a delivery to reach the sink (Postfix's queue manager may take a

@@ -20,6 +20,28 @@ pub fn sendmail_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SENDMAIL_ROOT))
 }
 
+/// Builds one of the C milters of `interop/c/` (`name` without `.c`) on Debian's libmilter into
+/// `dir`; gives the binary's path.
+pub fn build_c_milter(name: &str, dir: &Path) -> crate::Result<PathBuf> {
+    let binary = dir.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("c/{name}.c"));
+    let out = Command::new("gcc")
+        .args(["-O1", "-Wall", "-o"])
+        .arg(&binary)
+        .arg(&source)
+        .args(["-lmilter", "-lpthread"])
+        .output()
+        .map_err(|e| crate::Error::new(format!("running gcc: {e}")))?;
+    if !out.status.success() {
+        return Err(crate::Error::new(format!(
+            "gcc {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(binary)
+}
+
 /// One outside piece an interop test needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tool {

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::IntoFuture;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -273,20 +273,7 @@ fn both_logs(mta: Mta) -> Option<(Vec<String>, Vec<String>)> {
         return None;
     }
     let dir = RunDir::new("differential").unwrap();
-    let binary = dir.join("logmilter");
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/logmilter.c");
-    let out = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .args(["-lmilter", "-lpthread"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let binary = interop::build_c_milter("logmilter", dir.path()).unwrap();
     let socket = dir.join("milter.sock");
     let sink = Sink::start().unwrap();
     let spec = socket.display().to_string();

@@ -689,20 +689,7 @@ fn milterkit_accepts_and_refuses_every_command_order_as_libmilter_does() {
         return;
     }
     let dir = RunDir::new("order").unwrap();
-    let binary = dir.join("ordermilter");
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("c/ordermilter.c");
-    let out = Process::new("gcc")
-        .args(["-O1", "-Wall", "-o"])
-        .arg(&binary)
-        .arg(&source)
-        .args(["-lmilter", "-lpthread"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let binary = interop::build_c_milter("ordermilter", dir.path()).unwrap();
     let workers_n = env_number("MILTERKIT_ORDER_WORKERS", 6) as usize;
     let wait = Duration::from_millis(env_number("MILTERKIT_ORDER_WAIT_MS", 300));
     let random_n = env_number("MILTERKIT_ORDER_RANDOM", 100) as usize;

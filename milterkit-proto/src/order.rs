@@ -297,86 +297,73 @@ pub(crate) fn after_decision(state: State, decision: &Decision) -> State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use State::*;
 
     const NONE: Stages = Stages::empty();
 
-    #[test]
-    fn a_message_without_data_goes_from_rcpt_to_its_headers() {
-        assert_eq!(admit(State::Rcpt, State::Hdrs, NONE), Admit::Direct);
-        assert_eq!(admit(State::Rcpt, State::Body, NONE), Admit::Direct);
-        assert_eq!(admit(State::Rcpt, State::Endm, NONE), Admit::Direct);
-    }
+    /// `(from, to, stages the MTA does not send, what libmilter does)`, each row a rule of
+    /// libmilter's engine.
+    const TRANSITIONS: &[(State, State, Stages, Admit)] = &[
+        // A message without DATA: headers, body and end of message follow RCPT directly.
+        (Rcpt, Hdrs, NONE, Admit::Direct),
+        (Rcpt, Body, NONE, Admit::Direct),
+        (Rcpt, Endm, NONE, Admit::Direct),
+        // After DATA only headers and EOH, unless EOH is not sent (a message may have no headers).
+        (Data, Body, NONE, Admit::Ignored),
+        (Data, Body, Stages::EOH, Admit::Direct),
+        (Data, Endm, Stages::EOH, Admit::Direct),
+        (Data, Endm, NONE, Admit::Ignored),
+        // MAIL and HELO inside a message: from HELO, after an abort.
+        (Rcpt, Mail, NONE, Admit::FromHelo),
+        (Body, Helo, NONE, Admit::FromHelo),
+        (Endm, Mail, NONE, Admit::Direct),
+        (Endm, Helo, NONE, Admit::FromHelo),
+        // RCPT without MAIL: dropped unless MAIL is not sent; UNKNOWN leads to RCPT.
+        (Helo, Rcpt, NONE, Admit::Ignored),
+        (Helo, Rcpt, Stages::MAIL, Admit::Direct),
+        (Unkn, Rcpt, NONE, Admit::Direct),
+        // Headers and end of message do not follow UNKNOWN; DATA does.
+        (Unkn, Hdrs, NONE, Admit::Ignored),
+        (Unkn, Endm, NONE, Admit::Ignored),
+        (Unkn, Data, NONE, Admit::Direct),
+        // A second CONNECT or OPTNEG is dropped; QUIT_NC leads to CONNECT.
+        (Conn, Conn, NONE, Admit::Ignored),
+        (Helo, Opts, NONE, Admit::Ignored),
+        (QuitNc, Conn, NONE, Admit::Direct),
+        // QUIT is taken only after a message or UNKNOWN.
+        (Endm, Quit, NONE, Admit::Direct),
+        (Unkn, Quit, NONE, Admit::Direct),
+        (Helo, Quit, NONE, Admit::Ignored),
+        (Rcpt, Quit, NONE, Admit::Ignored),
+        // After ABORT only stepping over UNKNOWN leads on.
+        (Abrt, Mail, NONE, Admit::FromHelo),
+        (Abrt, Rcpt, Stages::UNKNOWN, Admit::Direct),
+    ];
 
     #[test]
-    fn body_after_data_needs_eoh_skipped() {
-        assert_eq!(admit(State::Data, State::Body, NONE), Admit::Ignored);
-        assert_eq!(admit(State::Data, State::Body, Stages::EOH), Admit::Direct);
-        assert_eq!(admit(State::Data, State::Endm, Stages::EOH), Admit::Direct);
-        assert_eq!(admit(State::Data, State::Endm, NONE), Admit::Ignored);
-    }
-
-    #[test]
-    fn mail_and_helo_inside_a_message_come_from_helo() {
-        assert_eq!(admit(State::Rcpt, State::Mail, NONE), Admit::FromHelo);
-        assert_eq!(admit(State::Body, State::Helo, NONE), Admit::FromHelo);
-        assert_eq!(admit(State::Endm, State::Mail, NONE), Admit::Direct);
-        assert_eq!(admit(State::Endm, State::Helo, NONE), Admit::FromHelo);
-    }
-
-    #[test]
-    fn rcpt_without_mail_is_dropped_unless_mail_is_not_sent() {
-        assert_eq!(admit(State::Helo, State::Rcpt, NONE), Admit::Ignored);
-        assert_eq!(admit(State::Helo, State::Rcpt, Stages::MAIL), Admit::Direct);
-        // UNKNOWN's next states include RCPT: libmilter takes it there.
-        assert_eq!(admit(State::Unkn, State::Rcpt, NONE), Admit::Direct);
-    }
-
-    #[test]
-    fn headers_and_end_of_message_do_not_follow_unknown() {
-        assert_eq!(admit(State::Unkn, State::Hdrs, NONE), Admit::Ignored);
-        assert_eq!(admit(State::Unkn, State::Endm, NONE), Admit::Ignored);
-        assert_eq!(admit(State::Unkn, State::Data, NONE), Admit::Direct);
-    }
-
-    #[test]
-    fn a_second_connect_or_optneg_is_dropped() {
-        assert_eq!(admit(State::Conn, State::Conn, NONE), Admit::Ignored);
-        assert_eq!(admit(State::Helo, State::Opts, NONE), Admit::Ignored);
-        assert_eq!(admit(State::QuitNc, State::Conn, NONE), Admit::Direct);
-    }
-
-    #[test]
-    fn quit_is_taken_only_after_a_message_or_unknown() {
-        assert_eq!(admit(State::Endm, State::Quit, NONE), Admit::Direct);
-        assert_eq!(admit(State::Unkn, State::Quit, NONE), Admit::Direct);
-        assert_eq!(admit(State::Helo, State::Quit, NONE), Admit::Ignored);
-        assert_eq!(admit(State::Rcpt, State::Quit, NONE), Admit::Ignored);
-    }
-
-    #[test]
-    fn after_abort_only_skipping_unknown_leads_on() {
-        assert_eq!(admit(State::Abrt, State::Mail, NONE), Admit::FromHelo);
-        assert_eq!(
-            admit(State::Abrt, State::Rcpt, Stages::UNKNOWN),
-            Admit::Direct
-        );
+    fn every_transition_is_libmilters() {
+        for &(from, to, skip, admitted) in TRANSITIONS {
+            assert_eq!(admit(from, to, skip), admitted, "{from:?} -> {to:?}");
+        }
     }
 
     #[test]
     fn decisions_return_to_helo_except_refusals_at_rcpt_and_unknown() {
-        assert_eq!(after_decision(State::Mail, &Decision::Reject), State::Helo);
-        assert_eq!(after_decision(State::Rcpt, &Decision::Reject), State::Rcpt);
-        assert_eq!(after_decision(State::Rcpt, &Decision::Discard), State::Rcpt);
-        assert_eq!(after_decision(State::Rcpt, &Decision::Accept), State::Helo);
-        assert_eq!(
-            after_decision(State::Unkn, &Decision::Tempfail),
-            State::Unkn
-        );
-        assert_eq!(after_decision(State::Body, &Decision::Skip), State::Body);
-        assert_eq!(
-            after_decision(State::Hdrs, &Decision::Continue),
-            State::Hdrs
-        );
-        assert_eq!(after_decision(State::Conn, &Decision::Accept), State::Helo);
+        for (state, decision, after) in [
+            (Mail, Decision::Reject, Helo),
+            (Rcpt, Decision::Reject, Rcpt),
+            (Rcpt, Decision::Discard, Rcpt),
+            (Rcpt, Decision::Accept, Helo),
+            (Unkn, Decision::Tempfail, Unkn),
+            (Body, Decision::Skip, Body),
+            (Hdrs, Decision::Continue, Hdrs),
+            (Conn, Decision::Accept, Helo),
+        ] {
+            assert_eq!(
+                after_decision(state, &decision),
+                after,
+                "{decision:?} at {state:?}"
+            );
+        }
     }
 }
