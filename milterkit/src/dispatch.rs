@@ -15,7 +15,7 @@ use tracing::{debug, warn, Instrument, Span};
 use crate::eom::{Eom, Progress};
 use crate::meter::{Meter, ModificationCounts};
 use crate::milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Unknown};
-use crate::{Config, Error, Result};
+use crate::{Config, Error, OnWire, Result};
 
 /// What the driver of a session does while a handler runs: the connection loop sends progress
 /// at end of message; the harness just waits.
@@ -421,6 +421,9 @@ impl<M: Milter> Dispatcher<M> {
     /// A handler failed: the fail-safe goes out now if a reply is owed (then the connection
     /// closes), or at the next reply otherwise.
     fn fail(&mut self, session: &mut MilterSession, stage: Stage, err: Error) -> Flow {
+        if err.on_wire() == OnWire::Nothing {
+            return Flow::Close(err);
+        }
         if session.awaiting().is_none() {
             warn!(%stage, error = %err, source = ?std::error::Error::source(&err), "handler failed; the next reply is the fail-safe");
             self.failed = Some(err);

@@ -72,18 +72,41 @@ pub enum Error {
     },
 }
 
+/// What an error puts on the wire when it happens while the MTA waits for a reply
+/// ([`Error::on_wire`]). Either way the connection then closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnWire {
+    /// The configured fail-safe decision ([`Config::fail_safe`](crate::Config::fail_safe)): the
+    /// milter failed, and the MTA must not wait or guess.
+    FailSafe,
+    /// Nothing: the MTA broke the protocol, the transport failed, or nothing can be sent.
+    Nothing,
+}
+
 impl Error {
-    /// What this error puts on the wire when it happens while the MTA is owed a reply: the
-    /// fail-safe decision for errors of the milter (handler error, panic, deadline, misuse),
-    /// nothing for errors of the peer or the transport, where the connection is just closed.
-    pub fn sends_fail_safe(&self) -> bool {
-        matches!(
-            self,
+    /// What this error puts on the wire while the MTA waits for a reply: the fail-safe decision
+    /// for errors of the milter (its handler failed, panicked or ran past its deadline, it misused
+    /// the protocol) and at the end of a graceful shutdown's grace period; nothing for errors of
+    /// the MTA or the transport, where the connection is just closed. The one place this is
+    /// decided; the dispatcher follows it.
+    ///
+    /// ```
+    /// use milterkit::{Error, OnWire, Stage};
+    /// assert_eq!(Error::Panicked { stage: Stage::Rcpt }.on_wire(), OnWire::FailSafe);
+    /// assert_eq!(Error::Timeout("waiting for the MTA").on_wire(), OnWire::Nothing);
+    /// ```
+    pub fn on_wire(&self) -> OnWire {
+        match self {
             Error::Handler { .. }
-                | Error::Panicked { .. }
-                | Error::Misuse { .. }
-                | Error::HandlerTimeout { .. }
-        )
+            | Error::Panicked { .. }
+            | Error::Misuse { .. }
+            | Error::HandlerTimeout { .. }
+            | Error::Shutdown => OnWire::FailSafe,
+            Error::Io(_) | Error::Protocol(_) | Error::Timeout(_) | Error::Bind { .. } => {
+                OnWire::Nothing
+            }
+        }
     }
 
     /// Logs why a connection ended, once, in the connection's span, with every cause: warn for
@@ -128,5 +151,48 @@ impl fmt::Display for Causes<'_> {
             source = e.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use milterkit_proto::MisuseError;
+
+    use super::*;
+
+    #[test]
+    fn each_error_puts_what_it_should_on_the_wire() {
+        let stage = Stage::Eom;
+        for (err, wire) in [
+            (Error::Io(io::Error::other("reset")), OnWire::Nothing),
+            (Error::Protocol(ProtocolError::Closed), OnWire::Nothing),
+            (
+                Error::Misuse {
+                    stage,
+                    source: MisuseError::NotAwaiting,
+                },
+                OnWire::FailSafe,
+            ),
+            (Error::Timeout("waiting for the MTA"), OnWire::Nothing),
+            (Error::HandlerTimeout { stage }, OnWire::FailSafe),
+            (
+                Error::Handler {
+                    stage,
+                    source: "failed".into(),
+                },
+                OnWire::FailSafe,
+            ),
+            (Error::Panicked { stage }, OnWire::FailSafe),
+            (Error::Shutdown, OnWire::FailSafe),
+            (
+                Error::Bind {
+                    spec: "unix:/x".into(),
+                    reason: "denied".into(),
+                },
+                OnWire::Nothing,
+            ),
+        ] {
+            assert_eq!(err.on_wire(), wire, "{err}");
+        }
     }
 }

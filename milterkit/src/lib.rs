@@ -173,7 +173,7 @@ mod shutdown;
 pub mod testing;
 
 pub use eom::Eom;
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, OnWire, Result};
 pub use listener::{
     bind, bind_with_backlog, connect, Listener, SocketSpec, Stream, UnixSocketFile, DEFAULT_BACKLOG,
 };
