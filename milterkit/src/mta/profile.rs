@@ -1,0 +1,170 @@
+//! Which MTA a connection imitates, and how it talks: [`Profile`] and [`Flavor`].
+
+use bytes::Bytes;
+use milterkit_proto::{Agreement, MacroStage, Offer, Stage};
+
+/// Which MTA a [`Profile`] imitates: what it sends and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Flavor {
+    /// Postfix 3.x: a macro packet before every event (also before each header, each body chunk
+    /// and UNKNOWN, empty when no macro has a value), ABORT after every transaction and once more
+    /// before QUIT, the queue id `i` only after the first accepted recipient.
+    Postfix,
+    /// Sendmail 8.17: macro packets only for CONNECT, HELO, MAIL, RCPT, DATA, EOH and EOM and only
+    /// when that stage has a list, ABORT only inside an open transaction, `IPv6:` before IPv6
+    /// addresses, the queue id at MAIL.
+    Sendmail,
+}
+
+/// How an MTA talks to a milter: what it offers, which macros it sends at which stage, and its
+/// habits ([`Flavor`]). `Profile::postfix()` and `Profile::sendmail()` reproduce the captures in
+/// the project's fixtures.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Whose habits.
+    pub flavor: Flavor,
+    /// The OPTNEG offer.
+    pub offer: Offer,
+    /// The macro names sent at each stage (by command code: `C H M R T N E`, and for Postfix `L`
+    /// before headers, `B` before body chunks, `U` before UNKNOWN); a milter's own list replaces
+    /// its stage's.
+    pub macros: Vec<(u8, Vec<&'static str>)>,
+    /// Fixed macro values: the MTA's name, version and the like.
+    pub values: Vec<(&'static str, Bytes)>,
+}
+
+impl Profile {
+    /// Postfix 3.7 with its default macro lists (`postconf milter_*_macros`).
+    pub fn postfix() -> Profile {
+        Profile {
+            flavor: Flavor::Postfix,
+            offer: Offer::default(),
+            macros: vec![
+                (b'C', vec!["j", "{daemon_name}", "{daemon_addr}", "v", "_"]),
+                (
+                    b'H',
+                    vec![
+                        "{tls_version}",
+                        "{cipher}",
+                        "{cipher_bits}",
+                        "{cert_subject}",
+                        "{cert_issuer}",
+                    ],
+                ),
+                (
+                    b'M',
+                    vec![
+                        "i",
+                        "{auth_type}",
+                        "{auth_authen}",
+                        "{auth_author}",
+                        "{mail_addr}",
+                        "{mail_host}",
+                        "{mail_mailer}",
+                    ],
+                ),
+                (
+                    b'R',
+                    vec!["i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"],
+                ),
+                (b'T', vec!["i"]),
+                (b'L', vec!["i"]),
+                (b'N', vec!["i"]),
+                (b'B', vec!["i"]),
+                (b'E', vec!["i"]),
+                (b'U', vec![]),
+            ],
+            values: vec![
+                ("j", Bytes::from_static(b"mx.example.org")),
+                ("{daemon_name}", Bytes::from_static(b"mx.example.org")),
+                ("{daemon_addr}", Bytes::from_static(b"127.0.0.1")),
+                ("v", Bytes::from_static(b"Postfix 3.7.11")),
+                ("{mail_mailer}", Bytes::from_static(b"smtp")),
+                ("{rcpt_mailer}", Bytes::from_static(b"smtp")),
+            ],
+        }
+    }
+
+    /// Sendmail 8.17 with the default lists of `cf/m4/cfhead.m4`.
+    pub fn sendmail() -> Profile {
+        Profile {
+            flavor: Flavor::Sendmail,
+            offer: Offer::default(),
+            macros: vec![
+                (
+                    b'C',
+                    vec!["j", "_", "{daemon_name}", "{if_name}", "{if_addr}"],
+                ),
+                (
+                    b'H',
+                    vec![
+                        "{tls_version}",
+                        "{cipher}",
+                        "{cipher_bits}",
+                        "{cert_subject}",
+                        "{cert_issuer}",
+                    ],
+                ),
+                (
+                    b'M',
+                    vec![
+                        "i",
+                        "{auth_type}",
+                        "{auth_authen}",
+                        "{auth_ssf}",
+                        "{auth_author}",
+                        "{mail_mailer}",
+                        "{mail_host}",
+                        "{mail_addr}",
+                    ],
+                ),
+                (b'R', vec!["{rcpt_mailer}", "{rcpt_host}", "{rcpt_addr}"]),
+                (b'E', vec!["{msg_id}"]),
+            ],
+            values: vec![
+                ("j", Bytes::from_static(b"mx.example.org")),
+                ("{daemon_name}", Bytes::from_static(b"MTA")),
+                ("{if_name}", Bytes::from_static(b"localhost")),
+                ("v", Bytes::from_static(b"8.17.1.9")),
+                ("{mail_mailer}", Bytes::from_static(b"esmtp")),
+                ("{rcpt_mailer}", Bytes::from_static(b"esmtp")),
+            ],
+        }
+    }
+
+    /// The names this profile sends at `stage` under `agreement` (the milter's list wins).
+    pub(super) fn names(&self, stage: u8, agreement: &Agreement) -> Option<Vec<Bytes>> {
+        let own = Stage::from_code(stage)
+            .and_then(MacroStage::of)
+            .and_then(|s| agreement.macros.get(s));
+        // Sendmail honours an EOM list only if an EOH list came too.
+        let own = match (self.flavor, stage, own) {
+            (Flavor::Sendmail, b'E', Some(_))
+                if agreement.macros.get(MacroStage::EOH).is_none() =>
+            {
+                None
+            }
+            (_, _, own) => own,
+        };
+        if let Some(list) = own {
+            if !list.is_empty() || self.flavor == Flavor::Sendmail {
+                return Some(
+                    list.split(|&c| c == b' ')
+                        .filter(|n| !n.is_empty())
+                        .map(Bytes::copy_from_slice)
+                        .collect(),
+                );
+            }
+        }
+        self.macros
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map(|(_, names)| {
+                names
+                    .iter()
+                    .map(|n| Bytes::from_static(n.as_bytes()))
+                    .collect()
+            })
+    }
+}
