@@ -2,16 +2,14 @@
 //! guard, the per-message state, and the fail-safe. Shared by the connection loop and the harness.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use milterkit_proto::{Decision, Event, MilterSession, Request, Stage};
 use tracing::field::Empty;
-use tracing::instrument::Instrumented;
-use tracing::{debug, warn, Instrument, Span};
+use tracing::{debug, warn, Span};
 
+use crate::deadline::{guarded, Failure};
 use crate::eom::{Eom, Progress};
 use crate::meter::{Meter, ModificationCounts};
 use crate::milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Unknown};
@@ -54,92 +52,6 @@ pub(crate) enum Flow {
     Quit,
     /// Close the connection (after flushing what was queued) because of this error.
     Close(Error),
-}
-
-/// How a guarded handler call ended, besides returning.
-enum Failure {
-    Panicked,
-    TimedOut,
-}
-
-pin_project_lite::pin_project! {
-    /// One handler call: inside its span, with a panic guard (the `catch_unwind` of each poll) and
-    /// a deadline whose timer is armed only if the call does not finish at its first poll. One
-    /// struct, so that the handler's future is stored once (it is part of every connection's
-    /// future, idle or not).
-    struct Guarded<F> {
-        #[pin]
-        fut: Instrumented<F>,
-        limit: Duration,
-        timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    }
-}
-
-impl<F: Future> Future for Guarded<F> {
-    type Output = Result<F::Output, Failure>;
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)));
-        match polled {
-            Ok(Poll::Ready(v)) => return Poll::Ready(Ok(v)),
-            Ok(Poll::Pending) => {}
-            Err(_) => return Poll::Ready(Err(Failure::Panicked)),
-        }
-        let limit = *this.limit;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(Failure::TimedOut)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-/// Runs `fut` with a deadline and a panic guard, inside `span`.
-fn guarded<F: Future + Send>(limit: Duration, span: Span, fut: F) -> Guarded<F> {
-    Guarded {
-        fut: fut.instrument(span),
-        limit,
-        timer: None,
-    }
-}
-
-/// A future with a time limit that arms its timer only if the future does not finish at its first
-/// poll: handlers and writes almost always do, and a timer armed and dropped for each of them was a
-/// fifth of the work per message. Gives `None` when the limit passed.
-pub(crate) struct Deadline<F> {
-    fut: F,
-    limit: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<F> Deadline<F> {
-    pub(crate) fn new(limit: Duration, fut: F) -> Self {
-        Deadline {
-            fut,
-            limit,
-            timer: None,
-        }
-    }
-}
-
-impl<F: Future + Unpin> Future for Deadline<F> {
-    type Output = Option<F::Output>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        if let Poll::Ready(v) = Pin::new(&mut this.fut).poll(cx) {
-            return Poll::Ready(Some(v));
-        }
-        let limit = this.limit;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
 }
 
 /// The span of an open message.

@@ -156,6 +156,7 @@ mod conn;
 #[cfg(feature = "daemon")]
 #[cfg_attr(docsrs, doc(cfg(feature = "daemon")))]
 pub mod daemon;
+mod deadline;
 mod dispatch;
 mod eom;
 mod error;

@@ -1,23 +1,22 @@
 //! One connection: read → decode → dispatch → encode → one write. A plain loop in one task.
 
 use std::future::Future;
-use std::mem::MaybeUninit;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use milterkit_proto::{MilterConfig, MilterSession, Response, Stage};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::futures::Notified;
-use tokio::task::coop::unconstrained;
-use tokio::time::{Instant, Sleep};
+use milterkit_proto::{MilterConfig, MilterSession};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use crate::dispatch::{Deadline, Dispatcher, Flow, Waiter};
-use crate::eom::Progress;
-use crate::shutdown::{same_waker, Shutdown, Subscription};
+use crate::dispatch::{Dispatcher, Flow};
+use crate::shutdown::{Shutdown, Subscription};
 use crate::{Config, Error, Milter};
+
+mod progress;
+mod waits;
+
+use progress::{write_all, ProgressWriter};
+use waits::{later, Waits, Wake};
 
 /// Most bytes taken by one read between commands (through the stack).
 const READ_CHUNK: usize = 4096;
@@ -34,80 +33,6 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 /// its SMTP client talks, and each release costs about 7,000 instructions when the next command
 /// comes (measured at 100 ms with pauses of 150 ms: 104,469 instead of 50,077 per message).
 const IDLE_AFTER: Duration = Duration::from_secs(1);
-
-/// The connection loop's waiter: at end of message it writes `SMFIR_PROGRESS` every
-/// `interval`, and at once when the handler asks.
-struct ProgressWriter<'a, IO> {
-    io: &'a mut IO,
-    interval: Duration,
-    write_timeout: Duration,
-}
-
-impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
-    async fn wait<F: Future + Send>(
-        &mut self,
-        stage: Stage,
-        progress: &Progress,
-        mut fut: Pin<&mut F>,
-    ) -> std::io::Result<F::Output> {
-        if stage != Stage::Eom {
-            return Ok(fut.await);
-        }
-        // Progress goes out every `interval` from now, and at once when the handler asks. The
-        // ticker and the registration are only made if the handler does not finish at its first
-        // poll (most do), and on the heap: they would otherwise make every connection's future
-        // larger, idle or not.
-        let start = Instant::now();
-        let mut ticker: Option<tokio::time::Interval> = None;
-        let mut asked: Option<Pin<Box<Notified<'_>>>> = None;
-        loop {
-            if let Some(out) = std::future::poll_fn(|cx| {
-                if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                    return Poll::Ready(Some(out));
-                }
-                let ticker = ticker.get_or_insert_with(|| {
-                    {
-                        // A zero period would panic; one too long to add means no ticks.
-                        let period = self.interval.max(Duration::from_millis(1));
-                        tokio::time::interval_at(later(start, period), period)
-                    }
-                });
-                if ticker.poll_tick(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                let notified = asked.get_or_insert_with(|| Box::pin(progress.notify.notified()));
-                if notified.as_mut().poll(cx).is_ready() {
-                    notified.set(progress.notify.notified());
-                    return Poll::Ready(None);
-                }
-                Poll::Pending
-            })
-            .await
-            {
-                return Ok(out);
-            }
-            debug!("progress");
-            let mut frame = BytesMut::new();
-            Response::Progress.encode(&mut frame);
-            Box::pin(write_all(self.io, &frame, self.write_timeout)).await?;
-        }
-    }
-}
-
-async fn write_all<IO: AsyncWrite + Unpin>(
-    io: &mut IO,
-    bytes: &[u8],
-    limit: Duration,
-) -> std::io::Result<()> {
-    let write = std::pin::pin!(io.write_all(bytes));
-    match Deadline::new(limit, write).await {
-        Some(r) => r,
-        None => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "the MTA did not take our reply in time",
-        )),
-    }
-}
 
 /// Runs one connection to the end. `close` runs exactly once, whatever happens.
 ///
@@ -221,154 +146,6 @@ impl Drop for Counted<'_> {
     fn drop(&mut self) {
         self.metrics.connection_closed(self.error);
     }
-}
-
-/// Why a wait for input ended.
-enum Wake {
-    /// A read finished: bytes (0 at end of stream) or an error.
-    Read(std::io::Result<usize>),
-    /// The shutdown state changed.
-    Shutdown,
-    /// Nothing came within the read timeout.
-    TimedOut,
-    /// Quiet for `IDLE_AFTER` with nothing buffered: the buffers were given back.
-    Idle,
-}
-
-/// The connection's clock and wake-ups for its reads, kept from read to read: one timer and one
-/// shutdown registration per connection instead of a timeout and a registration per read (those
-/// cost about 15 % of the instructions per message).
-///
-/// The timer is armed no later than the next instant that matters (the idle release or the read
-/// timeout of the read in progress) and re-armed only when it fires early; the only per-read cost
-/// is one clock reading when a read has to wait.
-///
-/// The timer's registration is remembered (with the waker it was made with) and made again only
-/// when it rings or is reset; it is polled outside tokio's cooperative budget, which could
-/// otherwise answer `Pending` without registering anything. The shutdown registration is the
-/// [`Subscription`]'s: made once, read before every wait.
-struct Waits<'a> {
-    timer: Pin<&'a mut Sleep>,
-    /// The waker the timer was last polled with; `None` after a reset.
-    timer_waker: Option<Waker>,
-    /// When the wait for the next input began; `None` after input came.
-    started: Option<Instant>,
-    /// The shutdown state the command loop acted on last.
-    seen: Shutdown,
-    shutdown: Subscription,
-    read_timeout: Duration,
-    idle_after: Duration,
-}
-
-impl Waits<'_> {
-    /// Reads once into the session's input (see [`poll_read_input`]). After `IDLE_AFTER` of quiet
-    /// with nothing buffered, the buffers are given back (`out` too) and [`Wake::Idle`] returned;
-    /// the read timeout counts from the start of the wait through it.
-    async fn read<IO: AsyncRead + Unpin>(
-        &mut self,
-        io: &mut IO,
-        session: &mut MilterSession,
-        out: &mut BytesMut,
-    ) -> Wake {
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(r) = poll_read_input(io, session.input_mut(), cx) {
-                self.started = None;
-                return Poll::Ready(Wake::Read(r));
-            }
-            // Registered for shutdown changes, then checked: a change that lands in between is
-            // seen by one or the other.
-            if self.shutdown.poll_state(cx) != self.seen {
-                return Poll::Ready(Wake::Shutdown);
-            }
-            let start = *self.started.get_or_insert_with(|| {
-                let now = Instant::now();
-                let idle = idle_eligible(session, out);
-                let wait = if idle {
-                    self.idle_after
-                } else {
-                    self.read_timeout
-                };
-                // The timer may ring early (it is then re-armed), never late.
-                let due = later(now, wait);
-                if self.timer.deadline() > due {
-                    self.timer.as_mut().reset(due);
-                    self.timer_waker = None;
-                }
-                now
-            });
-            loop {
-                if !self.timer.is_elapsed() {
-                    if same_waker(&self.timer_waker, cx) {
-                        return Poll::Pending;
-                    }
-                    // Outside the cooperative budget: `Pending` means registered.
-                    let timer = self.timer.as_mut();
-                    if std::pin::pin!(unconstrained(timer)).poll(cx).is_pending() {
-                        self.timer_waker = Some(cx.waker().clone());
-                        return Poll::Pending;
-                    }
-                }
-                // The timer rang: see what is due for this read.
-                let now = Instant::now();
-                let deadline = later(start, self.read_timeout);
-                if now >= deadline {
-                    return Poll::Ready(Wake::TimedOut);
-                }
-                let mut next = deadline;
-                if idle_eligible(session, out) {
-                    let idle_at = later(start, self.idle_after);
-                    if now >= idle_at {
-                        *session.input_mut() = BytesMut::new();
-                        *out = BytesMut::new();
-                        self.timer.as_mut().reset(next);
-                        self.timer_waker = None;
-                        return Poll::Ready(Wake::Idle);
-                    }
-                    next = idle_at;
-                }
-                self.timer.as_mut().reset(next);
-                self.timer_waker = None;
-            }
-        })
-        .await
-    }
-}
-
-/// `at + wait`, or about thirty years from `at` if that does not fit (a timeout set to
-/// `Duration::MAX` means no timeout).
-fn later(at: Instant, wait: Duration) -> Instant {
-    at.checked_add(wait)
-        .unwrap_or_else(|| at + Duration::from_secs(30 * 365 * 86_400))
-}
-
-/// True while the connection holds buffers it would give back after `IDLE_AFTER` of quiet:
-/// nothing is buffered (no partial frame) and a buffer is still allocated.
-fn idle_eligible(session: &mut MilterSession, out: &BytesMut) -> bool {
-    let input = session.input_mut();
-    input.is_empty() && (input.capacity() > 0 || out.capacity() > 0)
-}
-
-/// One read into `input`. Between commands (nothing buffered, the usual case) it reads through a
-/// buffer on the stack and keeps only what came, so that no connection holds a read buffer larger
-/// than its input while it waits; a partial frame is completed in place, in the room the decoder
-/// reserved for the whole frame.
-fn poll_read_input<IO: AsyncRead + Unpin>(
-    io: &mut IO,
-    input: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if input.is_empty() {
-        let mut stack = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        return Pin::new(io).poll_read(cx, &mut buf).map_ok(|()| {
-            input.extend_from_slice(buf.filled());
-            buf.filled().len()
-        });
-    }
-    if input.capacity() - input.len() < MIN_READ {
-        input.reserve(READ_CHUNK);
-    }
-    std::pin::pin!(io.read_buf(input)).poll(cx)
 }
 
 /// Acts on the shutdown state, and remembers it as seen: a connection with no message open and
