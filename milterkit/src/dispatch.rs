@@ -166,101 +166,38 @@ impl<M: Milter> Dispatcher<M> {
         let macros = macros_owner.macros();
         let milter = &mut self.milter;
         let msg = &mut self.message;
+        // One expansion per handler: each handler's future has its own type, and is pinned in
+        // place (stored once in the connection's future) rather than boxed.
+        macro_rules! call {
+            ($handler:expr) => {
+                waiter
+                    .wait(
+                        stage,
+                        &self.progress,
+                        pin!(guarded(deadline, span.clone(), $handler)),
+                    )
+                    .await
+            };
+        }
         let result = match (&event, msg.as_mut()) {
-            (Event::Connect(c), _) => {
-                let args = Connect { connect: c, macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.connect(args))),
-                    )
-                    .await
-            }
-            (Event::Helo { name }, _) => {
-                let args = Helo { name, macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.helo(args))),
-                    )
-                    .await
-            }
-            (Event::Unknown { line }, _) => {
-                let args = Unknown { line, macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.unknown(args))),
-                    )
-                    .await
-            }
-            (Event::Mail(envelope), Some(m)) => {
-                let args = Mail { envelope, macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.mail(m, args))),
-                    )
-                    .await
-            }
-            (Event::Rcpt(envelope), Some(m)) => {
-                let args = Rcpt { envelope, macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.rcpt(m, args))),
-                    )
-                    .await
-            }
-            (Event::Data, Some(m)) => {
-                let args = Context { macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.data(m, args))),
-                    )
-                    .await
-            }
+            (Event::Connect(connect), _) => call!(milter.connect(Connect { connect, macros })),
+            (Event::Helo { name }, _) => call!(milter.helo(Helo { name, macros })),
+            (Event::Unknown { line }, _) => call!(milter.unknown(Unknown { line, macros })),
+            (Event::Mail(envelope), Some(m)) => call!(milter.mail(m, Mail { envelope, macros })),
+            (Event::Rcpt(envelope), Some(m)) => call!(milter.rcpt(m, Rcpt { envelope, macros })),
+            (Event::Data, Some(m)) => call!(milter.data(m, Context { macros })),
             (Event::Header { name, value }, Some(m)) => {
-                let args = Header {
-                    name,
-                    value,
-                    macros,
-                };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.header(m, args))),
-                    )
-                    .await
+                call!(milter.header(
+                    m,
+                    Header {
+                        name,
+                        value,
+                        macros
+                    }
+                ))
             }
-            (Event::Eoh, Some(m)) => {
-                let args = Context { macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.eoh(m, args))),
-                    )
-                    .await
-            }
-            (Event::Body(chunk), Some(m)) => {
-                let args = Body { chunk, macros };
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), milter.body(m, args))),
-                    )
-                    .await
-            }
+            (Event::Eoh, Some(m)) => call!(milter.eoh(m, Context { macros })),
+            (Event::Body(chunk), Some(m)) => call!(milter.body(m, Body { chunk, macros })),
             (Event::Eom, Some(m)) => {
                 let mut eom = Eom::new(session, &self.progress);
                 let r = {
