@@ -52,13 +52,11 @@
 //! docs/deployment.md walks through running such a milter under systemd next to Postfix.
 
 use std::future::IntoFuture;
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use milterkit_proto::Decision;
-use nix::unistd::{Gid, Group, Uid, User};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -66,6 +64,12 @@ use tracing::{error, info, warn};
 use crate::listener::{bind_with_backlog, Listener, DEFAULT_BACKLOG};
 use crate::metrics::Metrics;
 use crate::{serve, Config, Milter};
+
+mod logging;
+mod system;
+
+pub use logging::init_logging;
+use system::{drop_privileges, notify, owner_ids, terminated};
 
 /// Why the daemon could not start or stopped in error.
 #[derive(Debug, thiserror::Error)]
@@ -450,158 +454,6 @@ impl Options {
         let spec = self.socket.as_deref().ok_or(DaemonError::NoSocket)?;
         Ok(vec![bind_with_backlog(spec, self.backlog).await?])
     }
-}
-
-/// Sends a notification to systemd when it asked for them (`NOTIFY_SOCKET`); a failure is logged.
-fn notify(state: &[sd_notify::NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
-    }
-    if let Err(e) = sd_notify::notify(false, state) {
-        warn!(error = %e, "cannot notify systemd");
-    }
-}
-
-/// Installs the SIGTERM and SIGINT handlers now (inside the runtime) and completes on the first
-/// of them, with the signal's name.
-fn terminated() -> impl std::future::Future<Output = &'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let streams = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    );
-    async move {
-        let (Ok(mut term), Ok(mut int)) = streams else {
-            warn!("cannot listen for signals; stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        }
-    }
-}
-
-fn lookup_user(name: &str) -> Result<User, DaemonError> {
-    let unknown = || DaemonError::UnknownId {
-        what: "user",
-        name: name.to_owned(),
-    };
-    if let Ok(uid) = name.parse::<u32>() {
-        return User::from_uid(Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .ok_or_else(unknown);
-    }
-    User::from_name(name).ok().flatten().ok_or_else(unknown)
-}
-
-fn lookup_group(name: &str) -> Result<Gid, DaemonError> {
-    if let Ok(gid) = name.parse::<u32>() {
-        return Ok(Gid::from_raw(gid));
-    }
-    Group::from_name(name)
-        .ok()
-        .flatten()
-        .map(|g| g.gid)
-        .ok_or_else(|| DaemonError::UnknownId {
-            what: "group",
-            name: name.to_owned(),
-        })
-}
-
-/// `USER`, `USER:GROUP` or `:GROUP` as numbers.
-fn owner_ids(owner: &str) -> Result<(Option<u32>, Option<u32>), DaemonError> {
-    let (user, group) = match owner.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (owner, None),
-    };
-    let uid = if user.is_empty() {
-        None
-    } else {
-        Some(lookup_user(user)?.uid.as_raw())
-    };
-    let gid = match group {
-        Some(g) if !g.is_empty() => Some(lookup_group(g)?.as_raw()),
-        _ => None,
-    };
-    Ok((uid, gid))
-}
-
-/// Switches to `user` and `group`: supplementary groups first, then the group, then the user (the
-/// order that leaves no way back).
-fn drop_privileges(user: Option<&str>, group: Option<&str>) -> Result<(), DaemonError> {
-    if user.is_none() && group.is_none() {
-        return Ok(());
-    }
-    let user = user.map(lookup_user).transpose()?;
-    let gid = match (group, &user) {
-        (Some(g), _) => lookup_group(g)?,
-        (None, Some(u)) => u.gid,
-        (None, None) => return Ok(()),
-    };
-    let system = |what: &'static str| {
-        move |e: nix::Error| DaemonError::System {
-            what: what.to_owned(),
-            source: std::io::Error::from(e),
-        }
-    };
-    nix::unistd::setgroups(&[gid]).map_err(system("dropping supplementary groups"))?;
-    nix::unistd::setgid(gid).map_err(system("switching group"))?;
-    if let Some(u) = &user {
-        nix::unistd::setuid(u.uid).map_err(system("switching user"))?;
-        // A switch that can be undone is no switch.
-        if u.uid.as_raw() != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-            return Err(DaemonError::System {
-                what: "switching user".to_owned(),
-                source: std::io::Error::other("root could be regained"),
-            });
-        }
-    }
-    info!(
-        user = user.as_ref().map(|u| u.name.as_str()),
-        uid = nix::unistd::getuid().as_raw(),
-        gid = nix::unistd::getgid().as_raw(),
-        "privileges dropped"
-    );
-    Ok(())
-}
-
-/// Sets up a global `tracing` subscriber writing to standard error: `format` as described by
-/// [`LogFormat`], `filter` in `RUST_LOG` syntax. Fails if the filter does not parse; does
-/// nothing if a subscriber is already set.
-///
-/// ```
-/// milterkit::daemon::init_logging(milterkit::daemon::LogFormat::Json, "milterkit=debug,warn").unwrap();
-/// ```
-pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), DaemonError> {
-    use tracing_subscriber::fmt;
-    let filter_layer =
-        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| DaemonError::LogFilter {
-            filter: filter.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let builder = fmt()
-        .with_env_filter(filter_layer)
-        .with_writer(std::io::stderr);
-    let set = match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(true)
-            .try_init(),
-        LogFormat::Plain => {
-            let ansi = std::io::stderr().is_terminal();
-            if std::env::var_os("JOURNAL_STREAM").is_some() {
-                builder.with_ansi(ansi).without_time().try_init()
-            } else {
-                builder.with_ansi(ansi).try_init()
-            }
-        }
-    };
-    // Already set (by the milter's author, or a test): theirs stays.
-    let _ = set;
-    Ok(())
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
