@@ -66,6 +66,7 @@
 
 pub mod command;
 pub mod error;
+mod event;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -2,89 +2,17 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 
-use crate::command::{Command, Connect, Envelope};
+use crate::command::Command;
 use crate::error::{Incompatible, MisuseError, ProtocolError};
+pub use crate::event::Event;
 use crate::frame::{FrameDecoder, MILTER_CHUNK_SIZE};
 use crate::macros::Macros;
 use crate::negotiate::{negotiate, Agreement, Offer, Request};
 use crate::order::{admit, after_decision, Admit, State};
 use crate::response::{BodyRun, Decision, Modification, Response};
 use crate::stage::{Stage, Stages};
-
-/// What the MTA asked of the milter, one per command (macros are not events: they update
-/// [`MilterSession::macros`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Event {
-    /// OPTNEG: answer with [`MilterSession::negotiate`].
-    Negotiate(Offer),
-    /// CONNECT (`xxfi_connect`).
-    Connect(Connect),
-    /// HELO/EHLO (`xxfi_helo`).
-    Helo {
-        /// The name the client gave.
-        name: Bytes,
-    },
-    /// MAIL FROM (`xxfi_envfrom`): a message starts.
-    Mail(Envelope),
-    /// RCPT TO (`xxfi_envrcpt`).
-    Rcpt(Envelope),
-    /// DATA (`xxfi_data`).
-    Data,
-    /// One header (`xxfi_header`).
-    Header {
-        /// Field name.
-        name: Bytes,
-        /// Value (folded lines joined with LF).
-        value: Bytes,
-    },
-    /// End of headers (`xxfi_eoh`).
-    Eoh,
-    /// A body chunk (`xxfi_body`).
-    Body(Bytes),
-    /// End of message (`xxfi_eom`): modify, then decide.
-    Eom,
-    /// An SMTP command the MTA did not know (`xxfi_unknown`).
-    Unknown {
-        /// The command line.
-        line: Bytes,
-    },
-    /// The open message is over without end of message (`xxfi_abort`): the MTA sent ABORT, a new
-    /// MAIL or HELO came inside the message, or the connection ended. Never answered.
-    Abort,
-    /// QUIT: the session is over (`xxfi_close` follows). Never answered.
-    Quit,
-    /// QUIT_NC: this session is over (`xxfi_close`), a new one starts on the same connection with
-    /// CONNECT, keeping the agreement. Never answered.
-    QuitNc,
-}
-
-impl Event {
-    /// The reply-bearing stage of this event; `None` for OPTNEG, ABORT, QUIT and QUIT_NC.
-    ///
-    /// ```
-    /// # use milterkit_proto::{Event, Stage};
-    /// assert_eq!(Event::Eoh.stage(), Some(Stage::Eoh));
-    /// assert_eq!(Event::Abort.stage(), None);
-    /// ```
-    pub fn stage(&self) -> Option<Stage> {
-        Some(match self {
-            Event::Connect(_) => Stage::Connect,
-            Event::Helo { .. } => Stage::Helo,
-            Event::Mail(_) => Stage::Mail,
-            Event::Rcpt(_) => Stage::Rcpt,
-            Event::Data => Stage::Data,
-            Event::Header { .. } => Stage::Header,
-            Event::Eoh => Stage::Eoh,
-            Event::Body(_) => Stage::Body,
-            Event::Eom => Stage::Eom,
-            Event::Unknown { .. } => Stage::Unknown,
-            Event::Negotiate(_) | Event::Abort | Event::Quit | Event::QuitNc => return None,
-        })
-    }
-}
 
 /// What the session waits for from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -547,7 +475,7 @@ impl MilterSession {
                 needs: m.action(),
             });
         }
-        validate(&m)?;
+        m.validate()?;
         if !self.body_run.admits(&m) {
             return Err(MisuseError::BodyNotContiguous);
         }
@@ -645,48 +573,4 @@ impl MilterSession {
     pub fn buffered(&self) -> usize {
         self.input.len()
     }
-}
-
-/// True if `decision` at `stage` ends the open message: everything at EOM; accept and discard at
-/// RCPT (reject and tempfail there refuse one recipient); anything but continue and skip at the
-/// other message stages.
-pub(crate) fn ends_message(stage: Stage, decision: &Decision) -> bool {
-    match stage {
-        Stage::Eom => true,
-        Stage::Rcpt => matches!(decision, Decision::Accept | Decision::Discard),
-        Stage::Mail | Stage::Data | Stage::Header | Stage::Eoh | Stage::Body => {
-            !matches!(decision, Decision::Continue | Decision::Skip)
-        }
-        Stage::Connect | Stage::Helo | Stage::Unknown => false,
-    }
-}
-
-/// Checks what the MTAs refuse or misread: NUL inside a string, an empty header name, empty
-/// sender or recipient, an empty quarantine reason.
-pub(crate) fn validate(m: &Modification) -> Result<(), MisuseError> {
-    let what = m.name();
-    if m.strings().iter().any(|s| crate::frame::has_nul(s)) {
-        return Err(MisuseError::Invalid {
-            what,
-            reason: "contains a NUL byte",
-        });
-    }
-    let empty = match m {
-        Modification::AddHeader { name, .. }
-        | Modification::InsertHeader { name, .. }
-        | Modification::ChangeHeader { name, .. } => name.is_empty(),
-        Modification::ChangeFrom { sender: a, .. }
-        | Modification::AddRcpt { rcpt: a }
-        | Modification::AddRcptPar { rcpt: a, .. }
-        | Modification::DeleteRcpt { rcpt: a }
-        | Modification::Quarantine { reason: a } => a.is_empty(),
-        Modification::ReplaceBody { .. } => false,
-    };
-    if empty {
-        return Err(MisuseError::Invalid {
-            what,
-            reason: "empty name, address or reason",
-        });
-    }
-    Ok(())
 }

@@ -7,7 +7,6 @@ use bytes::BytesMut;
 use crate::command::Command;
 use crate::error::{Incompatible, MisuseError, ProtocolError};
 use crate::frame::{FrameDecoder, MILTER_CHUNK_SIZE};
-use crate::milter::ends_message;
 use crate::negotiate::{Agreement, Offer};
 use crate::response::{BodyRun, Decision, Modification, Response};
 use crate::stage::{Order, Phase, Stage};
@@ -443,5 +442,19 @@ impl MtaSession {
     /// True once QUIT was sent or the milter broke the protocol.
     pub fn is_closed(&self) -> bool {
         self.phase == Phase::Closed || self.error.is_some()
+    }
+}
+
+/// True if `decision` at `stage` ends the open message: everything at EOM; accept and discard at
+/// RCPT (reject and tempfail there refuse one recipient); anything but continue and skip at the
+/// other message stages.
+fn ends_message(stage: Stage, decision: &Decision) -> bool {
+    match stage {
+        Stage::Eom => true,
+        Stage::Rcpt => matches!(decision, Decision::Accept | Decision::Discard),
+        Stage::Mail | Stage::Data | Stage::Header | Stage::Eoh | Stage::Body => {
+            !matches!(decision, Decision::Continue | Decision::Skip)
+        }
+        Stage::Connect | Stage::Helo | Stage::Unknown => false,
     }
 }

@@ -2,7 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::error::ProtocolError;
+use crate::error::{MisuseError, ProtocolError};
 use crate::frame::{Frame, FrameWriter, Reader};
 use crate::macros::{MacroLists, MacroStage};
 use crate::negotiate::{Actions, Agreement, ProtocolFlags};
@@ -517,5 +517,37 @@ impl From<Decision> for Response {
 impl From<Modification> for Response {
     fn from(m: Modification) -> Self {
         Response::Modification(m)
+    }
+}
+
+impl Modification {
+    /// Checks what the MTAs refuse or misread: NUL inside a string, an empty header name, empty
+    /// sender or recipient, an empty quarantine reason.
+    pub(crate) fn validate(&self) -> Result<(), MisuseError> {
+        let what = self.name();
+        if self.strings().iter().any(|s| crate::frame::has_nul(s)) {
+            return Err(MisuseError::Invalid {
+                what,
+                reason: "contains a NUL byte",
+            });
+        }
+        let empty = match self {
+            Modification::AddHeader { name, .. }
+            | Modification::InsertHeader { name, .. }
+            | Modification::ChangeHeader { name, .. } => name.is_empty(),
+            Modification::ChangeFrom { sender: a, .. }
+            | Modification::AddRcpt { rcpt: a }
+            | Modification::AddRcptPar { rcpt: a, .. }
+            | Modification::DeleteRcpt { rcpt: a }
+            | Modification::Quarantine { reason: a } => a.is_empty(),
+            Modification::ReplaceBody { .. } => false,
+        };
+        if empty {
+            return Err(MisuseError::Invalid {
+                what,
+                reason: "empty name, address or reason",
+            });
+        }
+        Ok(())
     }
 }
