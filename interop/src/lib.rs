@@ -74,28 +74,21 @@ pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a test waits to be sure that nothing (more) is delivered.
 pub const QUIET_PERIOD: Duration = Duration::from_millis(1500);
 
-/// Which MTA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mta {
-    /// Postfix 3.7 ([`Postfix`]).
-    Postfix,
-    /// Sendmail 8.17 ([`Sendmail`]).
-    Sendmail,
-}
+/// Which MTA: Postfix 3.7 ([`Postfix`]) or Sendmail 8.17 ([`Sendmail`]); the core's one enum
+/// for it.
+pub use milterkit::proto::Mta;
 
-impl Mta {
-    /// The tools it needs.
-    pub fn tools(self) -> &'static [Tool] {
-        match self {
-            Mta::Postfix => &[Tool::Postfix, Tool::Unshare],
-            Mta::Sendmail => &[
-                Tool::Sendmail,
-                Tool::SendmailCf,
-                Tool::M4,
-                Tool::Gcc,
-                Tool::Unshare,
-            ],
-        }
+/// The tools an MTA needs.
+pub fn tools_of(mta: Mta) -> &'static [Tool] {
+    match mta {
+        Mta::Postfix => &[Tool::Postfix, Tool::Unshare],
+        Mta::Sendmail => &[
+            Tool::Sendmail,
+            Tool::SendmailCf,
+            Tool::M4,
+            Tool::Gcc,
+            Tool::Unshare,
+        ],
     }
 }
 
@@ -180,7 +173,7 @@ impl Rig {
         transport: Transport,
         config: milterkit::Config,
     ) -> Result<Option<Rig>> {
-        if !require(mta.tools()) {
+        if !require(crate::tools_of(mta)) {
             return Ok(None);
         }
         let sink = Sink::start()?;

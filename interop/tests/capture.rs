@@ -28,8 +28,8 @@ fn names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn recording_again_gives_the_committed_captures_packet_for_packet() {
-    let mut tools = Mta::Postfix.tools().to_vec();
-    tools.extend(Mta::Sendmail.tools());
+    let mut tools = interop::tools_of(Mta::Postfix).to_vec();
+    tools.extend(interop::tools_of(Mta::Sendmail));
     tools.push(Tool::Gcc);
     if !require(&tools) {
         return;

@@ -267,7 +267,7 @@ fn wait_for_socket(path: &Path) {
 
 /// Runs the libmilter milter, then the milterkit milter, behind `mta`; returns both logs.
 fn both_logs(mta: Mta) -> Option<(Vec<String>, Vec<String>)> {
-    let mut tools = mta.tools().to_vec();
+    let mut tools = interop::tools_of(mta).to_vec();
     tools.push(Tool::Gcc);
     if !require(&tools) {
         return None;

@@ -26,7 +26,7 @@ impl Milter for DiscardsAtUnknown {
 }
 
 fn discard_at_unknown(mta: Mta) {
-    if !interop::require(mta.tools()) {
+    if !interop::require(interop::tools_of(mta)) {
         return;
     }
     let dir = RunDir::new("discard-unknown").unwrap();

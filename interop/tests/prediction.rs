@@ -163,7 +163,7 @@ macro_rules! cases {
 
 const BOB: &[&str] = &["bob@example.net"];
 
-// Real Sendmail 8.17 taught the Sendmail rules (milterkit-proto `message::Rules::Sendmail`) three
+// Real Sendmail 8.17 taught the Sendmail rules (milterkit-proto `Mta::Sendmail`) three
 // things these tests found: Sendmail keeps the cf file's default headers in its header list ahead
 // of the message's own (`Received`, then `Resent-Date`, `Date`, `Resent-From`, `From`,
 // `Full-Name`, `Resent-Message-Id`, `Message-Id` with Debian's cf), so INSHEADER indexes 1 to 8 all

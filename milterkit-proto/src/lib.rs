@@ -84,6 +84,7 @@ pub use command::{Command, Connect, Envelope, Family};
 pub use error::{FrameError, Incompatible, MisuseError, ProtocolError, ReplyError};
 pub use frame::{Frame, FrameDecoder};
 pub use macros::{MacroLists, MacroStage, Macros};
+pub use message::Mta;
 pub use milter::{Event, MilterConfig, MilterSession, NegotiateError};
 pub use mta::{MtaConfig, MtaEvent, MtaSession, Sent};
 pub use negotiate::{negotiate, Actions, Agreement, Offer, ProtocolFlags, Request};

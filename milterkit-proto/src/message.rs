@@ -156,15 +156,23 @@ fn trim_end_ws(b: &[u8]) -> &[u8] {
     &b[..end]
 }
 
-/// Whose rules to follow where the MTAs apply modifications differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Rules {
-    /// Postfix 3.x: a deleted header is unlinked, so later indexes shift; INSHEADER counts the
-    /// MTA's own `Received:` (index 0 above it, index N becomes header N+1).
+/// Which MTA: where Postfix and Sendmail differ, in what they send a milter and in how they apply
+/// its modifications. One enum for the whole toolkit: [`Message::apply`] follows its rules, the
+/// `milterkit` crate's MTA-side `Profile` its habits, and the interop tests start it. Exhaustive on
+/// purpose: a third MTA would change every place that tells them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mta {
+    /// Postfix 3.x. Sends a macro packet before every event (also before each header, each body
+    /// chunk and UNKNOWN, empty when no macro has a value), ABORT after every transaction and once
+    /// more before QUIT, the queue id `i` only after the first accepted recipient. Applies: a
+    /// deleted header is unlinked, so later indexes shift; INSHEADER counts the MTA's own
+    /// `Received:` (index 0 above it, index N becomes header N+1).
     Postfix,
-    /// Sendmail 8.17: a deleted header is only marked, so it still counts for later CHGHEADER
-    /// indexes; INSHEADER counts entries of its internal list the milter never saw.
+    /// Sendmail 8.17. Sends macro packets only for CONNECT, HELO, MAIL, RCPT, DATA, EOH and EOM
+    /// and only when that stage has a list, ABORT only inside an open transaction, `IPv6:` before
+    /// IPv6 addresses, the queue id at MAIL. Applies: a deleted header is only marked, so it still
+    /// counts for later CHGHEADER indexes; INSHEADER counts entries of its internal list the
+    /// milter never saw.
     Sendmail,
 }
 
@@ -173,10 +181,10 @@ pub enum Rules {
 /// default headers of Debian's cf, kept in its list ahead of the message's own and written only
 /// when the message lacks them (seen with real Sendmail 8.17 in interop/tests/prediction.rs:
 /// indexes 1 to 8 all land below `Received:`, index 0 above it).
-fn hidden(rules: Rules) -> &'static [&'static str] {
+fn hidden(rules: Mta) -> &'static [&'static str] {
     match rules {
-        Rules::Postfix => &["Received"],
-        Rules::Sendmail => &[
+        Mta::Postfix => &["Received"],
+        Mta::Sendmail => &[
             "Received",
             "Resent-Date",
             "Date",
@@ -244,14 +252,14 @@ impl Message {
     /// space between the colon and a milter's value, with it the value is used verbatim.
     ///
     /// ```
-    /// # use milterkit_proto::message::{Message, Rules};
+    /// # use milterkit_proto::message::{Message, Mta};
     /// # use milterkit_proto::{Modification, Envelope};
     /// let m = Message::parse(b"Subject: Hi\r\n\r\nbody\r\n"[..].into());
     /// let mods = [
     ///     Modification::ChangeHeader { index: 1, name: "Subject".into(), value: "[ok] Hi".into() },
     ///     Modification::AddHeader { name: "X-A".into(), value: "1".into() },
     /// ];
-    /// let d = m.apply(&Envelope::new("<a@x>"), &[Envelope::new("<b@x>")], &mods, Rules::Postfix, false);
+    /// let d = m.apply(&Envelope::new("<a@x>"), &[Envelope::new("<b@x>")], &mods, Mta::Postfix, false);
     /// assert_eq!(d.message, &b"Subject: [ok] Hi\r\nX-A: 1\r\n\r\nbody\r\n"[..]);
     /// ```
     pub fn apply(
@@ -259,7 +267,7 @@ impl Message {
         sender: &crate::command::Envelope,
         recipients: &[crate::command::Envelope],
         mods: &[crate::response::Modification],
-        rules: Rules,
+        rules: Mta,
         leading_space: bool,
     ) -> Delivery {
         use crate::command::Envelope;
@@ -301,7 +309,7 @@ impl Message {
             )
             .collect();
         // Sendmail puts a trace header a milter adds on top, above its own Received.
-        let sendmail = rules == Rules::Sendmail;
+        let sendmail = rules == Mta::Sendmail;
         let added_at = |headers: &Vec<Entry>, name: &Bytes| {
             if sendmail && name.eq_ignore_ascii_case(b"Received") {
                 0
@@ -341,7 +349,7 @@ impl Message {
                     let counts = |e: &Entry| {
                         !e.hidden
                             && e.name.eq_ignore_ascii_case(name)
-                            && (rules == Rules::Sendmail || !e.deleted)
+                            && (rules == Mta::Sendmail || !e.deleted)
                     };
                     let found = headers
                         .iter()
@@ -351,10 +359,10 @@ impl Message {
                         .map(|(i, _)| i);
                     match (found, value.is_empty()) {
                         (Some(i), true) => match rules {
-                            Rules::Postfix => {
+                            Mta::Postfix => {
                                 headers.remove(i);
                             }
-                            Rules::Sendmail => headers[i].deleted = true,
+                            Mta::Sendmail => headers[i].deleted = true,
                         },
                         (Some(i), false) => headers[i] = Entry::new(name, format(name, value)),
                         (None, false) => {

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
-use milterkit_proto::message::{Message, Rules};
+use milterkit_proto::message::{Message, Mta};
 use milterkit_proto::{Envelope, Modification};
 
 const BASE: &str = "From: a@example.org\r\nTo: b@example.net\r\nX-Dup: first\r\nX-Other: between\r\nX-Dup: second\r\n\r\nbody\r\n";
@@ -32,7 +32,7 @@ fn add(name: &str, value: &str) -> Modification {
 }
 
 /// The header names of the result, in order.
-fn names(rules: Rules, mods: &[Modification]) -> Vec<String> {
+fn names(rules: Mta, mods: &[Modification]) -> Vec<String> {
     let m = Message::parse(Bytes::from_static(BASE.as_bytes()));
     let d = m.apply(&Envelope::new("<a@x>"), &[], mods, rules, false);
     Message::parse(d.message)
@@ -146,21 +146,21 @@ fn header_index_cases_follow_each_mta() {
     ];
     for row in &rows {
         assert_eq!(
-            names(Rules::Postfix, &row.mods),
+            names(Mta::Postfix, &row.mods),
             row.postfix,
             "Postfix: {} ({})",
             row.case,
             row.evidence
         );
         assert_eq!(
-            names(Rules::Sendmail, &row.mods),
+            names(Mta::Sendmail, &row.mods),
             row.sendmail,
             "Sendmail: {} ({})",
             row.case,
             row.evidence
         );
     }
-    assert_eq!(names(Rules::Postfix, &[]), all);
+    assert_eq!(names(Mta::Postfix, &[]), all);
     println!(
         "{} header index cases checked for Postfix and Sendmail",
         rows.len()
@@ -181,7 +181,7 @@ fn a_message_with_no_modifications_comes_out_byte_for_byte() {
             &Envelope::new("<a@x>"),
             &[Envelope::new("<b@y>")],
             &[],
-            Rules::Postfix,
+            Mta::Postfix,
             false,
         );
         assert_eq!(d.message, raw.as_bytes(), "{raw:?}");
@@ -199,12 +199,12 @@ fn header_values_are_written_as_the_mtas_write_them() {
     // fixtures 07-multiline-header: LF folding comes out as CRLF folding.
     // fixtures 08-leading-space-header: without HDR_LEADSPC the MTA adds a space (two in all for a
     // value that starts with one); with it the value is used verbatim.
-    let plain = m.apply(&Envelope::new("<a@x>"), &[], &mods, Rules::Postfix, false);
+    let plain = m.apply(&Envelope::new("<a@x>"), &[], &mods, Mta::Postfix, false);
     assert_eq!(
         plain.message,
         &b"Subject: x\r\nX-Multi: line one\r\n\tline two\r\nX-Added-Space:  leading space\r\n\r\nb\r\n"[..]
     );
-    let verbatim = m.apply(&Envelope::new("<a@x>"), &[], &mods, Rules::Sendmail, true);
+    let verbatim = m.apply(&Envelope::new("<a@x>"), &[], &mods, Mta::Sendmail, true);
     assert_eq!(
         verbatim.message,
         &b"Subject: x\r\nX-Multi:line one\r\n\tline two\r\nX-Added-Space: leading space\r\n\r\nb\r\n"[..]
@@ -244,7 +244,7 @@ fn envelope_and_body_changes_are_applied_in_order() {
         &Envelope::new("<a@example.org>"),
         &rcpts,
         &mods,
-        Rules::Postfix,
+        Mta::Postfix,
         false,
     );
     assert_eq!(d.sender.address, "<bounce@example.org>");

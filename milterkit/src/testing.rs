@@ -56,7 +56,7 @@ pub struct Harness<M: Milter> {
 impl<M: Milter> std::fmt::Debug for Harness<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Harness")
-            .field("profile", &self.profile.flavor)
+            .field("profile", &self.profile.mta)
             .field("strict", &self.strict)
             .field("closed", &self.closed)
             .finish_non_exhaustive()

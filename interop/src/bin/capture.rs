@@ -13,8 +13,8 @@ fn main() -> ExitCode {
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../milterkit-proto/testdata/captures"),
         PathBuf::from,
     );
-    let mut tools = Mta::Postfix.tools().to_vec();
-    tools.extend(Mta::Sendmail.tools());
+    let mut tools = interop::tools_of(Mta::Postfix).to_vec();
+    tools.extend(interop::tools_of(Mta::Sendmail));
     tools.push(Tool::Gcc);
     if !require(&tools) {
         return ExitCode::FAILURE;

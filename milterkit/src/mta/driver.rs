@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use milterkit_proto::command::{Connect, Envelope, Family};
-use milterkit_proto::message::{Message, Rules};
+use milterkit_proto::message::Message;
 use milterkit_proto::{Agreement, Command, Decision, Sent, Stage};
 
 use super::*;
@@ -65,10 +65,7 @@ impl Driver {
         }
         out.agreement = link.agreement().cloned();
         if out.verdict == Some(Verdict::Accept) {
-            let rules = match profile.flavor {
-                Flavor::Postfix => Rules::Postfix,
-                Flavor::Sendmail => Rules::Sendmail,
-            };
+            let rules = profile.mta;
             let recipients: Vec<Envelope> = tx
                 .recipients
                 .iter()
@@ -95,7 +92,7 @@ impl Driver {
         v: &mut Values<'_>,
         out: &mut Outcome,
     ) -> Result<(), Error> {
-        let postfix = profile.flavor == Flavor::Postfix;
+        let postfix = profile.mta == Mta::Postfix;
         if self.session_decided {
             out.closed = Some("the milter decided the whole session".into());
             return Ok(());
@@ -119,7 +116,7 @@ impl Driver {
             }
         }
         // Sendmail stops reporting unknown commands once a message completed on the connection.
-        let unknown = if profile.flavor == Flavor::Sendmail && self.completed > 0 {
+        let unknown = if profile.mta == Mta::Sendmail && self.completed > 0 {
             &[][..]
         } else {
             &tx.unknown[..]
@@ -209,7 +206,7 @@ impl Driver {
         profile: &Profile,
         out: &mut Outcome,
     ) -> Result<(), Error> {
-        if out.closed.is_none() && (profile.flavor == Flavor::Postfix || link.in_message()) {
+        if out.closed.is_none() && (profile.mta == Mta::Postfix || link.in_message()) {
             self.send(link, out, Command::Abort).await?;
         }
         Ok(())
@@ -222,7 +219,7 @@ impl Driver {
         profile: &Profile,
     ) -> Result<(), Error> {
         let mut out = Outcome::default();
-        if profile.flavor == Flavor::Postfix && self.connected && !self.session_decided {
+        if profile.mta == Mta::Postfix && self.connected && !self.session_decided {
             self.send(link, &mut out, Command::Abort).await?;
         }
         self.send(link, &mut out, Command::Quit).await
@@ -371,7 +368,7 @@ impl<'a> Values<'a> {
     }
 
     fn sendmail(&self) -> bool {
-        self.profile.flavor == Flavor::Sendmail
+        self.profile.mta == Mta::Sendmail
     }
 
     /// The CONNECT packet as the profile's MTA writes it.

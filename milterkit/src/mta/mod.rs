@@ -3,7 +3,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `profile.rs` | [`Profile`], [`Flavor`]: what an MTA offers and sends, and when |
+//! | `profile.rs` | [`Profile`]: what an MTA ([`Mta`]) offers and sends, and when |
 //! | `transaction.rs` | [`Transaction`], [`Client`], [`Outcome`], [`Step`], [`Verdict`], [`Answer`] |
 //! | `driver.rs` | the command-by-command driver shared by [`Connection`] and the test harness |
 //! | `connection.rs` | [`Connection`]: the driver over a socket |
@@ -15,5 +15,6 @@ mod transaction;
 
 pub use connection::{Connection, CONNECT_TIMEOUT, REPLY_TIMEOUT};
 pub(crate) use driver::{Driver, Link};
-pub use profile::{Flavor, Profile};
+pub use milterkit_proto::Mta;
+pub use profile::Profile;
 pub use transaction::{Answer, Client, Outcome, Step, Transaction, Verdict};

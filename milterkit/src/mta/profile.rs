@@ -1,29 +1,15 @@
-//! Which MTA a connection imitates, and how it talks: [`Profile`] and [`Flavor`].
+//! How a given MTA talks to a milter: [`Profile`].
 
 use bytes::Bytes;
-use milterkit_proto::{Agreement, MacroStage, Offer, Stage};
-
-/// Which MTA a [`Profile`] imitates: what it sends and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Flavor {
-    /// Postfix 3.x: a macro packet before every event (also before each header, each body chunk
-    /// and UNKNOWN, empty when no macro has a value), ABORT after every transaction and once more
-    /// before QUIT, the queue id `i` only after the first accepted recipient.
-    Postfix,
-    /// Sendmail 8.17: macro packets only for CONNECT, HELO, MAIL, RCPT, DATA, EOH and EOM and only
-    /// when that stage has a list, ABORT only inside an open transaction, `IPv6:` before IPv6
-    /// addresses, the queue id at MAIL.
-    Sendmail,
-}
+use milterkit_proto::{Agreement, MacroStage, Mta, Offer, Stage};
 
 /// How an MTA talks to a milter: what it offers, which macros it sends at which stage, and its
-/// habits ([`Flavor`]). `Profile::postfix()` and `Profile::sendmail()` reproduce the captures in
-/// the project's fixtures.
+/// habits ([`Mta`]). `Profile::postfix()` and `Profile::sendmail()` reproduce the captures in
+/// the project's captures.
 #[derive(Debug, Clone)]
 pub struct Profile {
     /// Whose habits.
-    pub flavor: Flavor,
+    pub mta: Mta,
     /// The OPTNEG offer.
     pub offer: Offer,
     /// The macro names sent at each stage (by command code: `C H M R T N E`, and for Postfix `L`
@@ -38,7 +24,7 @@ impl Profile {
     /// Postfix 3.7 with its default macro lists (`postconf milter_*_macros`).
     pub fn postfix() -> Profile {
         Profile {
-            flavor: Flavor::Postfix,
+            mta: Mta::Postfix,
             offer: Offer::default(),
             macros: vec![
                 (b'C', vec!["j", "{daemon_name}", "{daemon_addr}", "v", "_"]),
@@ -89,7 +75,7 @@ impl Profile {
     /// Sendmail 8.17 with the default lists of `cf/m4/cfhead.m4`.
     pub fn sendmail() -> Profile {
         Profile {
-            flavor: Flavor::Sendmail,
+            mta: Mta::Sendmail,
             offer: Offer::default(),
             macros: vec![
                 (
@@ -139,16 +125,14 @@ impl Profile {
             .and_then(MacroStage::of)
             .and_then(|s| agreement.macros.get(s));
         // Sendmail honours an EOM list only if an EOH list came too.
-        let own = match (self.flavor, stage, own) {
-            (Flavor::Sendmail, b'E', Some(_))
-                if agreement.macros.get(MacroStage::EOH).is_none() =>
-            {
+        let own = match (self.mta, stage, own) {
+            (Mta::Sendmail, b'E', Some(_)) if agreement.macros.get(MacroStage::EOH).is_none() => {
                 None
             }
             (_, _, own) => own,
         };
         if let Some(list) = own {
-            if !list.is_empty() || self.flavor == Flavor::Sendmail {
+            if !list.is_empty() || self.mta == Mta::Sendmail {
                 return Some(
                     list.split(|&c| c == b' ')
                         .filter(|n| !n.is_empty())
