@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
+use milterkit::Stage;
 
 /// Drive milters from the command line: see a milter's decisions and modifications, and the
 /// message it would leave behind, without an MTA.
@@ -230,9 +231,10 @@ fn build_transaction(args: &RunArgs, message: Bytes) -> Result<Transaction, Stri
         let Some((name, value)) = pair.split_once('=') else {
             return Err(format!("--macro {m:?}: expected NAME=VALUE"));
         };
-        if !b"CHMRTNE".contains(&stage) {
-            return Err(format!("--macro {m:?}: stage must be one of C H M R T N E"));
-        }
+        let stage = match Stage::from_code(stage) {
+            Some(s) if b"CHMRTNE".contains(&stage) => s,
+            _ => return Err(format!("--macro {m:?}: stage must be one of C H M R T N E")),
+        };
         tx = tx.with_macro(stage, name, value);
     }
     Ok(tx)

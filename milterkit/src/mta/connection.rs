@@ -114,9 +114,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         self.exchange(cmd).await
     }
 
-    /// `SMFIC_MACRO` for the command `stage` (a command code such as `b'M'`).
-    pub async fn macros(&mut self, stage: u8, pairs: Vec<(Bytes, Bytes)>) -> Result<Answer, Error> {
-        self.exchange(Command::Macro { stage, pairs }).await
+    /// `SMFIC_MACRO` for the command of `stage`.
+    pub async fn macros(
+        &mut self,
+        stage: Stage,
+        pairs: Vec<(Bytes, Bytes)>,
+    ) -> Result<Answer, Error> {
+        self.exchange(Command::Macro {
+            stage: stage.code(),
+            pairs,
+        })
+        .await
     }
 
     /// `SMFIC_CONNECT`.

@@ -394,7 +394,7 @@ impl<'a> Values<'a> {
     }
 
     /// The value of `name` now, if it has one.
-    fn value(&self, stage: u8, name: &[u8]) -> Option<Bytes> {
+    fn value(&self, stage: Stage, name: &[u8]) -> Option<Bytes> {
         let bare = name
             .strip_prefix(b"{")
             .and_then(|n| n.strip_suffix(b"}"))
@@ -431,8 +431,9 @@ impl<'a> Values<'a> {
         match bare {
             b"i" => {
                 // Postfix knows the queue id only once a recipient was accepted.
-                let known =
-                    self.sendmail() || self.accepted_rcpts > 0 || !matches!(stage, b'M' | b'R');
+                let known = self.sendmail()
+                    || self.accepted_rcpts > 0
+                    || !matches!(stage, Stage::Mail | Stage::Rcpt);
                 known.then(|| self.queue_id.clone())
             }
             b"_" => Some(Bytes::from(format!(
@@ -458,7 +459,6 @@ impl<'a> Values<'a> {
 
     /// The macro packet for `stage`, if the profile's MTA sends one.
     fn macros(&self, stage: Stage, agreement: &Agreement) -> Option<Vec<(Bytes, Bytes)>> {
-        let code = stage.code();
         let sendmail = self.sendmail();
         if sendmail && matches!(stage, Stage::Header | Stage::Body | Stage::Unknown) {
             return None;
@@ -467,7 +467,7 @@ impl<'a> Values<'a> {
         if matches!(stage, Stage::Header | Stage::Eoh | Stage::Body) && !agreement.sends(stage) {
             return None;
         }
-        let names = match self.profile.names(code, agreement) {
+        let names = match self.profile.names(stage, agreement) {
             Some(n) => n,
             None if sendmail => return None,
             None => Vec::new(),
@@ -477,10 +477,10 @@ impl<'a> Values<'a> {
         }
         let mut pairs: Vec<(Bytes, Bytes)> = names
             .into_iter()
-            .filter_map(|n| self.value(code, &n).map(|v| (n, v)))
+            .filter_map(|n| self.value(stage, &n).map(|v| (n, v)))
             .collect();
         for (s, n, v) in &self.tx.macros {
-            if *s == code && !pairs.iter().any(|(m, _)| m == n) {
+            if *s == stage && !pairs.iter().any(|(m, _)| m == n) {
                 pairs.push((n.clone(), v.clone()));
             }
         }

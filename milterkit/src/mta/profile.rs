@@ -15,7 +15,7 @@ pub struct Profile {
     /// The macro names sent at each stage (by command code: `C H M R T N E`, and for Postfix `L`
     /// before headers, `B` before body chunks, `U` before UNKNOWN); a milter's own list replaces
     /// its stage's.
-    pub macros: Vec<(u8, Vec<&'static str>)>,
+    pub macros: Vec<(Stage, Vec<&'static str>)>,
     /// Fixed macro values: the MTA's name, version and the like.
     pub values: Vec<(&'static str, Bytes)>,
 }
@@ -27,9 +27,12 @@ impl Profile {
             mta: Mta::Postfix,
             offer: Offer::default(),
             macros: vec![
-                (b'C', vec!["j", "{daemon_name}", "{daemon_addr}", "v", "_"]),
                 (
-                    b'H',
+                    Stage::Connect,
+                    vec!["j", "{daemon_name}", "{daemon_addr}", "v", "_"],
+                ),
+                (
+                    Stage::Helo,
                     vec![
                         "{tls_version}",
                         "{cipher}",
@@ -39,7 +42,7 @@ impl Profile {
                     ],
                 ),
                 (
-                    b'M',
+                    Stage::Mail,
                     vec![
                         "i",
                         "{auth_type}",
@@ -51,15 +54,15 @@ impl Profile {
                     ],
                 ),
                 (
-                    b'R',
+                    Stage::Rcpt,
                     vec!["i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"],
                 ),
-                (b'T', vec!["i"]),
-                (b'L', vec!["i"]),
-                (b'N', vec!["i"]),
-                (b'B', vec!["i"]),
-                (b'E', vec!["i"]),
-                (b'U', vec![]),
+                (Stage::Data, vec!["i"]),
+                (Stage::Header, vec!["i"]),
+                (Stage::Eoh, vec!["i"]),
+                (Stage::Body, vec!["i"]),
+                (Stage::Eom, vec!["i"]),
+                (Stage::Unknown, vec![]),
             ],
             values: vec![
                 ("j", Bytes::from_static(b"mx.example.org")),
@@ -79,11 +82,11 @@ impl Profile {
             offer: Offer::default(),
             macros: vec![
                 (
-                    b'C',
+                    Stage::Connect,
                     vec!["j", "_", "{daemon_name}", "{if_name}", "{if_addr}"],
                 ),
                 (
-                    b'H',
+                    Stage::Helo,
                     vec![
                         "{tls_version}",
                         "{cipher}",
@@ -93,7 +96,7 @@ impl Profile {
                     ],
                 ),
                 (
-                    b'M',
+                    Stage::Mail,
                     vec![
                         "i",
                         "{auth_type}",
@@ -105,8 +108,11 @@ impl Profile {
                         "{mail_addr}",
                     ],
                 ),
-                (b'R', vec!["{rcpt_mailer}", "{rcpt_host}", "{rcpt_addr}"]),
-                (b'E', vec!["{msg_id}"]),
+                (
+                    Stage::Rcpt,
+                    vec!["{rcpt_mailer}", "{rcpt_host}", "{rcpt_addr}"],
+                ),
+                (Stage::Eom, vec!["{msg_id}"]),
             ],
             values: vec![
                 ("j", Bytes::from_static(b"mx.example.org")),
@@ -120,13 +126,13 @@ impl Profile {
     }
 
     /// The names this profile sends at `stage` under `agreement` (the milter's list wins).
-    pub(super) fn names(&self, stage: u8, agreement: &Agreement) -> Option<Vec<Bytes>> {
-        let own = Stage::from_code(stage)
-            .and_then(MacroStage::of)
-            .and_then(|s| agreement.macros.get(s));
+    pub(super) fn names(&self, stage: Stage, agreement: &Agreement) -> Option<Vec<Bytes>> {
+        let own = MacroStage::of(stage).and_then(|s| agreement.macros.get(s));
         // Sendmail honours an EOM list only if an EOH list came too.
         let own = match (self.mta, stage, own) {
-            (Mta::Sendmail, b'E', Some(_)) if agreement.macros.get(MacroStage::EOH).is_none() => {
+            (Mta::Sendmail, Stage::Eom, Some(_))
+                if agreement.macros.get(MacroStage::EOH).is_none() =>
+            {
                 None
             }
             (_, _, own) => own,

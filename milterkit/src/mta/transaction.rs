@@ -56,7 +56,7 @@ pub struct Transaction {
     pub recipients: Vec<Envelope>,
     /// Macro values to send besides the profile's (stage code, name, value); they win over
     /// computed ones.
-    pub macros: Vec<(u8, Bytes, Bytes)>,
+    pub macros: Vec<(Stage, Bytes, Bytes)>,
     /// The queue id sent as macro `i`; `None` makes one up.
     pub queue_id: Option<Bytes>,
     /// The message, headers and body, as received (LF or CRLF line ends).
@@ -141,10 +141,10 @@ impl Transaction {
         self
     }
 
-    /// Adds a macro value for a stage (by command code, such as `b'M'`).
+    /// Adds a macro value for a stage (the command it is sent before).
     pub fn with_macro(
         mut self,
-        stage: u8,
+        stage: Stage,
         name: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Self {

@@ -197,9 +197,13 @@ fn transactions(cmds: &[Command], leading_space: bool) -> Vec<Transaction> {
                         cur.queue_id = Some(v.clone());
                     } else if *stage != b'R'
                         || (n != "{rcpt_addr}"
-                            && !cur.macros.iter().any(|(s, m, _)| *s == b'R' && m == n))
+                            && !cur
+                                .macros
+                                .iter()
+                                .any(|(s, m, _)| *s == Stage::Rcpt && m == n))
                     {
-                        cur.macros.push((*stage, n.clone(), v.clone()));
+                        let stage = Stage::from_code(*stage).expect("a macro packet of a stage");
+                        cur.macros.push((stage, n.clone(), v.clone()));
                     }
                 }
             }
@@ -226,7 +230,7 @@ fn transactions(cmds: &[Command], leading_space: bool) -> Vec<Transaction> {
                 cur.unknown.push(line.clone());
             }
             Command::Mail(e) => {
-                if started && !cur.macros.iter().any(|(s, _, _)| *s == b'M') {
+                if started && !cur.macros.iter().any(|(s, _, _)| *s == Stage::Mail) {
                     flush(&mut cur, &mut headers, &mut body, &mut out);
                 }
                 started = true;
