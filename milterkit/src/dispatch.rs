@@ -376,6 +376,39 @@ impl<M: Milter> Dispatcher<M> {
         }
     }
 
+    /// One turn of the connection: every event the input holds, each answered into the session's
+    /// output. `None` when more input is needed; the end of the connection otherwise: QUIT
+    /// (`Ok`), or the error it closes with. The connection loop and the test harness both turn
+    /// through here.
+    pub(crate) async fn turn<W: Waiter>(
+        &mut self,
+        session: &mut MilterSession,
+        waiter: &mut W,
+    ) -> Option<Result<(), Error>> {
+        loop {
+            let event = match session.poll_event() {
+                Ok(Some(e)) => e,
+                Ok(None) => return None,
+                Err(e) => return Some(Err(Error::Protocol(e))),
+            };
+            match self.event(session, event, waiter).await {
+                Flow::Continue => {}
+                Flow::Quit => return Some(Ok(())),
+                Flow::Close(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The end of a connection, however it came: the open message aborted, then the close
+    /// handler. Call it once.
+    pub(crate) async fn finish<W: Waiter>(&mut self, session: &MilterSession, waiter: &mut W) {
+        if self.has_message() || session.in_message() {
+            // On the heap: rare, and its future would make every connection's larger.
+            Box::pin(self.abort(session, waiter)).await;
+        }
+        self.close().await;
+    }
+
     /// Runs the abort handler for the open message, if any.
     pub(crate) async fn abort<W: Waiter>(&mut self, session: &MilterSession, waiter: &mut W) {
         let message = self.message.take().unwrap_or_default();

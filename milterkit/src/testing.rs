@@ -34,7 +34,7 @@ use milterkit_proto::{
     Agreement, Command, MilterConfig, MilterSession, MtaConfig, MtaSession, Sent,
 };
 
-use crate::dispatch::{Dispatcher, Flow, JustWait};
+use crate::dispatch::{Dispatcher, JustWait};
 use crate::mta::{Answer, Driver, Link, Outcome, Profile, Transaction};
 use crate::{Config, Error, Milter};
 
@@ -157,37 +157,13 @@ impl<M: Milter> Harness<M> {
         let progress_before = self.dispatcher.progress_requests();
         self.mta.poll_transmit(&mut self.wire);
         self.session.handle_input(&self.wire.split());
-        loop {
-            let event = match self.session.poll_event() {
-                Ok(Some(e)) => e,
-                Ok(None) => break,
-                Err(e) => return Err(Error::Protocol(e)),
-            };
-            match self
-                .dispatcher
-                .event(&mut self.session, event, &mut JustWait)
-                .await
-            {
-                Flow::Continue => {}
-                Flow::Quit => {
-                    self.dispatcher.close().await;
-                    self.close_ran = true;
-                    answer.closed = Some("quit".into());
-                }
-                Flow::Close(e) => {
-                    if self.strict && matches!(e, Error::Misuse { .. }) {
-                        return Err(e);
-                    }
-                    answer.closed = Some(e.to_string());
-                    if self.dispatcher.has_message() || self.session.in_message() {
-                        self.dispatcher.abort(&self.session, &mut JustWait).await;
-                    }
-                    self.dispatcher.close().await;
-                    self.close_ran = true;
-                }
-            }
-            if answer.closed.is_some() {
-                break;
+        match self.dispatcher.turn(&mut self.session, &mut JustWait).await {
+            None => {}
+            Some(Err(e @ Error::Misuse { .. })) if self.strict => return Err(e),
+            Some(end) => {
+                answer.closed = Some(end.map_or_else(|e| e.to_string(), |()| "quit".into()));
+                self.dispatcher.finish(&self.session, &mut JustWait).await;
+                self.close_ran = true;
             }
         }
         answer.progress = self.dispatcher.progress_requests() - progress_before;

@@ -8,7 +8,7 @@ use milterkit_proto::{MilterConfig, MilterSession};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
-use crate::dispatch::{Dispatcher, Flow};
+use crate::dispatch::Dispatcher;
 use crate::shutdown::{Shutdown, Subscription};
 use crate::{Config, Error, Milter};
 
@@ -99,16 +99,12 @@ where
                 }
             };
         };
-        if d.has_message() || session.in_message() {
-            let mut waiter = ProgressWriter {
-                io: &mut io,
-                interval: config.progress_interval,
-                write_timeout: config.write_timeout,
-            };
-            // On the heap: rare, and its future would make every connection larger.
-            Box::pin(d.abort(&session, &mut waiter)).await;
-        }
-        d.close().await;
+        let mut waiter = ProgressWriter {
+            io: &mut io,
+            interval: config.progress_interval,
+            write_timeout: config.write_timeout,
+        };
+        d.finish(&session, &mut waiter).await;
         let _ = io.shutdown().await;
         #[cfg(feature = "metrics")]
         if let Some(c) = counted.as_mut() {
@@ -200,23 +196,12 @@ where
             Some(Wake::Idle) => return None,
         }
         // Every event the input holds, answered; then one write for the whole turn.
-        let ended = loop {
-            let event = match session.poll_event() {
-                Ok(Some(e)) => e,
-                Ok(None) => break None,
-                Err(e) => break Some(Err(Error::Protocol(e))),
-            };
-            let mut waiter = ProgressWriter {
-                io: &mut *io,
-                interval: config.progress_interval,
-                write_timeout: config.write_timeout,
-            };
-            match d.event(session, event, &mut waiter).await {
-                Flow::Continue => {}
-                Flow::Quit => break Some(Ok(())),
-                Flow::Close(e) => break Some(Err(e)),
-            }
+        let mut waiter = ProgressWriter {
+            io: &mut *io,
+            interval: config.progress_interval,
+            write_timeout: config.write_timeout,
         };
+        let ended = d.turn(session, &mut waiter).await;
         if session.poll_transmit(out) {
             let written = write_all(io, out, config.write_timeout).await;
             out.clear();
