@@ -85,6 +85,11 @@
 //! # Ok::<(), milterkit::Error>(()) }).unwrap();
 //! ```
 //!
+//! The [`manual`] explains the protocol and how milterkit follows it: the [lifecycle of a
+//! connection](manual::lifecycle), [negotiation](manual::negotiation), [macros](manual::macros),
+//! [Postfix and Sendmail](manual::mtas), [errors and the fail-safe decision](manual::errors), and
+//! [why the connection loop is shaped as it is](manual::performance).
+//!
 //! ## Features
 //!
 //! Without any feature, milterkit is the milter side ([`serve`], [`bind`], [`serve_connection`],
@@ -153,6 +158,39 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod conn;
+
+/// The manual: how the protocol works and how milterkit follows it, a page a module (written in
+/// `milterkit/manual/*.md`).
+pub mod manual {
+    pub mod lifecycle {
+        #![doc = include_str!("../manual/lifecycle.md")]
+        #[allow(unused_imports)]
+        use crate::*;
+    }
+    pub mod negotiation {
+        #![doc = include_str!("../manual/negotiation.md")]
+        #[allow(unused_imports)]
+        use crate::*;
+    }
+    pub mod macros {
+        #![doc = include_str!("../manual/macros.md")]
+        #[allow(unused_imports)]
+        use crate::*;
+    }
+    pub mod mtas {
+        #![doc = include_str!("../manual/mtas.md")]
+        #[allow(unused_imports)]
+        use crate::*;
+    }
+    pub mod errors {
+        #![doc = include_str!("../manual/errors.md")]
+        #[allow(unused_imports)]
+        use crate::*;
+    }
+    pub mod performance {
+        #![doc = include_str!("../manual/performance.md")]
+    }
+}
 #[cfg(feature = "daemon")]
 #[cfg_attr(docsrs, doc(cfg(feature = "daemon")))]
 pub mod daemon;
