@@ -1,6 +1,10 @@
 //! Integration tests of the milter side: real sockets, in-memory streams, the harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../support/mod.rs"]
+mod support;
+use support::scripted;
+
 mod api;
 mod failsafe;
 mod memory;
@@ -8,6 +12,5 @@ mod memory;
 mod metrics;
 mod order;
 mod profiles;
-mod scripted;
 mod shutdown;
 mod sockets;
