@@ -244,7 +244,18 @@ impl<M: Milter> Dispatcher<M> {
     ) -> Flow {
         let decision = match result {
             Ok(Ok(d)) => d,
-            Ok(Err(source)) => return self.fail(session, stage, Error::Handler { stage, source }),
+            // A refused action passed on with `?` (`eom.add_header(..)?` without ADD_HEADER) is
+            // the milter's misuse, and says so, rather than a handler's error.
+            Ok(Err(source)) => {
+                let err = match source.downcast::<milterkit_proto::MisuseError>() {
+                    Ok(misuse) => Error::Misuse {
+                        stage,
+                        source: *misuse,
+                    },
+                    Err(source) => Error::Handler { stage, source },
+                };
+                return self.fail(session, stage, err);
+            }
             Err(Failure::Panicked) => return self.fail(session, stage, Error::Panicked { stage }),
             Err(Failure::TimedOut) => {
                 return self.fail(session, stage, Error::HandlerTimeout { stage })
@@ -256,6 +267,17 @@ impl<M: Milter> Dispatcher<M> {
             }
             return Flow::Continue;
         }
+        // SKIP at BODY without SMFIP_SKIP agreed: libmilter sends it anyway, and an MTA that did
+        // not agree may take it as an error; going on is what the handler meant.
+        let decision = match decision {
+            Decision::Skip
+                if stage == Stage::Body && !session.agreement().is_some_and(|a| a.skip()) =>
+            {
+                debug!(%stage, "SKIP was not agreed: continue");
+                Decision::Continue
+            }
+            d => d,
+        };
         debug!(%stage, decision = decision.name(), "decided");
         let name = decision.name();
         match session.decide(decision) {

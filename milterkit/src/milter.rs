@@ -146,7 +146,9 @@ pub trait Milter: Send + 'static {
     }
 
     /// One chunk of the body, at most 65,535 bytes, CRLF line ends (`xxfi_body`). Answer
-    /// [`Decision::Skip`] to see no more of it (when the MTA offered SKIP and it was requested).
+    /// [`Decision::Skip`] to see no more of it (when the MTA offered SKIP and it was requested,
+    /// with [`Request::options`](crate::Request::options) in [`Milter::negotiate`]); where SKIP
+    /// was not agreed, it goes out as `Continue`.
     #[doc(alias = "xxfi_body")]
     fn body(
         &mut self,

@@ -218,3 +218,53 @@ async fn a_failure_at_a_no_reply_stage_is_answered_at_the_next_reply() {
     assert_eq!(out.decision(Stage::Eoh), Some(&Decision::Tempfail));
     assert_eq!(out.verdict, Some(Verdict::Tempfail(None)));
 }
+
+/// Adds a header it did not ask to add.
+#[derive(Default)]
+struct Careless;
+
+impl Milter for Careless {
+    type Message = ();
+
+    async fn eom(&mut self, _: &mut (), eom: &mut milterkit::Eom<'_>) -> Result<Decision> {
+        eom.add_header("X-Not-Negotiated", "1")?;
+        Ok(Decision::Continue)
+    }
+}
+
+#[tokio::test]
+async fn an_action_not_negotiated_passed_on_with_question_mark_is_misuse_in_the_strict_harness() {
+    let mut h = Harness::postfix(Careless);
+    let err = h.run(&tx()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Misuse {
+                stage: Stage::Eom,
+                source: milterkit::proto::MisuseError::NotNegotiated { .. }
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// Answers SKIP at BODY without asking for SMFIP_SKIP.
+#[derive(Default)]
+struct SkipsUnasked;
+
+impl Milter for SkipsUnasked {
+    type Message = ();
+
+    async fn body(&mut self, _: &mut (), _: milterkit::Body<'_>) -> Result<Decision> {
+        Ok(Decision::Skip)
+    }
+}
+
+#[tokio::test]
+async fn skip_without_agreement_goes_on_as_continue() {
+    let mut h = Harness::postfix(SkipsUnasked);
+    let out = h.run(&tx()).await.unwrap();
+    assert_eq!(out.decision(Stage::Body), Some(&Decision::Continue));
+    assert_eq!(out.verdict, Some(Verdict::Accept));
+    assert!(out.closed.is_none(), "{:?}", out.closed);
+}
