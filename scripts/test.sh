@@ -89,16 +89,27 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --lock
 # local registry), so nothing has to be published first. Local edits are packaged too
 # (--allow-dirty); nothing is uploaded. interop and bench/milter are publish = false.
 echo "== cargo package"
+# Verifying milterkit against the milterkit-proto packaged in the same run goes through a local
+# registry. Cargo takes registry crates as immutable: it extracts them into CARGO_HOME once per
+# name and version, and never rebuilds them for changed sources. An extraction or a build left by
+# an earlier run of the same version would stand in for today's sources; both go first.
+cargo_home="${CARGO_HOME:-$HOME/.cargo}"
+target_dir="$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+for c in milterkit-proto milterkit milterkit-cli; do
+  rm -rf "$cargo_home"/registry/src/*/"$c"-[0-9]* "$cargo_home"/registry/cache/*/"$c"-[0-9]*.crate \
+    "$target_dir"/debug/.fingerprint/"$c"-[0-9a-f]*
+done
 cargo package -p milterkit-proto -p milterkit -p milterkit-cli --locked --allow-dirty
 
 # The protocol core's tests run from its unpacked package, as a user of the published crate would
 # run them: its captures travel with it (testdata/captures).
 echo "== milterkit-proto's tests from its package"
-target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
-unpacked="$(mktemp -d)"
-tar xzf "$target_dir"/package/milterkit-proto-*.crate -C "$unpacked"
+# Always the same folder (outside the workspace), with fresh times (tar -m), so that cargo
+# rebuilds what changed.
+unpacked="${TMPDIR:-/tmp}/milterkit-unpacked-package"
+rm -rf "$unpacked" && mkdir -p "$unpacked"
+tar xzmf "$target_dir"/package/milterkit-proto-*.crate -C "$unpacked"
 (cd "$unpacked"/milterkit-proto-* && CARGO_TARGET_DIR="$target_dir/unpacked" cargo test --locked -q)
-rm -rf "$unpacked"
 
 # The benchmark suite's smoke run (bench/run.sh; BENCHMARKS.md has the full run's table): every
 # contestant through every workload with tiny settings; fails if any row is missing.
