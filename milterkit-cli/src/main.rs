@@ -289,7 +289,7 @@ async fn demo() -> Result<u8, milterkit::BoxError> {
     let style = report::Style {
         colour: std::io::stdout().is_terminal(),
     };
-    println!("The example policy milter (milterkit/examples/policy.rs) listens on {spec}.");
+    println!("The example policy milter (as in milterkit/examples/policy.rs) listens on {spec}.");
     println!(
         "It refuses recipients at old.example, quarantines subjects that mention \"lottery\","
     );
