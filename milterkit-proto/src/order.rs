@@ -109,22 +109,6 @@ impl State {
         NEXT[self as usize]
     }
 
-    /// The stage whose `SMFIP_NO*` bit lets `trans_ok()` step over this state (`fix_stm()`).
-    const fn skipped_with(self) -> Option<Stage> {
-        Some(match self {
-            State::Conn => Stage::Connect,
-            State::Helo => Stage::Helo,
-            State::Mail => Stage::Mail,
-            State::Rcpt => Stage::Rcpt,
-            State::Data => Stage::Data,
-            State::Hdrs => Stage::Header,
-            State::Eohs => Stage::Eoh,
-            State::Body => Stage::Body,
-            State::Unkn => Stage::Unknown,
-            _ => return None,
-        })
-    }
-
     /// The reply-bearing stage of this state's command.
     pub(crate) const fn stage(self) -> Option<Stage> {
         Some(match self {
@@ -242,7 +226,9 @@ fn reachable(from: State, to: State, skip: Stages) -> bool {
         let Some(&n) = State::ALL.get(s as usize + 1) else {
             return false;
         };
-        match n.skipped_with() {
+        // `fix_stm()` marks a state skippable when its stage's `SMFIP_NO*` bit is set (EOM has
+        // none, so its state is never stepped over).
+        match n.stage() {
             Some(stage) if skip.has(stage) || n == State::Hdrs => s = n,
             _ => return false,
         }
