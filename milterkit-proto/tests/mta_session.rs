@@ -57,6 +57,22 @@ fn cont() -> Response {
     Response::Decision(Decision::Continue)
 }
 
+/// A session negotiated (version 6) with `actions` and `protocol`, taken through CONNECT, MAIL,
+/// RCPT, DATA and EOH, each continued: the next command is the first BODY chunk or EOM.
+fn in_body(actions: Actions, protocol: ProtocolFlags) -> MtaSession {
+    let mut s = negotiated(6, actions, protocol);
+    for cmd in [
+        connect(),
+        mail("<a@b>"),
+        rcpt("<c@d>"),
+        Command::Data,
+        Command::Eoh,
+    ] {
+        step(&mut s, cmd, &[cont()]);
+    }
+    s
+}
+
 #[test]
 fn skips_the_stages_the_milter_declined_and_sends_nothing_for_them() {
     let mut s = negotiated(
@@ -111,16 +127,7 @@ fn refuses_to_send_while_a_reply_is_awaited() {
 
 #[test]
 fn stops_sending_body_after_skip_and_still_sends_end_of_message() {
-    let mut s = negotiated(6, Actions::empty(), ProtocolFlags::SKIP);
-    for cmd in [
-        connect(),
-        mail("<a@b>"),
-        rcpt("<c@d>"),
-        Command::Data,
-        Command::Eoh,
-    ] {
-        step(&mut s, cmd, &[cont()]);
-    }
+    let mut s = in_body(Actions::empty(), ProtocolFlags::SKIP);
     sent(&mut s);
     let (_, ev) = step(&mut s, body(b"1"), &[Response::Decision(Decision::Skip)]);
     assert_eq!(
@@ -195,16 +202,7 @@ fn does_not_send_data_or_unknown_to_an_old_milter() {
 
 #[test]
 fn refuses_oversized_body_chunks_and_body_data_in_end_of_message() {
-    let mut s = negotiated(6, Actions::empty(), ProtocolFlags::empty());
-    for cmd in [
-        connect(),
-        mail("<a@b>"),
-        rcpt("<c@d>"),
-        Command::Data,
-        Command::Eoh,
-    ] {
-        step(&mut s, cmd, &[cont()]);
-    }
+    let mut s = in_body(Actions::empty(), ProtocolFlags::empty());
     assert!(matches!(
         s.send(Command::Body(Bytes::from(vec![0; 65_536]))),
         Err(MisuseError::TooLarge { .. })
@@ -219,20 +217,10 @@ fn refuses_oversized_body_chunks_and_body_data_in_end_of_message() {
 
 #[test]
 fn hands_up_progress_modifications_then_the_decision_at_end_of_message() {
-    let mut s = negotiated(
-        6,
+    let mut s = in_body(
         Actions::ADD_HEADER | Actions::CHANGE_BODY,
         ProtocolFlags::empty(),
     );
-    for cmd in [
-        connect(),
-        mail("<a@b>"),
-        rcpt("<c@d>"),
-        Command::Data,
-        Command::Eoh,
-    ] {
-        step(&mut s, cmd, &[cont()]);
-    }
     let add = Modification::AddHeader {
         name: "X".into(),
         value: "1".into(),
@@ -265,16 +253,7 @@ fn hands_up_progress_modifications_then_the_decision_at_end_of_message() {
 
 #[test]
 fn refuses_a_modification_that_was_not_negotiated() {
-    let mut s = negotiated(6, Actions::ADD_HEADER, ProtocolFlags::empty());
-    for cmd in [
-        connect(),
-        mail("<a@b>"),
-        rcpt("<c@d>"),
-        Command::Data,
-        Command::Eoh,
-    ] {
-        step(&mut s, cmd, &[cont()]);
-    }
+    let mut s = in_body(Actions::ADD_HEADER, ProtocolFlags::empty());
     s.send(eom()).unwrap();
     s.handle_input(&encode(&[Modification::DeleteRcpt {
         rcpt: "<c@d>".into(),
@@ -285,16 +264,7 @@ fn refuses_a_modification_that_was_not_negotiated() {
 
 #[test]
 fn refuses_a_replacement_body_split_by_another_modification() {
-    let mut s = negotiated(6, Actions::CURRENT, ProtocolFlags::empty());
-    for cmd in [
-        connect(),
-        mail("<a@b>"),
-        rcpt("<c@d>"),
-        Command::Data,
-        Command::Eoh,
-    ] {
-        step(&mut s, cmd, &[cont()]);
-    }
+    let mut s = in_body(Actions::CURRENT, ProtocolFlags::empty());
     s.send(eom()).unwrap();
     s.handle_input(&encode(&[
         Modification::ReplaceBody { chunk: "a".into() }.into(),
