@@ -20,18 +20,11 @@ use strategies::*;
 // Strategies: byte streams for the decoders and the fuzzing entry points
 // ---------------------------------------------------------------------------------------------
 
-fn encode_commands(cmds: &[Command]) -> Vec<u8> {
+/// The wire bytes of `items` (commands or responses), each written by `encode`.
+fn encode_all<T>(items: &[T], encode: impl Fn(&T, &mut BytesMut)) -> Vec<u8> {
     let mut wire = BytesMut::new();
-    for c in cmds {
-        c.encode(&mut wire);
-    }
-    wire.to_vec()
-}
-
-fn encode_responses(resps: &[Response]) -> Vec<u8> {
-    let mut wire = BytesMut::new();
-    for r in resps {
-        r.encode(&mut wire);
+    for item in items {
+        encode(item, &mut wire);
     }
     wire.to_vec()
 }
@@ -82,7 +75,7 @@ fn session_commands() -> impl Strategy<Value = Vec<u8>> {
                 .filter(|(i, _)| *i == 0 || drop & (1 << (i % 32)) == 0)
                 .map(|(_, c)| c)
                 .collect();
-            encode_commands(&kept)
+            encode_all(&kept, Command::encode)
         })
 }
 
@@ -104,7 +97,7 @@ fn session_responses() -> impl Strategy<Value = Vec<u8>> {
                 macros: MacroLists::default(),
             })];
             resps.extend(rest);
-            encode_responses(&resps)
+            encode_all(&resps, Response::encode)
         })
 }
 
@@ -135,8 +128,8 @@ fn fuzz_input() -> impl Strategy<Value = Vec<u8>> {
         vec(any::<u8>(), 0..2048),
         mutated(session_commands()),
         mutated(session_responses()),
-        mutated(vec(command(), 0..8).prop_map(|c| encode_commands(&c))),
-        mutated(vec(response(), 0..8).prop_map(|r| encode_responses(&r))),
+        mutated(vec(command(), 0..8).prop_map(|c| encode_all(&c, Command::encode))),
+        mutated(vec(response(), 0..8).prop_map(|r| encode_all(&r, Response::encode))),
     ]
 }
 
@@ -196,6 +189,28 @@ fn decode_pieces(dec: &FrameDecoder, pieces: &[&[u8]]) -> (Vec<Frame>, Option<Fr
     (frames, None)
 }
 
+/// Decodes `stream` whole and cut at `points`: both without an error and to the same frames,
+/// which it returns.
+fn frames_whole_and_cut(stream: &[u8], points: &[Index]) -> Result<Vec<Frame>, TestCaseError> {
+    let dec = FrameDecoder::default();
+    let (whole, err) = decode_pieces(&dec, &[stream]);
+    prop_assert_eq!(err, None);
+    let (split, err) = decode_pieces(&dec, &cut(stream, points));
+    prop_assert_eq!(err, None);
+    prop_assert_eq!(&split, &whole);
+    Ok(whole)
+}
+
+/// The one frame `encode` writes, checked to have `code` and to leave no bytes behind it.
+fn one_frame(encode: impl FnOnce(&mut BytesMut), code: u8) -> Result<Frame, TestCaseError> {
+    let mut wire = BytesMut::new();
+    encode(&mut wire);
+    let frame = FrameDecoder::default().decode(&mut wire).unwrap().unwrap();
+    prop_assert!(wire.is_empty(), "{} bytes left after the frame", wire.len());
+    prop_assert_eq!(frame.code, code);
+    Ok(frame)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Properties 1 to 3: round trips, splits, arbitrary bytes
 // ---------------------------------------------------------------------------------------------
@@ -209,21 +224,13 @@ proptest! {
 
     #[test]
     fn every_command_decodes_to_what_was_encoded(cmd in command()) {
-        let mut wire = BytesMut::new();
-        cmd.encode(&mut wire);
-        let frame = FrameDecoder::default().decode(&mut wire).unwrap().unwrap();
-        prop_assert!(wire.is_empty(), "{} bytes left after the frame", wire.len());
-        prop_assert_eq!(frame.code, cmd.code());
+        let frame = one_frame(|wire| cmd.encode(wire), cmd.code())?;
         prop_assert_eq!(Command::decode(frame), Ok(cmd));
     }
 
     #[test]
     fn every_response_decodes_to_what_was_encoded(resp in response()) {
-        let mut wire = BytesMut::new();
-        resp.encode(&mut wire);
-        let frame = FrameDecoder::default().decode(&mut wire).unwrap().unwrap();
-        prop_assert!(wire.is_empty(), "{} bytes left after the frame", wire.len());
-        prop_assert_eq!(frame.code, resp.code());
+        let frame = one_frame(|wire| resp.encode(wire), resp.code())?;
         prop_assert_eq!(Response::decode(frame), Ok(resp));
     }
 
@@ -278,36 +285,21 @@ proptest! {
     }
 
     #[test]
-    fn a_command_stream_cut_anywhere_gives_the_frames_of_the_whole_stream(
+    fn a_stream_cut_anywhere_gives_the_frames_of_the_whole_stream(
         cmds in vec(command(), 1..10),
-        points in vec(any::<Index>(), 0..16),
-    ) {
-        let stream = encode_commands(&cmds);
-        let dec = FrameDecoder::default();
-        let (whole, err) = decode_pieces(&dec, &[&stream]);
-        prop_assert_eq!(err, None);
-        let (split, err) = decode_pieces(&dec, &cut(&stream, &points));
-        prop_assert_eq!(err, None);
-        prop_assert_eq!(&split, &whole);
-        prop_assert_eq!(whole.len(), cmds.len());
-        for (frame, cmd) in whole.into_iter().zip(cmds) {
-            prop_assert_eq!(Command::decode(frame), Ok(cmd));
-        }
-    }
-
-    #[test]
-    fn a_response_stream_cut_anywhere_gives_the_frames_of_the_whole_stream(
         resps in vec(response(), 1..10),
         points in vec(any::<Index>(), 0..16),
     ) {
-        let stream = encode_responses(&resps);
-        let dec = FrameDecoder::default();
-        let (whole, err) = decode_pieces(&dec, &[&stream]);
-        prop_assert_eq!(err, None);
-        let (split, err) = decode_pieces(&dec, &cut(&stream, &points));
-        prop_assert_eq!(err, None);
-        prop_assert_eq!(&split, &whole);
-        prop_assert_eq!(whole.len(), resps.len());
+        let frames = frames_whole_and_cut(&encode_all(&cmds, Command::encode), &points)?;
+        prop_assert_eq!(frames.len(), cmds.len());
+        for (frame, cmd) in frames.into_iter().zip(cmds) {
+            prop_assert_eq!(Command::decode(frame), Ok(cmd));
+        }
+        let frames = frames_whole_and_cut(&encode_all(&resps, Response::encode), &points)?;
+        prop_assert_eq!(frames.len(), resps.len());
+        for (frame, resp) in frames.into_iter().zip(resps) {
+            prop_assert_eq!(Response::decode(frame), Ok(resp));
+        }
     }
 
     #[test]
