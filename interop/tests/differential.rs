@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use interop::{require, Mta, Postfix, RunDir, Sendmail, Sink, Tool, DELIVERY_TIMEOUT};
-use milterkit::{Actions, Body, Connect, Context, Decision, Eom, Header, Helo, Mail, Milter, Rcpt};
+use milterkit::{
+    Abort, Actions, Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, Mail, Milter, Rcpt,
+};
 
 /// Differences between the two logs that are intended, each with its reason. A line pair
 /// (libmilter, milterkit) is excused when both contain the first and second pattern.
@@ -158,7 +160,7 @@ impl Milter for LogMilter {
         Ok(Decision::Continue)
     }
 
-    async fn data(&mut self, _: &mut Counts, d: Context<'_>) -> milterkit::Result<Decision> {
+    async fn data(&mut self, _: &mut Counts, d: Data<'_>) -> milterkit::Result<Decision> {
         self.line(Some("data"), "data".into(), d.macros());
         Ok(Decision::Continue)
     }
@@ -175,7 +177,7 @@ impl Milter for LogMilter {
         Ok(Decision::Continue)
     }
 
-    async fn eoh(&mut self, m: &mut Counts, c: Context<'_>) -> milterkit::Result<Decision> {
+    async fn eoh(&mut self, m: &mut Counts, c: Eoh<'_>) -> milterkit::Result<Decision> {
         self.line(
             Some("eoh"),
             format!("eoh headers={}", m.headers),
@@ -210,7 +212,7 @@ impl Milter for LogMilter {
         Ok(Decision::Continue)
     }
 
-    async fn abort(&mut self, _: Counts, _: Context<'_>) -> milterkit::Result<()> {
+    async fn abort(&mut self, _: Counts, _: Abort<'_>) -> milterkit::Result<()> {
         self.log.lock().unwrap().push("abort".into());
         Ok(())
     }

@@ -29,8 +29,8 @@ use milterkit::proto::{
     Response, Stage,
 };
 use milterkit::{
-    Actions, Body, Connect, Context, Decision, Eom, Header, Helo, Mail, Milter, Rcpt, Stages,
-    Unknown,
+    Abort, Actions, Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, Mail, Milter, Rcpt,
+    Stages, Unknown,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -252,7 +252,7 @@ impl Milter for Twin {
         Ok(decide(&a))
     }
 
-    async fn data(&mut self, _: &mut (), _: Context<'_>) -> milterkit::Result<Decision> {
+    async fn data(&mut self, _: &mut (), _: Data<'_>) -> milterkit::Result<Decision> {
         self.line("data".into());
         Ok(Decision::Continue)
     }
@@ -266,7 +266,7 @@ impl Milter for Twin {
         })
     }
 
-    async fn eoh(&mut self, _: &mut (), _: Context<'_>) -> milterkit::Result<Decision> {
+    async fn eoh(&mut self, _: &mut (), _: Eoh<'_>) -> milterkit::Result<Decision> {
         self.line("eoh".into());
         Ok(Decision::Continue)
     }
@@ -289,7 +289,7 @@ impl Milter for Twin {
         Ok(Decision::Continue)
     }
 
-    async fn abort(&mut self, _: (), _: Context<'_>) -> milterkit::Result<()> {
+    async fn abort(&mut self, _: (), _: Abort<'_>) -> milterkit::Result<()> {
         self.line("abort".into());
         Ok(())
     }

@@ -4,8 +4,8 @@
 //! Run: `cargo run -p milterkit --example trace -- unix:/run/milter/trace.sock`.
 
 use milterkit::{
-    Body, Connect, Context, Decision, Eom, Header, Helo, Macros, Mail, Milter, Offer, Rcpt,
-    Request, Result, Unknown,
+    Abort, Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, Macros, Mail, Milter, Offer,
+    Rcpt, Request, Result, Unknown,
 };
 
 /// Counts connections' messages; prints everything.
@@ -71,7 +71,7 @@ impl Milter for Trace {
         Ok(Decision::Continue)
     }
 
-    async fn data(&mut self, _: &mut (), d: Context<'_>) -> Result<Decision> {
+    async fn data(&mut self, _: &mut (), d: Data<'_>) -> Result<Decision> {
         show("data", String::new(), d.macros());
         Ok(Decision::Continue)
     }
@@ -81,7 +81,7 @@ impl Milter for Trace {
         Ok(Decision::Continue)
     }
 
-    async fn eoh(&mut self, _: &mut (), e: Context<'_>) -> Result<Decision> {
+    async fn eoh(&mut self, _: &mut (), e: Eoh<'_>) -> Result<Decision> {
         show("eoh", String::new(), e.macros());
         Ok(Decision::Continue)
     }
@@ -96,7 +96,7 @@ impl Milter for Trace {
         Ok(Decision::Continue)
     }
 
-    async fn abort(&mut self, _: (), a: Context<'_>) -> Result<()> {
+    async fn abort(&mut self, _: (), a: Abort<'_>) -> Result<()> {
         show("abort", String::new(), a.macros());
         Ok(())
     }

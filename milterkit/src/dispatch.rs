@@ -12,7 +12,8 @@ use tracing::{debug, warn, Span};
 use crate::deadline::{guarded, Failure};
 use crate::eom::{Eom, Progress};
 use crate::meter::{Meter, ModificationCounts};
-use crate::milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Unknown};
+use crate::milter::{Abort, Body, Connect, Data, Eoh, Header, Helo, Mail, Milter, Rcpt, Unknown};
+use crate::shutdown::Shutdown;
 use crate::{Config, Error, OnWire, Result};
 
 /// What the driver of a session does while a handler runs: the connection loop sends progress
@@ -67,10 +68,10 @@ pub(crate) struct Dispatcher<M: Milter> {
     message: Option<M::Message>,
     /// A handler failed at a stage that owed no reply: the next reply is the fail-safe.
     failed: Option<Error>,
-    /// Shutdown: connection-level commands get the fail-safe decision instead of the handlers.
-    pub(crate) draining: bool,
-    /// Shutdown, grace period over: the next reply is the fail-safe, then the connection closes.
-    pub(crate) closing: bool,
+    /// The shutdown step this connection acted on last (the only copy of it): from `Draining`
+    /// connection-level commands get the fail-safe instead of the handlers; from `Closing` the
+    /// next reply is the fail-safe, then the connection closes.
+    pub(crate) shutdown: Shutdown,
     fail_safe: Decision,
     handler_timeout: Duration,
     eom_timeout: Duration,
@@ -87,8 +88,7 @@ impl<M: Milter> Dispatcher<M> {
             milter,
             message: None,
             failed: None,
-            draining: false,
-            closing: false,
+            shutdown: Shutdown::Running,
             fail_safe: config.fail_safe.clone(),
             handler_timeout: config.handler_timeout,
             eom_timeout: config.eom_timeout,
@@ -144,12 +144,14 @@ impl<M: Milter> Dispatcher<M> {
             if let Some(err) = self.failed.take() {
                 return self.fail(session, stage, err);
             }
-            if self.closing {
+            if self.shutdown >= Shutdown::Closing {
                 self.fail_safe(session, stage);
                 return Flow::Close(Error::Shutdown);
             }
             // MAIL has already opened the message in the session; it is still connection level.
-            if self.draining && (!session.in_message() || stage == Stage::Mail) {
+            if self.shutdown >= Shutdown::Draining
+                && (!session.in_message() || stage == Stage::Mail)
+            {
                 debug!(%stage, "shutting down: fail-safe instead of the handler");
                 return self.fail_safe(session, stage);
             }
@@ -185,7 +187,7 @@ impl<M: Milter> Dispatcher<M> {
             (Event::Unknown { line }, _) => call!(milter.unknown(Unknown { line, macros })),
             (Event::Mail(envelope), Some(m)) => call!(milter.mail(m, Mail { envelope, macros })),
             (Event::Rcpt(envelope), Some(m)) => call!(milter.rcpt(m, Rcpt { envelope, macros })),
-            (Event::Data, Some(m)) => call!(milter.data(m, Context { macros })),
+            (Event::Data, Some(m)) => call!(milter.data(m, Data { macros })),
             (Event::Header { name, value }, Some(m)) => {
                 call!(milter.header(
                     m,
@@ -196,7 +198,7 @@ impl<M: Milter> Dispatcher<M> {
                     }
                 ))
             }
-            (Event::Eoh, Some(m)) => call!(milter.eoh(m, Context { macros })),
+            (Event::Eoh, Some(m)) => call!(milter.eoh(m, Eoh { macros })),
             (Event::Body(chunk), Some(m)) => call!(milter.body(m, Body { chunk, macros })),
             (Event::Eom, Some(m)) => {
                 let mut eom = Eom::new(session, &self.progress);
@@ -434,7 +436,7 @@ impl<M: Milter> Dispatcher<M> {
     /// Runs the abort handler for the open message, if any.
     pub(crate) async fn abort<W: Waiter>(&mut self, session: &MilterSession, waiter: &mut W) {
         let message = self.message.take().unwrap_or_default();
-        let args = Context {
+        let args = Abort {
             macros: session.macros(),
         };
         let span = self.span.take().map_or_else(Span::current, |s| s.span);

@@ -216,7 +216,9 @@ pub use error::{BoxError, Error, OnWire, Result};
 pub use listener::{
     bind, bind_with_backlog, connect, Listener, SocketSpec, Stream, UnixSocketFile, DEFAULT_BACKLOG,
 };
-pub use milter::{Body, Connect, Context, Header, Helo, Mail, Milter, Rcpt, Text, Unknown};
+pub use milter::{
+    Abort, Body, Connect, Data, Eoh, Header, Helo, Mail, Milter, Rcpt, Text, Unknown,
+};
 pub use serve::{serve, serve_connection, Config, Serve};
 
 #[cfg(feature = "daemon")]

@@ -115,47 +115,23 @@ impl Metrics {
             handler_seconds: Family::new_with_constructor(handler_histogram),
             registry: Registry::default(),
         };
-        let r = &mut registry;
-        r.register(
-            "milter_connections",
-            "Connections accepted from MTAs",
-            inner.connections.clone(),
-        );
-        r.register(
-            "milter_connections_open",
-            "Connections open now",
-            inner.connections_open.clone(),
-        );
-        r.register(
-            "milter_messages",
-            "Messages (transactions) seen",
-            inner.messages.clone(),
-        );
-        r.register(
-            "milter_decisions",
-            "Decisions sent, by stage and decision",
-            inner.decisions.clone(),
-        );
-        r.register(
-            "milter_modifications",
-            "Modifications sent at end of message, by kind",
-            inner.modifications.clone(),
-        );
-        r.register(
-            "milter_errors",
-            "Connections that ended in error, by kind",
-            inner.errors.clone(),
-        );
-        r.register(
+        macro_rules! register {
+            ($($name:literal, $help:literal, $field:ident;)*) => {
+                $(registry.register($name, $help, inner.$field.clone());)*
+            };
+        }
+        register! {
+            "milter_connections", "Connections accepted from MTAs", connections;
+            "milter_connections_open", "Connections open now", connections_open;
+            "milter_messages", "Messages (transactions) seen", messages;
+            "milter_decisions", "Decisions sent, by stage and decision", decisions;
+            "milter_modifications", "Modifications sent at end of message, by kind", modifications;
+            "milter_errors", "Connections that ended in error, by kind", errors;
             "milter_fail_safe_replies",
-            "Fail-safe decisions sent (handler failed, panicked or timed out; shutdown), by stage",
-            inner.fail_safe.clone(),
-        );
-        r.register(
-            "milter_handler_duration_seconds",
-            "Time spent in handlers, by stage",
-            inner.handler_seconds.clone(),
-        );
+                "Fail-safe decisions sent (handler failed, panicked or timed out; shutdown), by stage",
+                fail_safe;
+            "milter_handler_duration_seconds", "Time spent in handlers, by stage", handler_seconds;
+        }
         Metrics {
             inner: Arc::new(Inner { registry, ..inner }),
         }

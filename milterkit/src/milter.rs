@@ -117,7 +117,7 @@ pub trait Milter: Send + 'static {
     fn data(
         &mut self,
         message: &mut Self::Message,
-        data: Context<'_>,
+        data: Data<'_>,
     ) -> impl Future<Output = Result<Decision>> + Send {
         let _ = (message, data);
         async { Ok(Decision::Continue) }
@@ -139,7 +139,7 @@ pub trait Milter: Send + 'static {
     fn eoh(
         &mut self,
         message: &mut Self::Message,
-        eoh: Context<'_>,
+        eoh: Eoh<'_>,
     ) -> impl Future<Output = Result<Decision>> + Send {
         let _ = (message, eoh);
         async { Ok(Decision::Continue) }
@@ -180,7 +180,7 @@ pub trait Milter: Send + 'static {
     fn abort(
         &mut self,
         message: Self::Message,
-        abort: Context<'_>,
+        abort: Abort<'_>,
     ) -> impl Future<Output = Result<()>> + Send {
         let _ = (message, abort);
         async { Ok(()) }
@@ -447,10 +447,23 @@ impl<'a> Unknown<'a> {
     }
 }
 
-/// Arguments of the stages that carry nothing but macros: [`Milter::data`], [`Milter::eoh`],
-/// [`Milter::abort`].
+/// Arguments of [`Milter::data`]: the DATA stage carries nothing but macros.
 #[derive(Debug, Clone, Copy)]
-pub struct Context<'a> {
+pub struct Data<'a> {
     pub(crate) macros: &'a Macros,
 }
-with_macros!(Context);
+with_macros!(Data);
+
+/// Arguments of [`Milter::eoh`]: end of headers carries nothing but macros.
+#[derive(Debug, Clone, Copy)]
+pub struct Eoh<'a> {
+    pub(crate) macros: &'a Macros,
+}
+with_macros!(Eoh);
+
+/// Arguments of [`Milter::abort`]: the macros in effect when the message was given up.
+#[derive(Debug, Clone, Copy)]
+pub struct Abort<'a> {
+    pub(crate) macros: &'a Macros,
+}
+with_macros!(Abort);

@@ -30,9 +30,7 @@
 //! ```
 
 use bytes::BytesMut;
-use milterkit_proto::{
-    Agreement, Command, MilterConfig, MilterSession, MtaConfig, MtaSession, Sent,
-};
+use milterkit_proto::{Agreement, MilterConfig, MilterSession, MtaConfig, MtaSession, Sent};
 
 use crate::dispatch::{Dispatcher, JustWait};
 use crate::mta::{Answer, Driver, Link, Outcome, Profile, Transaction};
@@ -180,31 +178,22 @@ impl<M: Milter> Harness<M> {
 }
 
 impl<M: Milter> Link for Harness<M> {
-    async fn exchange(&mut self, cmd: Command) -> Result<Answer, Error> {
-        if let Some(c) = &self.closed {
-            return Ok(Answer {
-                closed: Some(c.clone()),
-                ..Answer::default()
-            });
+    fn session(&self) -> &MtaSession {
+        &self.mta
+    }
+
+    fn session_mut(&mut self) -> &mut MtaSession {
+        &mut self.mta
+    }
+
+    fn closed(&self) -> Option<&String> {
+        self.closed.as_ref()
+    }
+
+    async fn carry(&mut self, sent: &Sent) -> Result<Answer, Error> {
+        match sent {
+            Sent::Skipped => Ok(Answer::default()),
+            _ => self.pump().await,
         }
-        let stage = cmd.stage().unwrap_or(milterkit_proto::Stage::Connect);
-        let sent = self
-            .mta
-            .send(cmd)
-            .map_err(|source| Error::Misuse { stage, source })?;
-        let mut answer = match sent {
-            Sent::Skipped => Answer::default(),
-            _ => self.pump().await?,
-        };
-        answer.sent = Some(sent);
-        Ok(answer)
-    }
-
-    fn agreement(&self) -> Option<&Agreement> {
-        self.mta.agreement()
-    }
-
-    fn in_message(&self) -> bool {
-        self.mta.in_message()
     }
 }

@@ -65,7 +65,6 @@ where
             timer: std::pin::pin!(tokio::time::sleep(idle_after)),
             timer_waker: None,
             started: None,
-            seen: shutdown.state(),
             shutdown,
             read_timeout: config.read_timeout,
             idle_after,
@@ -89,7 +88,10 @@ where
                 break result;
             }
             wake = loop {
-                match waits.read(&mut io, &mut session, &mut out).await {
+                match waits
+                    .read(&mut io, &mut session, &mut out, d.shutdown)
+                    .await
+                {
                     Wake::Shutdown => {
                         if let Some(result) = shutdown_step(&mut waits, &session, &mut d) {
                             break 'conn result;
@@ -144,30 +146,22 @@ impl Drop for Counted<'_> {
     }
 }
 
-/// Acts on the shutdown state, and remembers it as seen: a connection with no message open and
-/// nothing owed may go once the grace period is over (`Some`); one in a message answers its next
-/// command with the fail-safe.
+/// Acts on the shutdown state, and records it in the dispatcher as the step acted on: a
+/// connection with no message open and nothing owed may go once the grace period is over
+/// (`Some`); one in a message answers its next command with the fail-safe.
 fn shutdown_step<M: Milter>(
     waits: &mut Waits<'_>,
     session: &MilterSession,
     d: &mut Dispatcher<M>,
 ) -> Option<Result<(), Error>> {
-    waits.seen = waits.shutdown.state();
-    match waits.seen {
-        Shutdown::Running => None,
-        Shutdown::Draining => {
-            d.draining = true;
-            None
-        }
+    d.shutdown = waits.shutdown.state();
+    match d.shutdown {
+        Shutdown::Running | Shutdown::Draining => None,
         Shutdown::Closing if !session.in_message() && session.awaiting().is_none() => {
             debug!("shutdown: closing an idle connection");
             Some(Ok(()))
         }
-        Shutdown::Closing => {
-            d.draining = true;
-            d.closing = true;
-            None
-        }
+        Shutdown::Closing => None,
         Shutdown::Abandon => Some(Err(Error::Shutdown)),
     }
 }
@@ -225,7 +219,7 @@ where
         if input.is_empty() && input.capacity() > SHRINK_ABOVE {
             *input = BytesMut::new();
         }
-        wake = Some(waits.read(io, session, out).await);
+        wake = Some(waits.read(io, session, out, d.shutdown).await);
     }
 }
 

@@ -47,8 +47,6 @@ pub(super) struct Waits<'a> {
     pub(super) timer_waker: Option<Waker>,
     /// When the wait for the next input began; `None` after input came.
     pub(super) started: Option<Instant>,
-    /// The shutdown state the command loop acted on last.
-    pub(super) seen: Shutdown,
     pub(super) shutdown: Subscription,
     pub(super) read_timeout: Duration,
     pub(super) idle_after: Duration,
@@ -57,12 +55,14 @@ pub(super) struct Waits<'a> {
 impl Waits<'_> {
     /// Reads once into the session's input (see [`poll_read_input`]). After `IDLE_AFTER` of quiet
     /// with nothing buffered, the buffers are given back (`out` too) and [`Wake::Idle`] returned;
-    /// the read timeout counts from the start of the wait through it.
+    /// the read timeout counts from the start of the wait through it. A shutdown state other
+    /// than `seen` (the step the connection acted on last) ends the wait with [`Wake::Shutdown`].
     pub(super) async fn read<IO: AsyncRead + Unpin>(
         &mut self,
         io: &mut IO,
         session: &mut MilterSession,
         out: &mut BytesMut,
+        seen: Shutdown,
     ) -> Wake {
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = poll_read_input(io, session.input_mut(), cx) {
@@ -71,7 +71,7 @@ impl Waits<'_> {
             }
             // Registered for shutdown changes, then checked: a change that lands in between is
             // seen by one or the other.
-            if self.shutdown.poll_state(cx) != self.seen {
+            if self.shutdown.poll_state(cx) != seen {
                 return Poll::Ready(Wake::Shutdown);
             }
             let start = *self.started.get_or_insert_with(|| {

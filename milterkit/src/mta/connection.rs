@@ -239,40 +239,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Link for Connection<IO> {
-    async fn exchange(&mut self, cmd: Command) -> Result<Answer, Error> {
-        if let Some(c) = &self.closed {
-            return Ok(Answer {
-                closed: Some(c.clone()),
-                ..Answer::default()
-            });
-        }
-        let stage = cmd.stage().unwrap_or(Stage::Connect);
-        let sent = self
-            .mta
-            .send(cmd)
-            .map_err(|source| Error::Misuse { stage, source })?;
+    fn session(&self) -> &MtaSession {
+        &self.mta
+    }
+
+    fn session_mut(&mut self) -> &mut MtaSession {
+        &mut self.mta
+    }
+
+    fn closed(&self) -> Option<&String> {
+        self.closed.as_ref()
+    }
+
+    async fn carry(&mut self, sent: &Sent) -> Result<Answer, Error> {
         if let Err(e) = self.flush().await {
             let reason = format!("writing to the milter failed: {e}");
             self.closed = Some(reason.clone());
             return Ok(Answer {
-                sent: Some(sent),
                 closed: Some(reason),
                 ..Answer::default()
             });
         }
-        let mut answer = match sent {
-            Sent::AwaitingReply(_) => self.read_until(|s| s.awaiting().is_none()).await?,
-            _ => Answer::default(),
-        };
-        answer.sent = Some(sent);
-        Ok(answer)
-    }
-
-    fn agreement(&self) -> Option<&Agreement> {
-        self.mta.agreement()
-    }
-
-    fn in_message(&self) -> bool {
-        self.mta.in_message()
+        match sent {
+            Sent::AwaitingReply(_) => self.read_until(|s| s.awaiting().is_none()).await,
+            _ => Ok(Answer::default()),
+        }
     }
 }

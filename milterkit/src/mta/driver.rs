@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use milterkit_proto::command::{Connect, Envelope, Family};
 use milterkit_proto::message::Message;
-use milterkit_proto::{Agreement, Command, Decision, Sent, Stage};
+use milterkit_proto::{Agreement, Command, Decision, MtaSession, Sent, Stage};
 
 use super::*;
 use crate::Error;
@@ -15,14 +15,48 @@ use crate::Error;
 /// Carries commands to a milter and brings back its answer: in memory (the harness) or over a
 /// socket.
 pub(crate) trait Link: Send {
+    /// The MTA session whose commands this link carries.
+    fn session(&self) -> &MtaSession;
+
+    /// The same, to send through.
+    fn session_mut(&mut self) -> &mut MtaSession;
+
+    /// Why the link closed, once it has.
+    fn closed(&self) -> Option<&String>;
+
+    /// Carries what the MTA session just queued (`sent`) to the milter and brings back its
+    /// answer, if one is owed.
+    fn carry(&mut self, sent: &Sent) -> impl Future<Output = Result<Answer, Error>> + Send;
+
     /// Sends `cmd` through the MTA session and waits for the milter's answer, if one is owed.
-    fn exchange(&mut self, cmd: Command) -> impl Future<Output = Result<Answer, Error>> + Send;
+    fn exchange(&mut self, cmd: Command) -> impl Future<Output = Result<Answer, Error>> + Send {
+        async move {
+            if let Some(c) = self.closed() {
+                return Ok(Answer {
+                    closed: Some(c.clone()),
+                    ..Answer::default()
+                });
+            }
+            let stage = cmd.stage().unwrap_or(Stage::Connect);
+            let sent = self
+                .session_mut()
+                .send(cmd)
+                .map_err(|source| Error::Misuse { stage, source })?;
+            let mut answer = self.carry(&sent).await?;
+            answer.sent = Some(sent);
+            Ok(answer)
+        }
+    }
 
     /// The agreement, once negotiated.
-    fn agreement(&self) -> Option<&Agreement>;
+    fn agreement(&self) -> Option<&Agreement> {
+        self.session().agreement()
+    }
 
     /// True while the milter considers a message open (Sendmail sends ABORT only then).
-    fn in_message(&self) -> bool;
+    fn in_message(&self) -> bool {
+        self.session().in_message()
+    }
 }
 
 /// Per-connection memory of the driver: what the MTA already did on this connection.

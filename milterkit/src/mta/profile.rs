@@ -20,6 +20,15 @@ pub struct Profile {
     pub values: Vec<(&'static str, Bytes)>,
 }
 
+/// The TLS macros both MTAs send at HELO by default.
+const TLS_MACROS: [&str; 5] = [
+    "{tls_version}",
+    "{cipher}",
+    "{cipher_bits}",
+    "{cert_subject}",
+    "{cert_issuer}",
+];
+
 impl Profile {
     /// Postfix 3.7 with its default macro lists (`postconf milter_*_macros`).
     pub fn postfix() -> Profile {
@@ -31,16 +40,7 @@ impl Profile {
                     Stage::Connect,
                     vec!["j", "{daemon_name}", "{daemon_addr}", "v", "_"],
                 ),
-                (
-                    Stage::Helo,
-                    vec![
-                        "{tls_version}",
-                        "{cipher}",
-                        "{cipher_bits}",
-                        "{cert_subject}",
-                        "{cert_issuer}",
-                    ],
-                ),
+                (Stage::Helo, TLS_MACROS.to_vec()),
                 (
                     Stage::Mail,
                     vec![
@@ -85,16 +85,7 @@ impl Profile {
                     Stage::Connect,
                     vec!["j", "_", "{daemon_name}", "{if_name}", "{if_addr}"],
                 ),
-                (
-                    Stage::Helo,
-                    vec![
-                        "{tls_version}",
-                        "{cipher}",
-                        "{cipher_bits}",
-                        "{cert_subject}",
-                        "{cert_issuer}",
-                    ],
-                ),
+                (Stage::Helo, TLS_MACROS.to_vec()),
                 (
                     Stage::Mail,
                     vec![

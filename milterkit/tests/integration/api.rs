@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use milterkit::mta::{Profile, Transaction, Verdict};
 use milterkit::testing::Harness;
 use milterkit::{
-    Actions, Body, Connect, Context, Decision, Eom, Header, Helo, MacroStage, Mail, Milter,
-    Modification, Offer, ProtocolFlags, Rcpt, Request, Result, Stage, Stages, Unknown,
+    Abort, Actions, Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, MacroStage, Mail,
+    Milter, Modification, Offer, ProtocolFlags, Rcpt, Request, Result, Stage, Stages, Unknown,
 };
 
 /// Records every callback with its arguments and one macro, like the reference C milter's log.
@@ -70,7 +70,7 @@ impl Milter for Recorder {
         self.push(format!("rcpt {}", r.address()));
         Ok(Decision::Continue)
     }
-    async fn data(&mut self, s: &mut Seen, d: Context<'_>) -> Result<Decision> {
+    async fn data(&mut self, s: &mut Seen, d: Data<'_>) -> Result<Decision> {
         let i = d
             .macro_value("i")
             .map(|v| v.to_string())
@@ -83,7 +83,7 @@ impl Milter for Recorder {
         self.push(format!("header {}: {:?}", h.name(), h.value()));
         Ok(Decision::Continue)
     }
-    async fn eoh(&mut self, s: &mut Seen, _: Context<'_>) -> Result<Decision> {
+    async fn eoh(&mut self, s: &mut Seen, _: Eoh<'_>) -> Result<Decision> {
         self.push(format!("eoh {}", s.headers));
         Ok(Decision::Continue)
     }
@@ -99,7 +99,7 @@ impl Milter for Recorder {
         self.push(format!("eom {} message {}", s.body, self.messages));
         Ok(Decision::Continue)
     }
-    async fn abort(&mut self, s: Seen, _: Context<'_>) -> Result<()> {
+    async fn abort(&mut self, s: Seen, _: Abort<'_>) -> Result<()> {
         self.push(format!("abort after {} rcpts", s.rcpts));
         Ok(())
     }

@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use milterkit::mta::{Connection, Profile, Transaction};
 use milterkit::proto::{Command, Family, FrameDecoder, Response};
 use milterkit::{
-    Body, Connect, Context, Decision, Eom, Header, Helo, Mail, Milter, Modification, Offer, Rcpt,
+    Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, Mail, Milter, Modification, Offer, Rcpt,
     Request, Result, Stage, Stages, Unknown,
 };
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
@@ -140,13 +140,13 @@ impl Milter for Replay {
     async fn rcpt(&mut self, _: &mut (), _: Rcpt<'_>) -> Result<Decision> {
         self.next(None).await
     }
-    async fn data(&mut self, _: &mut (), _: Context<'_>) -> Result<Decision> {
+    async fn data(&mut self, _: &mut (), _: Data<'_>) -> Result<Decision> {
         self.next(None).await
     }
     async fn header(&mut self, _: &mut (), _: Header<'_>) -> Result<Decision> {
         self.next(None).await
     }
-    async fn eoh(&mut self, _: &mut (), _: Context<'_>) -> Result<Decision> {
+    async fn eoh(&mut self, _: &mut (), _: Eoh<'_>) -> Result<Decision> {
         self.next(None).await
     }
     async fn body(&mut self, _: &mut (), _: Body<'_>) -> Result<Decision> {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use milterkit::{
-    Actions, Body, Connect, Context, Decision, Eom, Header, Helo, Mail, Milter, Rcpt, Result,
-    Stage, Stages, Unknown,
+    Abort, Actions, Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, Mail, Milter, Rcpt,
+    Result, Stage, Stages, Unknown,
 };
 
 /// What to do at end of message.
@@ -97,13 +97,13 @@ impl Milter for Scripted {
         let addr = r.address().to_str()?;
         Ok(self.0.rcpt.get(addr).cloned().unwrap_or(d))
     }
-    async fn data(&mut self, _: &mut (), _: Context<'_>) -> Result<Decision> {
+    async fn data(&mut self, _: &mut (), _: Data<'_>) -> Result<Decision> {
         self.act(Stage::Data).await
     }
     async fn header(&mut self, _: &mut (), _: Header<'_>) -> Result<Decision> {
         self.act(Stage::Header).await
     }
-    async fn eoh(&mut self, _: &mut (), _: Context<'_>) -> Result<Decision> {
+    async fn eoh(&mut self, _: &mut (), _: Eoh<'_>) -> Result<Decision> {
         self.act(Stage::Eoh).await
     }
     async fn body(&mut self, _: &mut (), _: Body<'_>) -> Result<Decision> {
@@ -128,7 +128,7 @@ impl Milter for Scripted {
         }
         self.act(Stage::Eom).await
     }
-    async fn abort(&mut self, _: (), _: Context<'_>) -> Result<()> {
+    async fn abort(&mut self, _: (), _: Abort<'_>) -> Result<()> {
         self.0.aborts.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
