@@ -78,6 +78,44 @@ pub const QUIET_PERIOD: Duration = Duration::from_millis(1500);
 /// for it.
 pub use milterkit::proto::Mta;
 
+/// The first headers of a test message from Alice to Bob: From, To, Subject, and the Date and
+/// Message-ID (`<id@example.org>`) the MTAs would otherwise add themselves.
+pub fn message_head(subject: &str, id: &str) -> String {
+    format!(
+        "From: Alice <alice@example.org>\r\n\
+         To: Bob <bob@example.net>\r\n\
+         Subject: {subject}\r\n\
+         Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <{id}@example.org>\r\n"
+    )
+}
+
+/// Declares the tests of a scenario file once for each MTA and transport, in the modules
+/// `postfix_tcp`, `postfix_unix`, `sendmail_tcp` and `sendmail_unix`:
+/// `tests_on_each_mta_and_transport! { run: test_name => argument, … }` makes each
+/// `#[test] fn test_name()` call `run(mta, transport, argument)`, where `run` is a function of
+/// the calling file taking an [`Mta`], a [`Transport`] and the argument.
+#[macro_export]
+macro_rules! tests_on_each_mta_and_transport {
+    ($run:ident: $($test:ident => $arg:expr),* $(,)?) => {
+        $crate::tests_on_each_mta_and_transport!(@mod postfix_tcp, Postfix, Tcp, $run: $($test => $arg),*);
+        $crate::tests_on_each_mta_and_transport!(@mod postfix_unix, Postfix, Unix, $run: $($test => $arg),*);
+        $crate::tests_on_each_mta_and_transport!(@mod sendmail_tcp, Sendmail, Tcp, $run: $($test => $arg),*);
+        $crate::tests_on_each_mta_and_transport!(@mod sendmail_unix, Sendmail, Unix, $run: $($test => $arg),*);
+    };
+    (@mod $module:ident, $mta:ident, $transport:ident, $run:ident: $($test:ident => $arg:expr),*) => {
+        mod $module {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    $run($crate::Mta::$mta, $crate::Transport::$transport, $arg);
+                }
+            )*
+        }
+    };
+}
+
 /// The tools an MTA needs.
 pub fn tools_of(mta: Mta) -> &'static [Tool] {
     match mta {

@@ -21,15 +21,10 @@ const DEADLINE: Duration = Duration::from_secs(2);
 
 fn message(subject: &str, actions: &str) -> Vec<u8> {
     format!(
-        "From: Alice <alice@example.org>\r\n\
-         To: Bob <bob@example.net>\r\n\
-         Subject: {subject}\r\n\
-         Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\
-         Message-ID: <{}@example.org>\r\n\
-         X-Test: {actions}\r\n\
+        "{}X-Test: {actions}\r\n\
          \r\n\
          Hello from the interop test.\r\n",
-        subject.replace(' ', "-")
+        interop::message_head(subject, &subject.replace(' ', "-"))
     )
     .into_bytes()
 }
@@ -92,45 +87,10 @@ fn fails_safe(mta: Mta, transport: Transport, word: &str) {
     );
 }
 
-macro_rules! failures {
-    ($mta:expr, $transport:expr) => {
-        use super::*;
-
-        #[test]
-        fn tempfails_when_the_header_handler_panics_then_delivers_the_next_message() {
-            fails_safe($mta, $transport, "panic:header");
-        }
-
-        #[test]
-        fn tempfails_when_the_body_handler_returns_an_error_then_delivers_the_next_message() {
-            fails_safe($mta, $transport, "error:body");
-        }
-
-        #[test]
-        fn tempfails_when_end_of_message_stalls_past_its_deadline_then_delivers_the_next_message() {
-            fails_safe($mta, $transport, "stall:eom");
-        }
-
-        #[test]
-        fn tempfails_when_the_header_handler_stalls_past_its_deadline_then_delivers_the_next_message(
-        ) {
-            fails_safe($mta, $transport, "stall:header");
-        }
-    };
-}
-
-mod postfix_tcp {
-    failures!(Mta::Postfix, Transport::Tcp);
-}
-
-mod postfix_unix {
-    failures!(Mta::Postfix, Transport::Unix);
-}
-
-mod sendmail_tcp {
-    failures!(Mta::Sendmail, Transport::Tcp);
-}
-
-mod sendmail_unix {
-    failures!(Mta::Sendmail, Transport::Unix);
+interop::tests_on_each_mta_and_transport! {
+    fails_safe:
+    tempfails_when_the_header_handler_panics_then_delivers_the_next_message => "panic:header",
+    tempfails_when_the_body_handler_returns_an_error_then_delivers_the_next_message => "error:body",
+    tempfails_when_end_of_message_stalls_past_its_deadline_then_delivers_the_next_message => "stall:eom",
+    tempfails_when_the_header_handler_stalls_past_its_deadline_then_delivers_the_next_message => "stall:header",
 }

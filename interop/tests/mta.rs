@@ -27,12 +27,7 @@ fn message(subject: &str, actions: &str) -> Vec<u8> {
         format!("X-Test: {actions}\r\n")
     };
     format!(
-        "From: Alice <alice@example.org>\r\n\
-         To: Bob <bob@example.net>\r\n\
-         Subject: {subject}\r\n\
-         Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\
-         Message-ID: <{}@example.org>\r\n\
-         {control}\
+        "{}{control}\
          {DELETED_HEADER}: please delete me\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: text/plain; charset=us-ascii\r\n\
@@ -41,7 +36,7 @@ fn message(subject: &str, actions: &str) -> Vec<u8> {
          .a line that starts with a dot\r\n\
          \r\n\
          Bye.\r\n",
-        subject.replace(' ', "-")
+        interop::message_head(subject, &subject.replace(' ', "-"))
     )
     .into_bytes()
 }
@@ -323,79 +318,17 @@ fn two_messages(rig: &Rig) {
     );
 }
 
-macro_rules! scenarios {
-    ($mta:expr, $transport:expr) => {
-        use super::*;
-
-        #[test]
-        fn delivers_an_accepted_message_untouched() {
-            run($mta, $transport, accept_untouched);
-        }
-
-        #[test]
-        fn adds_changes_and_deletes_headers() {
-            run($mta, $transport, header_changes);
-        }
-
-        #[test]
-        fn adds_a_recipient_with_notify_never_and_deletes_another() {
-            run($mta, $transport, recipient_changes);
-        }
-
-        #[test]
-        fn changes_the_sender_with_ret_and_envid() {
-            run($mta, $transport, sender_change);
-        }
-
-        #[test]
-        fn replaces_the_body_with_a_small_one() {
-            run($mta, $transport, small_body);
-        }
-
-        #[test]
-        fn replaces_the_body_with_one_larger_than_a_packet() {
-            run($mta, $transport, large_body_replacement);
-        }
-
-        #[test]
-        fn rejects_one_recipient_of_two_with_a_custom_reply() {
-            run($mta, $transport, rcpt_reject);
-        }
-
-        #[test]
-        fn tempfails_at_end_of_message_and_delivers_nothing() {
-            run($mta, $transport, eom_tempfail);
-        }
-
-        #[test]
-        fn discards_with_250_and_delivers_nothing() {
-            run($mta, $transport, eom_discard);
-        }
-
-        #[test]
-        fn passes_a_body_larger_than_a_packet_to_the_milter_whole() {
-            run($mta, $transport, large_message);
-        }
-
-        #[test]
-        fn handles_two_messages_on_one_connection() {
-            run($mta, $transport, two_messages);
-        }
-    };
-}
-
-mod postfix_tcp {
-    scenarios!(Mta::Postfix, Transport::Tcp);
-}
-
-mod postfix_unix {
-    scenarios!(Mta::Postfix, Transport::Unix);
-}
-
-mod sendmail_tcp {
-    scenarios!(Mta::Sendmail, Transport::Tcp);
-}
-
-mod sendmail_unix {
-    scenarios!(Mta::Sendmail, Transport::Unix);
+interop::tests_on_each_mta_and_transport! {
+    run:
+    delivers_an_accepted_message_untouched => accept_untouched,
+    adds_changes_and_deletes_headers => header_changes,
+    adds_a_recipient_with_notify_never_and_deletes_another => recipient_changes,
+    changes_the_sender_with_ret_and_envid => sender_change,
+    replaces_the_body_with_a_small_one => small_body,
+    replaces_the_body_with_one_larger_than_a_packet => large_body_replacement,
+    rejects_one_recipient_of_two_with_a_custom_reply => rcpt_reject,
+    tempfails_at_end_of_message_and_delivers_nothing => eom_tempfail,
+    discards_with_250_and_delivers_nothing => eom_discard,
+    passes_a_body_larger_than_a_packet_to_the_milter_whole => large_message,
+    handles_two_messages_on_one_connection => two_messages,
 }

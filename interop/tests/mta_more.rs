@@ -18,18 +18,13 @@ const CAROL: &str = "carol@example.net";
 
 fn message(subject: &str, actions: &str, extra_headers: &str) -> Vec<u8> {
     format!(
-        "From: Alice <alice@example.org>\r\n\
-         To: Bob <bob@example.net>\r\n\
-         Subject: {subject}\r\n\
-         Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\
-         Message-ID: <{}@example.org>\r\n\
-         X-Test: {actions}\r\n\
+        "{}X-Test: {actions}\r\n\
          {extra_headers}\
          MIME-Version: 1.0\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\
          \r\n\
          Hello from the interop test.\r\n",
-        subject.replace(' ', "-")
+        interop::message_head(subject, &subject.replace(' ', "-"))
     )
     .into_bytes()
 }
@@ -213,54 +208,12 @@ fn insert_header(rig: &Rig) {
     assert_eq!(m.header_values("X-Interop-Ins-1"), ["inserted at 1"]);
 }
 
-macro_rules! scenarios {
-    ($mta:expr, $transport:expr) => {
-        use super::*;
-
-        #[test]
-        fn holds_a_quarantined_message_and_delivers_nothing() {
-            run($mta, $transport, quarantine);
-        }
-
-        #[test]
-        fn rejects_the_sender_with_a_multi_line_custom_reply() {
-            run($mta, $transport, mail_reject_multiline);
-        }
-
-        #[test]
-        fn tempfails_the_sender_with_a_multi_line_custom_reply() {
-            run($mta, $transport, mail_tempfail_multiline);
-        }
-
-        #[test]
-        fn tempfails_one_recipient_of_three_and_delivers_to_the_others() {
-            run($mta, $transport, rcpt_tempfail);
-        }
-
-        #[test]
-        fn passes_and_adds_utf8_folded_and_space_led_header_values() {
-            run($mta, $transport, header_values);
-        }
-
-        #[test]
-        fn inserts_a_header_at_index_one() {
-            run($mta, $transport, insert_header);
-        }
-    };
-}
-
-mod postfix_tcp {
-    scenarios!(Mta::Postfix, Transport::Tcp);
-}
-
-mod postfix_unix {
-    scenarios!(Mta::Postfix, Transport::Unix);
-}
-
-mod sendmail_tcp {
-    scenarios!(Mta::Sendmail, Transport::Tcp);
-}
-
-mod sendmail_unix {
-    scenarios!(Mta::Sendmail, Transport::Unix);
+interop::tests_on_each_mta_and_transport! {
+    run:
+    holds_a_quarantined_message_and_delivers_nothing => quarantine,
+    rejects_the_sender_with_a_multi_line_custom_reply => mail_reject_multiline,
+    tempfails_the_sender_with_a_multi_line_custom_reply => mail_tempfail_multiline,
+    tempfails_one_recipient_of_three_and_delivers_to_the_others => rcpt_tempfail,
+    passes_and_adds_utf8_folded_and_space_led_header_values => header_values,
+    inserts_a_header_at_index_one => insert_header,
 }

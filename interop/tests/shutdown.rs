@@ -11,14 +11,10 @@ const IN_FLIGHT: usize = 5;
 
 fn message(n: usize) -> Vec<u8> {
     format!(
-        "From: Alice <alice@example.org>\r\n\
-         To: Bob <bob@example.net>\r\n\
-         Subject: in flight {n}\r\n\
-         Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\
-         Message-ID: <in-flight-{n}@example.org>\r\n\
-         X-Test: slow:eom\r\n\
+        "{}X-Test: slow:eom\r\n\
          \r\n\
-         Hello.\r\n"
+         Hello.\r\n",
+        interop::message_head(&format!("in flight {n}"), &format!("in-flight-{n}"))
     )
     .into_bytes()
 }
