@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <libmilter/mfapi.h>
 
+#include "../../testdata/c/milter_main.h"
+
 static sfsistat on_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *addr)
 {
 	(void)ctx; (void)host; (void)addr;
@@ -81,17 +83,5 @@ static struct smfiDesc desc = {
 
 int main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: %s SOCKET\n", argv[0]);
-		return 2;
-	}
-	if (smfi_setconn(argv[1]) == MI_FAILURE || smfi_register(desc) == MI_FAILURE) {
-		fprintf(stderr, "cannot set up the milter\n");
-		return 1;
-	}
-	if (smfi_opensocket(1) == MI_FAILURE) {
-		fprintf(stderr, "cannot open %s\n", argv[1]);
-		return 1;
-	}
-	return smfi_main() == MI_SUCCESS ? 0 : 1;
+	return milter_main(argc, argv, &desc);
 }
