@@ -3,7 +3,13 @@
 //! recipients in a retired domain, quarantines messages whose subject carries a keyword, and
 //! stamps every accepted message with a header.
 
-use milterkit::{Actions, Decision, Eom, Header, Milter, Rcpt, Reply, Result, Stages};
+use std::future::IntoFuture;
+
+use milterkit::{
+    Actions, BoxError, Decision, Eom, Header, Listener, Milter, Rcpt, Reply, Result, Stages,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// The policy; one value per MTA connection.
 #[derive(Debug, Clone)]
@@ -70,5 +76,38 @@ impl Milter for Policy {
             format!("checked; {} recipient(s) refused", m.refused),
         )?;
         Ok(Decision::Continue)
+    }
+}
+
+/// The policy served on a listener in the background, until [`Served::stop`].
+pub(crate) struct Served {
+    /// The listener's socket spec, for clients.
+    pub(crate) spec: String,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<std::result::Result<(), milterkit::Error>>,
+}
+
+impl Served {
+    /// Serves [`Policy`] on `listener` in a task of the current Tokio runtime.
+    pub(crate) fn start(listener: Listener) -> std::io::Result<Served> {
+        let spec = listener.local_spec()?.to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            milterkit::serve(listener, Policy::default)
+                .with_graceful_shutdown(async {
+                    stopped.await.ok();
+                })
+                .into_future(),
+        );
+        Ok(Served { spec, stop, server })
+    }
+
+    /// Shuts the server down gracefully and waits for it: its error if it failed, an error too if
+    /// it had stopped on its own before.
+    pub(crate) async fn stop(self) -> std::result::Result<(), BoxError> {
+        let sent = self.stop.send(());
+        self.server.await??;
+        sent.map_err(|()| "the server had stopped on its own")?;
+        Ok(())
     }
 }

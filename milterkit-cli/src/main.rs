@@ -276,16 +276,8 @@ const SAMPLES: [(&str, &str); 2] = [
 ];
 
 async fn demo() -> Result<u8, milterkit::BoxError> {
-    let listener = milterkit::bind("inet:0@127.0.0.1").await?;
-    let spec = listener.local_spec()?.to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        milterkit::serve(listener, demo_milter::Policy::default)
-            .with_graceful_shutdown(async {
-                stopped.await.ok();
-            })
-            .into_future(),
-    );
+    let served = demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await?)?;
+    let spec = &served.spec;
     let style = report::Style {
         colour: std::io::stdout().is_terminal(),
     };
@@ -303,18 +295,15 @@ async fn demo() -> Result<u8, milterkit::BoxError> {
             tx = tx.to(r);
         }
         println!("=== {name} ===");
-        let mut conn = Connection::open(&spec, Profile::postfix()).await?;
+        let mut conn = Connection::open(spec, Profile::postfix()).await?;
         let out = conn.run(&tx).await?;
         conn.quit().await?;
         print!("{}", report::human(&out, &message, style));
         println!();
     }
-    stop.send(()).ok();
-    server.await??;
+    served.stop().await?;
     Ok(0)
 }
-
-use std::future::IntoFuture;
 
 #[cfg(test)]
 mod tests {

@@ -1,25 +1,13 @@
 //! The `milterkit` command: the demo, help, and bench against a milter served in this process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::IntoFuture;
-use std::process::Command;
-
 use serde_json::Value;
 
 #[path = "../src/demo_milter.rs"]
 mod demo_milter;
+mod support;
 
-fn milterkit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_milterkit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::milterkit;
 
 #[test]
 fn the_demo_shows_decisions_modifications_and_a_diff_for_both_samples() {
@@ -61,16 +49,9 @@ fn every_subcommand_has_help_with_examples() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_throughput_and_latency_of_a_milter() {
-    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
-    let spec = listener.local_spec().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        milterkit::serve(listener, demo_milter::Policy::default)
-            .with_graceful_shutdown(async {
-                stopped.await.ok();
-            })
-            .into_future(),
-    );
+    let served =
+        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let spec = &served.spec;
     let args: Vec<String> = [
         "bench",
         &spec,
@@ -112,6 +93,5 @@ async fn bench_reports_throughput_and_latency_of_a_milter() {
         .unwrap();
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("50 messages in"), "{out}");
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await.unwrap();
 }

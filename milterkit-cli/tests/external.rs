@@ -12,6 +12,10 @@ use milterkit::mta::{Client, Connection, Profile, Transaction, Verdict};
 use milterkit::{Decision, Modification, Stage};
 use serde_json::Value;
 
+mod support;
+
+use support::milterkit;
+
 /// True if `what` is there; otherwise fails under CI and says loudly that the test is skipped.
 fn require(what: &str, present: bool) -> bool {
     if present {
@@ -108,18 +112,6 @@ fn expected_result() -> String {
     // The modification rules (Postfix profile): insert at 0 goes on top, the Subject changes in
     // place, X-Remove goes, the added header goes last, the body is replaced.
     "X-C-Top: inserted at 0\r\nFrom: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\nSubject: [C] changed subject\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\nX-C-Added: added by libmilter\r\n\r\nBody replaced by the C milter.\r\n".into()
-}
-
-fn milterkit(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_milterkit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

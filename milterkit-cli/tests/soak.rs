@@ -7,14 +7,15 @@
 //! `MILTERKIT_SOAK_CONNECTIONS=10000 MILTERKIT_SOAK_SECONDS=60 cargo test --release -p milterkit-cli --test soak -- --nocapture`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::IntoFuture;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 #[path = "../src/demo_milter.rs"]
 mod demo_milter;
+mod support;
+
+use support::milterkit;
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -53,41 +54,24 @@ async fn soak_many_connections_with_flat_memory_and_no_wrong_answer() {
     let listener = milterkit::bind_with_backlog("inet:0@127.0.0.1", 16_384)
         .await
         .unwrap();
-    let spec = listener.local_spec().unwrap().to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        milterkit::serve(listener, demo_milter::Policy::default)
-            .with_graceful_shutdown(async {
-                stopped.await.ok();
-            })
-            .into_future(),
-    );
+    let served = demo_milter::Served::start(listener).unwrap();
     let start = rss_kib();
-    let bench = {
-        let spec = spec.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_milterkit"))
-                .args([
-                    "bench",
-                    &spec,
-                    "--connections",
-                    &n.to_string(),
-                    "--duration",
-                    &seconds.to_string(),
-                    "--json",
-                ])
-                .output()
-                .unwrap()
-        })
-    };
+    let args = [
+        "bench".to_owned(),
+        served.spec.clone(),
+        "--connections".to_owned(),
+        n.to_string(),
+        "--duration".to_owned(),
+        seconds.to_string(),
+        "--json".to_owned(),
+    ];
+    let bench = tokio::task::spawn_blocking(move || milterkit(&args));
     tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
     let middle = rss_kib();
-    let out = bench.await.unwrap();
+    let (_, out, err) = bench.await.unwrap();
     let end = rss_kib();
-    stop.send(()).unwrap();
-    server.await.unwrap().unwrap();
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    served.stop().await.unwrap();
+    let report: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
     println!(
         "soak: {n} connections for {seconds} s: {} messages, {} accepted, {} refused, {} errors; milter RSS start {start} KiB, middle {middle} KiB, end {end} KiB",
         report["messages"], report["accepted"], report["refused"], report["errors"]
