@@ -1,6 +1,6 @@
 //! The deployment path of docs/deployment.md behind a real Postfix: Postfix's smtpd (user
-//! `postfix`) talks to `interop-daemon`, a milter whose `main` is `milterkit::run`, started as a
-//! separate process the way a service manager starts it:
+//! `postfix`) talks to `interop-daemon` (milterkit's daemon example, whose `main` is
+//! `milterkit::run`), started as a separate process the way a service manager starts it:
 //!
 //! - as root, binding its Unix socket in a directory of root and group postfix (0750), making the
 //!   socket root:postfix 0660, then switching to nobody/nogroup before it serves;
@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use interop::{Postfix, RunDir, Sink, Tool, DELIVERY_TIMEOUT};
 
-/// The daemon binary (`src/bin/interop-daemon.rs`).
+/// The daemon binary: milterkit's daemon example (`milterkit/examples/daemon.rs`).
 const DAEMON: &str = env!("CARGO_BIN_EXE_interop-daemon");
 
 /// The header the daemon adds, and its value.
-const HEADER: &str = "X-Milterkit-Daemon";
+const HEADER: &str = "X-Milterkit";
 const VALUE: &str = "checked";
 
 /// How long the daemon may take to start (and log) on a slow, shared machine.
@@ -204,14 +204,9 @@ impl Drop for Daemon {
 
 fn message(subject: &str) -> Vec<u8> {
     format!(
-        "From: Alice <alice@example.org>\r\n\
-         To: Bob <bob@example.net>\r\n\
-         Subject: {subject}\r\n\
-         Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\
-         Message-ID: <daemon-{}@example.org>\r\n\
-         \r\n\
+        "{}\r\n\
          Hello from the deployment test.\r\n",
-        subject.replace(' ', "-")
+        interop::message_head(subject, &format!("daemon-{}", subject.replace(' ', "-")))
     )
     .into_bytes()
 }
