@@ -3,7 +3,6 @@
 //! of 10,000 connections is milterkit-cli/tests/soak.rs: its clients run in another process.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::IntoFuture;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -11,7 +10,11 @@ use std::time::{Duration, Instant};
 
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
 use milterkit::{Actions, Config, Decision, Eom, Milter, Modification, Result, Stage, Stages};
-use tokio::sync::{oneshot, watch, Mutex};
+use tokio::sync::{watch, Mutex};
+
+mod support;
+
+use support::served::Served;
 
 /// Tests here change the process-wide file limit: one at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -65,15 +68,14 @@ impl Milter for Stamp {
     }
 }
 
-struct Served {
-    spec: String,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::result::Result<(), milterkit::Error>>,
+/// [`Stamp`] served, with its count of messages at end of message and its gate.
+struct Stamped {
+    server: Served,
     arrived: Arc<AtomicU32>,
     open: watch::Sender<bool>,
 }
 
-async fn serve(config: Config, gate_open: bool) -> Served {
+async fn serve(config: Config, gate_open: bool) -> Stamped {
     let (open, gate) = watch::channel(gate_open);
     let arrived = Arc::new(AtomicU32::new(0));
     let milter = Stamp {
@@ -83,20 +85,8 @@ async fn serve(config: Config, gate_open: bool) -> Served {
     let listener = milterkit::bind_with_backlog("inet:0@127.0.0.1", 16_384)
         .await
         .unwrap();
-    let spec = listener.local_spec().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(
-        milterkit::serve(listener, move || milter.clone())
-            .with_config(config)
-            .with_graceful_shutdown(async {
-                stopped.await.ok();
-            })
-            .into_future(),
-    );
-    Served {
-        spec,
-        stop,
-        task,
+    Stamped {
+        server: Served::spawn(listener, move || milter.clone(), config),
         arrived,
         open,
     }
@@ -140,9 +130,10 @@ async fn running_out_of_file_descriptors_is_survived() {
         .with_ansi(false)
         .with_max_level(tracing::Level::WARN)
         .try_init();
-    let s = serve(Config::default(), true).await;
+    let mut s = serve(Config::default(), true).await;
     // The spec reads inet:PORT@[127.0.0.1].
     let port: u16 = s
+        .server
         .spec
         .split(':')
         .nth(1)
@@ -176,12 +167,14 @@ async fn running_out_of_file_descriptors_is_survived() {
     assert!(failures > 0, "descriptors ran out while accepting: {log}");
     assert!(log.contains("Too many open files"), "{log}");
     println!("accept failed {failures} times, logged with back-off");
-    let mut conn = Connection::open(&s.spec, Profile::postfix()).await.unwrap();
+    let mut conn = Connection::open(&s.server.spec, Profile::postfix())
+        .await
+        .unwrap();
     let out = conn.run(&tx()).await.unwrap();
     assert!(right(&out), "{out:?}");
     conn.quit().await.unwrap();
-    s.stop.send(()).unwrap();
-    s.task.await.unwrap().unwrap();
+    s.server.shutdown();
+    s.server.ended(Duration::from_secs(60)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,10 +185,10 @@ async fn graceful_shutdown_with_500_messages_in_flight_loses_none() {
         handler_timeout: Duration::from_secs(120),
         ..Config::default()
     };
-    let s = serve(config, false).await;
+    let mut s = serve(config, false).await;
     let clients: Vec<_> = (0..500)
         .map(|_| {
-            let spec = s.spec.clone();
+            let spec = s.server.spec.clone();
             tokio::spawn(async move {
                 let mut conn = Connection::open(&spec, Profile::postfix()).await.unwrap();
                 let out = conn.run(&tx()).await.unwrap();
@@ -212,7 +205,7 @@ async fn graceful_shutdown_with_500_messages_in_flight_loses_none() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    s.stop.send(()).unwrap();
+    s.server.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.open.send(true).unwrap();
     let mut delivered = 0;
@@ -222,5 +215,5 @@ async fn graceful_shutdown_with_500_messages_in_flight_loses_none() {
         delivered += 1;
     }
     assert_eq!(delivered, 500, "none lost");
-    s.task.await.unwrap().unwrap();
+    s.server.ended(Duration::from_secs(120)).await.unwrap();
 }

@@ -9,7 +9,7 @@ use milterkit::testing::Harness;
 use milterkit::{Config, Decision, Error, Milter, Rcpt, Result, Stage, Stages};
 
 use crate::scripted::{Script, Scripted};
-use crate::sockets::Server;
+use crate::support::served::Served;
 
 fn tx() -> Transaction {
     Transaction::new().to("<bob@example.net>")
@@ -17,7 +17,7 @@ fn tx() -> Transaction {
 
 async fn failing(script: Script, config: Config) -> (milterkit::mta::Outcome, Scripted) {
     let milter = Scripted::new(script);
-    let server = Server::with_config("inet:0@127.0.0.1", milter.clone(), config).await;
+    let server = Served::with_config("inet:0@127.0.0.1", milter.clone(), config).await;
     let mut conn = Connection::open(&server.spec, Profile::postfix())
         .await
         .unwrap();

@@ -9,7 +9,7 @@ use milterkit::{Decision, Stage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::scripted::{Edit, Script, Scripted};
-use crate::sockets::Server;
+use crate::support::served::Served;
 
 /// GETs `/metrics` and returns each sample line as `name{labels}` → value.
 async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
@@ -58,7 +58,7 @@ async fn a_scrape_after_transactions_shows_their_numbers() {
     };
     script.rcpt.insert("<carol@example.net>", Decision::Reject);
     script.decisions.insert(Stage::Eom, Decision::Accept);
-    let good = Server::with_config("inet:0@127.0.0.1", Scripted::new(script), config()).await;
+    let good = Served::with_config("inet:0@127.0.0.1", Scripted::new(script), config()).await;
     let tx = Transaction::new()
         .to("<bob@example.net>")
         .to("<carol@example.net>")
@@ -78,7 +78,7 @@ async fn a_scrape_after_transactions_shows_their_numbers() {
         error_at: Some(Stage::Helo),
         ..Script::default()
     };
-    let bad = Server::with_config("inet:0@127.0.0.1", Scripted::new(failing), config()).await;
+    let bad = Served::with_config("inet:0@127.0.0.1", Scripted::new(failing), config()).await;
     let mut conn = Connection::open(&bad.spec, Profile::postfix())
         .await
         .unwrap();

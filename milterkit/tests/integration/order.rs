@@ -7,7 +7,7 @@ use milterkit::{Decision, Modification, Stage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::scripted::{Edit, Script, Scripted};
-use crate::sockets::Server;
+use crate::support::served::Served;
 
 /// Sends `cmds` in one write, then reads until the milter closes; gives every response.
 async fn exchange(spec: &str, cmds: &[Command]) -> Vec<Response> {
@@ -38,7 +38,7 @@ async fn a_session_without_data_gets_every_reply_and_the_eom_modifications() {
         ],
         ..Script::default()
     };
-    let server = Server::start(
+    let server = Served::start(
         &format!("unix:{}", dir.join("milter.sock").display()),
         Scripted::new(script),
     )

@@ -9,6 +9,8 @@ use milterkit::mta::{Connection, Profile, Transaction, Verdict};
 use milterkit::{Actions, Decision, Eom, Milter, Result, Stage, Stages};
 use tokio::sync::{oneshot, watch};
 
+use crate::support::served::Served;
+
 /// Holds every message at end of message until the gate opens.
 #[derive(Clone)]
 struct Gate {
@@ -42,27 +44,13 @@ async fn wait_for(counter: &AtomicU32, n: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_completes_all_20_messages_in_flight() {
-    let (open_gate, open) = watch::channel(false);
-    let gate = Gate {
-        arrived: Arc::new(AtomicU32::new(0)),
-        open,
-    };
-    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
-    let spec = listener.local_spec().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (open_gate, gate) = Gate::closed();
     let config = milterkit::Config {
         handler_timeout: Duration::from_secs(60),
         ..milterkit::Config::default()
     };
-    let g = gate.clone();
-    let server = tokio::spawn(
-        milterkit::serve(listener, move || g.clone())
-            .with_config(config)
-            .with_graceful_shutdown(async {
-                stopped.await.ok();
-            })
-            .into_future(),
-    );
+    let mut server = serve_gate(&gate, config).await;
+    let spec = server.spec.clone();
     let clients: Vec<_> = (0..20)
         .map(|i| {
             let spec = spec.clone();
@@ -76,7 +64,7 @@ async fn graceful_shutdown_completes_all_20_messages_in_flight() {
         })
         .collect();
     wait_for(&gate.arrived, 20).await;
-    stop.send(()).unwrap();
+    server.shutdown();
     // The listener closes: no new connection is taken.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(Connection::open(&spec, Profile::postfix()).await.is_err());
@@ -87,32 +75,17 @@ async fn graceful_shutdown_completes_all_20_messages_in_flight() {
         assert_eq!(out.decision(Stage::Eom), Some(&Decision::Continue));
         assert_eq!(out.modifications.len(), 1);
     }
-    tokio::time::timeout(Duration::from_secs(30), server)
-        .await
-        .expect("serve returns once every connection ended")
-        .unwrap()
-        .unwrap();
+    // serve returns once every connection ended.
+    server.ended(Duration::from_secs(30)).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_message_during_shutdown_gets_the_fail_safe() {
-    let (open_gate, open) = watch::channel(false);
-    let gate = Gate {
-        arrived: Arc::new(AtomicU32::new(0)),
-        open,
-    };
-    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
-    let spec = listener.local_spec().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let g = gate.clone();
-    let server = tokio::spawn(
-        milterkit::serve(listener, move || g.clone())
-            .with_graceful_shutdown(async {
-                stopped.await.ok();
-            })
-            .into_future(),
-    );
-    let mut conn = Connection::open(&spec, Profile::sendmail()).await.unwrap();
+    let (open_gate, gate) = Gate::closed();
+    let mut server = serve_gate(&gate, milterkit::Config::default()).await;
+    let mut conn = Connection::open(&server.spec, Profile::sendmail())
+        .await
+        .unwrap();
     let first = tokio::spawn(async move {
         let out = conn
             .run(&Transaction::new().to("<a@example.net>"))
@@ -121,7 +94,7 @@ async fn a_new_message_during_shutdown_gets_the_fail_safe() {
         (conn, out)
     });
     wait_for(&gate.arrived, 1).await;
-    stop.send(()).unwrap();
+    server.shutdown();
     tokio::time::sleep(Duration::from_millis(50)).await;
     open_gate.send(true).unwrap();
     let (mut conn, out) = first.await.unwrap();
@@ -141,7 +114,26 @@ async fn a_new_message_during_shutdown_gets_the_fail_safe() {
         "retried later, not lost"
     );
     conn.quit().await.unwrap();
-    server.await.unwrap().unwrap();
+    server.ended(Duration::from_secs(60)).await.unwrap();
+}
+
+impl Gate {
+    /// A closed gate, and the sender that opens it.
+    fn closed() -> (watch::Sender<bool>, Gate) {
+        let (open_gate, open) = watch::channel(false);
+        let gate = Gate {
+            arrived: Arc::new(AtomicU32::new(0)),
+            open,
+        };
+        (open_gate, gate)
+    }
+}
+
+/// Serves `gate` on a TCP port of 127.0.0.1 with `config`.
+async fn serve_gate(gate: &Gate, config: milterkit::Config) -> Served {
+    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    let g = gate.clone();
+    Served::spawn(listener, move || g.clone(), config)
 }
 
 /// No handlers: connections that negotiate and then wait.

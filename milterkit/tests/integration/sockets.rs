@@ -1,63 +1,27 @@
 //! Real TCP (IPv4, IPv6) and Unix sockets: each decision and modification reaches the wire.
 
-use std::time::Duration;
-
+use crate::scripted::{Edit, Script, Scripted};
+use crate::support::served::Served;
 use bytes::Bytes;
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
 use milterkit::{Decision, Modification, Reply, Stage};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-use crate::scripted::{Edit, Script, Scripted};
-
-/// A served milter and the handle to stop it.
-pub(crate) struct Server {
-    pub(crate) spec: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), milterkit::Error>>,
-}
-
-impl Server {
-    pub(crate) async fn start(bind: &str, milter: Scripted) -> Server {
-        Server::with_config(bind, milter, milterkit::Config::default()).await
+impl Served {
+    /// Serves `milter` on `bind` with the default configuration.
+    pub(crate) async fn start(bind: &str, milter: Scripted) -> Served {
+        Served::with_config(bind, milter, milterkit::Config::default()).await
     }
 
+    /// Serves `milter` on `bind` with `config`.
     pub(crate) async fn with_config(
         bind: &str,
         milter: Scripted,
         config: milterkit::Config,
-    ) -> Server {
+    ) -> Served {
         let listener = milterkit::bind(bind).await.unwrap();
-        let spec = listener.local_spec().unwrap().to_string();
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(
-            milterkit::serve(listener, move || milter.clone())
-                .with_config(config)
-                .with_graceful_shutdown(async {
-                    stopped.await.ok();
-                })
-                .into_future(),
-        );
-        Server {
-            spec,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    pub(crate) async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            s.send(()).ok();
-        }
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("server stops")
-            .unwrap()
-            .unwrap();
+        Served::spawn(listener, move || milter.clone(), config)
     }
 }
-
-use std::future::IntoFuture;
 
 fn unix_path(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("milterkit-test-{}", std::process::id()));
@@ -134,7 +98,7 @@ async fn modifications_reach_the_wire(bind: &str, profile: Profile) {
         changes: every_change(),
         ..Script::default()
     };
-    let server = Server::start(bind, Scripted::new(script)).await;
+    let server = Served::start(bind, Scripted::new(script)).await;
     let mut conn = Connection::open(&server.spec, profile).await.unwrap();
     let out = conn.run(&tx()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept));
@@ -201,7 +165,7 @@ async fn every_modification_reaches_the_wire_over_a_unix_socket() {
 async fn decide(bind: &str, stage: Stage, decision: Decision) -> milterkit::mta::Outcome {
     let mut script = Script::default();
     script.decisions.insert(stage, decision);
-    let server = Server::start(bind, Scripted::new(script)).await;
+    let server = Served::start(bind, Scripted::new(script)).await;
     let mut conn = Connection::open(&server.spec, Profile::postfix())
         .await
         .unwrap();
@@ -268,7 +232,7 @@ async fn skip_in_body_stops_the_body_and_end_of_message_still_comes() {
 async fn reject_at_rcpt_refuses_one_recipient_and_the_message_goes_on() {
     let mut script = Script::default();
     script.rcpt.insert("<bob@example.net>", Decision::Tempfail);
-    let server = Server::start("inet:0@127.0.0.1", Scripted::new(script)).await;
+    let server = Served::start("inet:0@127.0.0.1", Scripted::new(script)).await;
     let mut conn = Connection::open(&server.spec, Profile::sendmail())
         .await
         .unwrap();
