@@ -12,6 +12,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "../../milterkit-proto/tests/logline/mod.rs"]
+mod logline;
+
 use interop::{require, Mta, Postfix, RunDir, Sendmail, Sink, Tool, DELIVERY_TIMEOUT};
 use milterkit::{
     Abort, Actions, Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, Mail, Milter, Rcpt,
@@ -20,59 +23,6 @@ use milterkit::{
 /// Differences between the two logs that are intended, each with its reason. A line pair
 /// (libmilter, milterkit) is excused when both contain the first and second pattern.
 const INTENDED: &[(&str, &str, &str)] = &[];
-
-/// The macro names both milters ask for at every stage callback (the fixtures' list).
-const MACROS: &[&str] = &[
-    "i",
-    "j",
-    "v",
-    "_",
-    "{auth_type}",
-    "{auth_authen}",
-    "{auth_author}",
-    "{auth_ssf}",
-    "{cert_issuer}",
-    "{cert_subject}",
-    "{cipher}",
-    "{cipher_bits}",
-    "{client_addr}",
-    "{client_name}",
-    "{client_port}",
-    "{client_ptr}",
-    "{client_resolve}",
-    "{daemon_addr}",
-    "{daemon_name}",
-    "{daemon_port}",
-    "{if_addr}",
-    "{if_name}",
-    "{mail_addr}",
-    "{mail_host}",
-    "{mail_mailer}",
-    "{msg_id}",
-    "{msg_size}",
-    "{nrcpts}",
-    "{quarantine}",
-    "{rcpt_addr}",
-    "{rcpt_host}",
-    "{rcpt_mailer}",
-    "{tls_version}",
-];
-
-fn esc(b: &[u8]) -> String {
-    let mut s = String::new();
-    for &c in b {
-        match c {
-            b'\\' => s.push_str("\\\\"),
-            b'"' => s.push_str("\\\""),
-            b'\n' => s.push_str("\\n"),
-            b'\t' => s.push_str("\\t"),
-            b'\r' => s.push_str("\\r"),
-            0x20..=0x7e => s.push(c as char),
-            _ => s.push_str(&format!("\\x{c:02x}")),
-        }
-    }
-    s
-}
 
 type Log = Arc<Mutex<Vec<String>>>;
 
@@ -95,11 +45,11 @@ impl LogMilter {
         let mut log = self.log.lock().unwrap();
         log.push(text);
         if let Some(stage) = stage {
-            for name in MACROS {
+            for name in logline::MACROS {
                 if let Some(v) = macros.get(name) {
                     log.push(format!(
                         "macro stage={stage} name={name} value=\"{}\"",
-                        esc(v)
+                        logline::esc(v)
                     ));
                 }
             }
@@ -121,7 +71,7 @@ impl Milter for LogMilter {
             Some("connect"),
             format!(
                 "connect hostname=\"{}\" family={family} addr=\"{addr}\" port={port}",
-                esc(&c.hostname())
+                logline::esc(&c.hostname())
             ),
             c.macros(),
         );
@@ -131,7 +81,7 @@ impl Milter for LogMilter {
     async fn helo(&mut self, h: Helo<'_>) -> milterkit::Result<Decision> {
         self.line(
             Some("helo"),
-            format!("helo name=\"{}\"", esc(&h.name())),
+            format!("helo name=\"{}\"", logline::esc(&h.name())),
             h.macros(),
         );
         Ok(Decision::Continue)
@@ -144,7 +94,7 @@ impl Milter for LogMilter {
         };
         let text = format!(
             "envfrom sender=\"{}\" nargs={}",
-            esc(&mail.address()),
+            logline::esc(&mail.address()),
             mail.args().count()
         );
         self.line(Some("envfrom"), text, mail.macros());
@@ -154,7 +104,7 @@ impl Milter for LogMilter {
     async fn rcpt(&mut self, _: &mut Counts, r: Rcpt<'_>) -> milterkit::Result<Decision> {
         self.line(
             Some("envrcpt"),
-            format!("envrcpt rcpt=\"{}\"", esc(&r.address())),
+            format!("envrcpt rcpt=\"{}\"", logline::esc(&r.address())),
             r.macros(),
         );
         Ok(Decision::Continue)
@@ -170,8 +120,8 @@ impl Milter for LogMilter {
         let text = format!(
             "header index={} name=\"{}\" value=\"{}\"",
             m.headers,
-            esc(&h.name()),
-            esc(&h.value())
+            logline::esc(&h.name()),
+            logline::esc(&h.value())
         );
         self.log.lock().unwrap().push(text);
         Ok(Decision::Continue)
@@ -197,7 +147,7 @@ impl Milter for LogMilter {
             "body chunk={} len={} head=\"{}\"",
             m.chunks,
             chunk.len(),
-            esc(&chunk[..chunk.len().min(32)])
+            logline::esc(&chunk[..chunk.len().min(32)])
         );
         self.log.lock().unwrap().push(text);
         Ok(Decision::Continue)

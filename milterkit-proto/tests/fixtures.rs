@@ -3,6 +3,8 @@
 //! both sessions exactly as the real peers did.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod logline;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -267,43 +269,6 @@ fn milter_session_replays_every_mta_stream_and_answers_byte_for_byte_as_libmilte
     println!("{} MTA streams replayed through MilterSession", caps.len());
 }
 
-/// The macro names the reference milter asks for at each callback (its log lists those with a value).
-const LOGGED_MACROS: &[&str] = &[
-    "i",
-    "j",
-    "v",
-    "_",
-    "{auth_type}",
-    "{auth_authen}",
-    "{auth_author}",
-    "{auth_ssf}",
-    "{cert_issuer}",
-    "{cert_subject}",
-    "{cipher}",
-    "{cipher_bits}",
-    "{client_addr}",
-    "{client_name}",
-    "{client_port}",
-    "{client_ptr}",
-    "{client_resolve}",
-    "{daemon_addr}",
-    "{daemon_name}",
-    "{daemon_port}",
-    "{if_addr}",
-    "{if_name}",
-    "{mail_addr}",
-    "{mail_host}",
-    "{mail_mailer}",
-    "{msg_id}",
-    "{msg_size}",
-    "{nrcpts}",
-    "{quarantine}",
-    "{rcpt_addr}",
-    "{rcpt_host}",
-    "{rcpt_mailer}",
-    "{tls_version}",
-];
-
 /// Per-message counters the reference milter prints (header index, body chunk count, CRC).
 #[derive(Default)]
 struct MessageLog {
@@ -334,26 +299,29 @@ impl MessageLog {
                 (
                     format!(
                         "connect hostname=\"{}\" family={family} addr=\"{addr}\" port={}",
-                        esc(&c.hostname),
+                        logline::esc(&c.hostname),
                         c.port
                     ),
                     Some("connect"),
                 )
             }
-            Event::Helo { name } => (format!("helo name=\"{}\"", esc(name)), Some("helo")),
+            Event::Helo { name } => (
+                format!("helo name=\"{}\"", logline::esc(name)),
+                Some("helo"),
+            ),
             Event::Mail(e) => {
                 *self = MessageLog::default();
                 (
                     format!(
                         "envfrom sender=\"{}\" nargs={}",
-                        esc(&e.address),
+                        logline::esc(&e.address),
                         e.args.len()
                     ),
                     Some("envfrom"),
                 )
             }
             Event::Rcpt(e) => (
-                format!("envrcpt rcpt=\"{}\"", esc(&e.address)),
+                format!("envrcpt rcpt=\"{}\"", logline::esc(&e.address)),
                 Some("envrcpt"),
             ),
             Event::Data => ("data".into(), Some("data")),
@@ -363,8 +331,8 @@ impl MessageLog {
                     format!(
                         "header index={} name=\"{}\" value=\"{}\"",
                         self.headers,
-                        esc(name),
-                        esc(value)
+                        logline::esc(name),
+                        logline::esc(value)
                     ),
                     None,
                 )
@@ -378,7 +346,7 @@ impl MessageLog {
                         "body chunk={} len={} head=\"{}\"",
                         self.chunks,
                         chunk.len(),
-                        esc(&chunk[..chunk.len().min(32)])
+                        logline::esc(&chunk[..chunk.len().min(32)])
                     ),
                     None,
                 )
@@ -392,19 +360,25 @@ impl MessageLog {
                 ),
                 Some("eom"),
             ),
-            Event::Unknown { line } => (format!("unknown cmd=\"{}\"", esc(line)), Some("unknown")),
+            Event::Unknown { line } => (
+                format!("unknown cmd=\"{}\"", logline::esc(line)),
+                Some("unknown"),
+            ),
             Event::Abort => ("abort".into(), None),
             Event::Quit | Event::QuitNc => ("close".into(), None),
             other => panic!("unexpected event {other:?}"),
         };
         let mut lines = vec![line];
         if let Some(stage) = stage {
-            let mut macros: Vec<String> = LOGGED_MACROS
+            let mut macros: Vec<String> = logline::MACROS
                 .iter()
                 .filter_map(|name| {
-                    s.macros()
-                        .get(name)
-                        .map(|v| format!("macro stage={stage} name={name} value=\"{}\"", esc(v)))
+                    s.macros().get(name).map(|v| {
+                        format!(
+                            "macro stage={stage} name={name} value=\"{}\"",
+                            logline::esc(v)
+                        )
+                    })
                 })
                 .collect();
             macros.sort();
@@ -412,24 +386,6 @@ impl MessageLog {
         }
         lines
     }
-}
-
-/// The reference milter's escaping: `\\`, `\"`, `\n`, `\t`, `\r`, `\xNN` for anything else
-/// outside printable ASCII.
-fn esc(b: &[u8]) -> String {
-    let mut s = String::new();
-    for &c in b {
-        match c {
-            b'\\' => s.push_str("\\\\"),
-            b'"' => s.push_str("\\\""),
-            b'\n' => s.push_str("\\n"),
-            b'\t' => s.push_str("\\t"),
-            b'\r' => s.push_str("\\r"),
-            0x20..=0x7e => s.push(c as char),
-            _ => s.push_str(&format!("\\x{c:02x}")),
-        }
-    }
-    s
 }
 
 fn crc32(data: &[u8]) -> u32 {
