@@ -54,7 +54,7 @@ async fn bench_reports_throughput_and_latency_of_a_milter() {
     let spec = &served.spec;
     let args: Vec<String> = [
         "bench",
-        &spec,
+        spec,
         "--connections",
         "4",
         "--messages",
@@ -78,7 +78,7 @@ async fn bench_reports_throughput_and_latency_of_a_milter() {
     // Connection churn: one message per connection.
     let args: Vec<String> = [
         "bench",
-        &spec,
+        spec,
         "--connections",
         "2",
         "--messages",
