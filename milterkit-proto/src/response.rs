@@ -523,7 +523,7 @@ impl From<Modification> for Response {
 impl Modification {
     /// Checks what the MTAs refuse or misread: NUL inside a string, an empty header name, empty
     /// sender or recipient, an empty quarantine reason.
-    pub(crate) fn validate(&self) -> Result<(), MisuseError> {
+    pub fn validate(&self) -> Result<(), MisuseError> {
         let what = self.name();
         if self.strings().iter().any(|s| crate::frame::has_nul(s)) {
             return Err(MisuseError::Invalid {

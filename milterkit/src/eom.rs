@@ -37,7 +37,7 @@ fn b(v: impl AsRef<[u8]>) -> Bytes {
 }
 
 /// Header values use LF line ends on the wire.
-fn header_value(v: impl AsRef<[u8]>) -> Bytes {
+pub(crate) fn header_value(v: impl AsRef<[u8]>) -> Bytes {
     let v = v.as_ref();
     if !v.windows(2).any(|w| w == b"\r\n") {
         return b(v);
@@ -61,7 +61,7 @@ impl<'a> Eom<'a> {
         }
     }
 
-    fn modify(&mut self, m: Modification) -> Result<(), MisuseError> {
+    pub(crate) fn modify(&mut self, m: Modification) -> Result<(), MisuseError> {
         let kind = ModificationCounts::index(&m);
         self.session.modify(m)?;
         self.counts.bump(kind);

@@ -198,6 +198,9 @@ mod deadline;
 mod dispatch;
 mod eom;
 mod error;
+#[cfg(feature = "filter")]
+#[cfg_attr(docsrs, doc(cfg(feature = "filter")))]
+pub mod filter;
 #[doc(hidden)]
 pub mod fuzzing;
 mod listener;

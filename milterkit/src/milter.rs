@@ -276,7 +276,7 @@ impl PartialEq<[u8]> for Text<'_> {
 }
 
 /// The macros in effect at a stage, with text access (`smfi_getsymval`).
-fn macro_value<'a>(macros: &'a Macros, name: &str) -> Option<Text<'a>> {
+pub(crate) fn macro_value<'a>(macros: &'a Macros, name: &str) -> Option<Text<'a>> {
     macros.get(name).map(Text)
 }
 

@@ -3,6 +3,9 @@
 
 use bytes::Bytes;
 
+mod diff;
+pub use diff::{header_modifications, Field};
+
 /// One header field of a raw message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderField {

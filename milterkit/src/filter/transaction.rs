@@ -1,0 +1,657 @@
+//! [`Transaction`]: one message as the filter sees it, and the edits made to it.
+
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use milterkit_proto::command::Family;
+use milterkit_proto::message::{self, Mta};
+use milterkit_proto::{Actions, Agreement, Macros, MisuseError, Modification};
+
+use super::spool::Body;
+use super::Address;
+use crate::eom::header_value;
+use crate::milter::Text;
+
+/// Who is connected to the MTA; kept for the connection's life.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub(super) hostname: Bytes,
+    pub(super) address: Option<IpAddr>,
+    pub(super) family: Option<Family>,
+    pub(super) port: u16,
+    pub(super) helo: Option<Bytes>,
+}
+
+impl Client {
+    /// The client's host name, or its address in brackets when it did not resolve.
+    pub fn hostname(&self) -> Text<'_> {
+        Text::new(&self.hostname)
+    }
+
+    /// Its IP address (none for a Unix socket or an unknown family).
+    pub fn address(&self) -> Option<IpAddr> {
+        self.address
+    }
+
+    /// The address family, once CONNECT came.
+    pub fn family(&self) -> Option<Family> {
+        self.family
+    }
+
+    /// Its TCP port (0 when there is none).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The last HELO or EHLO name, if one came yet.
+    pub fn helo(&self) -> Option<Text<'_>> {
+        self.helo.as_deref().map(Text::new)
+    }
+}
+
+/// What the layer knows of the connection: the client, the agreement, whose rules apply.
+#[derive(Debug, Clone)]
+pub(super) struct Conn {
+    pub(super) client: Client,
+    pub(super) agreement: Arc<Agreement>,
+    pub(super) mta: Mta,
+    /// [`Options::memory_limit`](super::Options::memory_limit).
+    pub(super) memory_limit: usize,
+}
+
+/// One header field: name and value as the milter sees them (the value without the space after
+/// the colon, folded lines joined with LF).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    name: Bytes,
+    value: Bytes,
+    /// The field of the message this one is, if it is one.
+    origin: Option<usize>,
+}
+
+impl Field {
+    /// The field name.
+    pub fn name(&self) -> Text<'_> {
+        Text::new(&self.name)
+    }
+
+    /// The value as it came (RFC 2047 words still encoded).
+    pub fn value(&self) -> Text<'_> {
+        Text::new(&self.value)
+    }
+
+    /// The value as text: RFC 2047 encoded words decoded (by `mail-parser`), folding undone.
+    ///
+    /// ```
+    /// # use milterkit::filter::Field;
+    /// let f = Field::new("Subject", "=?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\n\tfrom home");
+    /// assert_eq!(f.text(), "Grüße from home");
+    /// ```
+    pub fn text(&self) -> String {
+        decode(&self.value)
+    }
+
+    /// True if the filter added this field (it was not in the message).
+    pub fn is_new(&self) -> bool {
+        self.origin.is_none()
+    }
+
+    /// A new field (as the edits on [`Transaction`] make them); a `"\r\n"` in the value becomes
+    /// `"\n"`, as the MTA wants.
+    pub fn new(name: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Field {
+        Field {
+            name: Bytes::copy_from_slice(name.as_ref()),
+            value: header_value(value.as_ref()),
+            origin: None,
+        }
+    }
+
+    fn is(&self, name: &[u8]) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// Decodes a header value to text with `mail-parser`: RFC 2047 words, folding.
+fn decode(value: &[u8]) -> String {
+    let mut raw = Vec::with_capacity(value.len() + 2);
+    raw.extend_from_slice(value);
+    raw.extend_from_slice(b"\r\n");
+    match mail_parser::parsers::MessageStream::new(&raw).parse_unstructured() {
+        mail_parser::HeaderValue::Text(t) => t.into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A message while the layer collects it, kept between stages: the filter meets it through a
+/// [`Transaction`]. This is [`Filtered`](super::Filtered)'s [`Milter::Message`](crate::Milter::Message).
+#[derive(Debug, Default)]
+pub struct State {
+    /// False for the connection-level decision points (no message yet).
+    pub(super) in_message: bool,
+    pub(super) sender: Option<Address>,
+    pub(super) new_sender: Option<Address>,
+    pub(super) original_rcpts: Vec<Address>,
+    /// The recipients now, each with the index of the original it is, if any.
+    pub(super) rcpts: Vec<(Address, Option<usize>)>,
+    pub(super) original_headers: Vec<(Bytes, Bytes)>,
+    pub(super) headers: Vec<Field>,
+    pub(super) headers_truncated: bool,
+    pub(super) body: Body,
+    pub(super) new_body: Option<Body>,
+    pub(super) quarantine: Option<Bytes>,
+    /// A limit was passed with [`Limit::Reject`](super::Limit::Reject): the message is refused.
+    pub(super) over_limit: Option<&'static str>,
+    /// The decision was made before end of message; edits wait for it.
+    pub(super) decided: Option<milterkit_proto::Decision>,
+}
+
+impl State {
+    pub(super) fn add_rcpt(&mut self, rcpt: Address) {
+        self.rcpts
+            .push((rcpt.clone(), Some(self.original_rcpts.len())));
+        self.original_rcpts.push(rcpt);
+    }
+
+    pub(super) fn add_header(&mut self, name: &[u8], value: &[u8]) {
+        let (name, value) = (Bytes::copy_from_slice(name), Bytes::copy_from_slice(value));
+        self.headers.push(Field {
+            name: name.clone(),
+            value: value.clone(),
+            origin: Some(self.original_headers.len()),
+        });
+        self.original_headers.push((name, value));
+    }
+
+    /// True if the filter changed anything.
+    pub(super) fn edited(&self) -> bool {
+        self.new_sender.is_some()
+            || self.new_body.is_some()
+            || self.quarantine.is_some()
+            || self.rcpts.len() != self.original_rcpts.len()
+            || self
+                .rcpts
+                .iter()
+                .enumerate()
+                .any(|(i, (_, o))| *o != Some(i))
+            || self.headers.len() != self.original_headers.len()
+            || self
+                .headers
+                .iter()
+                .enumerate()
+                .any(|(i, f)| f.origin != Some(i) || f.value != self.original_headers[i].1)
+    }
+
+    /// The modifications that turn the message as it came into the edited one, body last.
+    pub(super) fn modifications(&self, mta: Mta) -> Vec<Modification> {
+        let edited: Vec<message::Field> = self
+            .headers
+            .iter()
+            .map(|f| message::Field {
+                name: f.name.clone(),
+                value: f.value.clone(),
+                origin: f.origin,
+            })
+            .collect();
+        let mut mods = message::header_modifications(&self.original_headers, &edited, mta);
+        if let Some(s) = &self.new_sender {
+            mods.push(Modification::ChangeFrom {
+                sender: s.raw.clone(),
+                args: joined_args(s),
+            });
+        }
+        for (i, r) in self.original_rcpts.iter().enumerate() {
+            if !self.rcpts.iter().any(|(_, o)| *o == Some(i)) {
+                mods.push(Modification::DeleteRcpt {
+                    rcpt: r.raw.clone(),
+                });
+            }
+        }
+        for (r, _) in self.rcpts.iter().filter(|(_, o)| o.is_none()) {
+            mods.push(match joined_args(r) {
+                None => Modification::AddRcpt {
+                    rcpt: r.raw.clone(),
+                },
+                Some(args) => Modification::AddRcptPar {
+                    rcpt: r.raw.clone(),
+                    args: Some(args),
+                },
+            });
+        }
+        if let Some(reason) = &self.quarantine {
+            mods.push(Modification::Quarantine {
+                reason: reason.clone(),
+            });
+        }
+        mods
+    }
+}
+
+/// ESMTP arguments joined with spaces, as CHGFROM and ADDRCPT_PAR carry them.
+fn joined_args(a: &Address) -> Option<Bytes> {
+    (!a.args.is_empty()).then(|| Bytes::from(a.args.join(" ")))
+}
+
+/// One message (or, at the connect and HELO decision points, the connection) as the filter sees
+/// it: the client, the envelope, the headers, the body and the macros; and the edits the filter
+/// makes, which the layer turns into the fewest milter modifications at end of message.
+///
+/// Every edit is checked when it is made: against the actions the MTA agreed to (a refused edit
+/// is an `Err` at the call, with `?` the fail-safe answer, never a dropped connection), against
+/// values the MTAs refuse, and against the decision point (no edits before there is a message).
+///
+/// Header positions count the fields the filter sees, 0 being the first; names compare without
+/// regard to case.
+pub struct Transaction<'a> {
+    pub(super) state: &'a mut State,
+    pub(super) conn: &'a Conn,
+    pub(super) macros: &'a Macros,
+}
+
+impl Transaction<'_> {
+    // ---- reading ----
+
+    /// Who is connected.
+    pub fn client(&self) -> &Client {
+        &self.conn.client
+    }
+
+    /// What was negotiated with the MTA.
+    pub fn agreement(&self) -> &Agreement {
+        &self.conn.agreement
+    }
+
+    /// Whose rules the edits follow (detected from the `v` macro, or set in
+    /// [`Options::mta`](super::Options::mta)).
+    pub fn mta(&self) -> Mta {
+        self.conn.mta
+    }
+
+    /// Every macro in effect at the decision point.
+    pub fn macros(&self) -> &Macros {
+        self.macros
+    }
+
+    /// The value of macro `name` in effect (`smfi_getsymval`); braces are optional.
+    pub fn macro_value(&self, name: &str) -> Option<Text<'_>> {
+        crate::milter::macro_value(self.macros, name)
+    }
+
+    /// The queue id (macro `i`), once the MTA sent it (Postfix: after the first accepted
+    /// recipient; Sendmail: at MAIL).
+    pub fn queue_id(&self) -> Option<Text<'_>> {
+        self.macro_value("i")
+    }
+
+    /// The envelope sender, with its ESMTP arguments (as it came, before any edit).
+    pub fn sender(&self) -> Option<&Address> {
+        self.state.sender.as_ref()
+    }
+
+    /// The recipients now: those the MTA and the filter accepted, with the filter's edits.
+    pub fn recipients(&self) -> impl ExactSizeIterator<Item = &Address> {
+        self.state.rcpts.iter().map(|(a, _)| a)
+    }
+
+    /// The header fields now, in order, with the filter's edits.
+    pub fn headers(&self) -> &[Field] {
+        &self.state.headers
+    }
+
+    /// The first field called `name`.
+    pub fn header(&self, name: &str) -> Option<&Field> {
+        self.state.headers.iter().find(|f| f.is(name.as_bytes()))
+    }
+
+    /// True if the message had more header fields than
+    /// [`Options::max_headers`](super::Options::max_headers) and only the first were kept.
+    pub fn headers_truncated(&self) -> bool {
+        self.state.headers_truncated
+    }
+
+    /// The body as it came (CRLF line ends), in memory or spooled to a temporary file.
+    pub fn body(&self) -> &Body {
+        &self.state.body
+    }
+
+    /// The message as it came, parsed by `mail-parser` (MIME parts, attachments, decoded text):
+    /// headers and body are read into memory for it. `None` when there is no message yet.
+    ///
+    /// ```no_run
+    /// use milterkit::filter::mail_parser::MimeHeaders;
+    /// # async fn f(tx: &milterkit::filter::Transaction<'_>) -> std::io::Result<()> {
+    /// if let Some(mime) = tx.mime()? {
+    ///     let pdfs = mime.attachments().filter(|a| a.attachment_name().is_some_and(|n| n.ends_with(".pdf")));
+    ///     println!("{} PDF attachments", pdfs.count());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn mime(&self) -> io::Result<Option<mail_parser::Message<'static>>> {
+        if !self.state.in_message {
+            return Ok(None);
+        }
+        let mut raw =
+            Vec::with_capacity(usize::try_from(self.state.body.len()).unwrap_or(0) + 4096);
+        for (name, value) in &self.state.original_headers {
+            raw.extend_from_slice(name);
+            raw.extend_from_slice(b": ");
+            for &c in value.iter() {
+                if c == b'\n' {
+                    raw.push(b'\r');
+                }
+                raw.push(c);
+            }
+            raw.extend_from_slice(b"\r\n");
+        }
+        raw.extend_from_slice(b"\r\n");
+        self.state.body.reader().read_to_end(&mut raw)?;
+        Ok(mail_parser::MessageParser::default()
+            .parse(&raw)
+            .map(mail_parser::Message::into_owned))
+    }
+
+    // ---- edits ----
+
+    /// Checks that an edit may be made: a message exists, `needs` was agreed, the value is one
+    /// the MTAs take.
+    fn may(
+        &self,
+        what: &'static str,
+        needs: Actions,
+        check: Option<Modification>,
+    ) -> Result<(), MisuseError> {
+        if !self.state.in_message {
+            return Err(MisuseError::Invalid {
+                what,
+                reason: "no message at a connection-level decision point",
+            });
+        }
+        if !self.conn.agreement.actions.contains(needs) {
+            return Err(MisuseError::NotNegotiated { what, needs });
+        }
+        check.map_or(Ok(()), |m| m.validate())
+    }
+
+    fn field(&self, what: &'static str, name: &[u8], value: &Bytes) -> Result<(), MisuseError> {
+        if name.iter().any(|&c| c == b':' || c <= b' ' || c == 0x7f) {
+            return Err(MisuseError::Invalid {
+                what,
+                reason: "a header name has no colon, white space or control character",
+            });
+        }
+        let m = Modification::AddHeader {
+            name: Bytes::copy_from_slice(name),
+            value: value.clone(),
+        };
+        self.may(what, Actions::empty(), Some(m))
+    }
+
+    /// Appends a header field at the end (needs [`Actions::ADD_HEADER`]).
+    pub fn add_header(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), MisuseError> {
+        let len = self.state.headers.len();
+        self.insert_header(len, name, value)
+    }
+
+    /// Inserts a header field at `position` (0: above every field; the length of
+    /// [`Transaction::headers`]: at the end; past it: refused). Needs [`Actions::ADD_HEADER`].
+    /// A field inserted at 0 lands above the MTA's own `Received:` too.
+    pub fn insert_header(
+        &mut self,
+        position: usize,
+        name: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), MisuseError> {
+        let field = Field::new(name, value);
+        self.field("insert header", &field.name, &field.value)?;
+        self.may("insert header", Actions::ADD_HEADER, None)?;
+        if position > self.state.headers.len() {
+            return Err(MisuseError::Invalid {
+                what: "insert header",
+                reason: "position past the end of the header list",
+            });
+        }
+        self.state.headers.insert(position, field);
+        Ok(())
+    }
+
+    /// Sets header `name`: the first field of that name gets `value` and any others are removed;
+    /// with none, the field is added at the end. Needs [`Actions::CHANGE_HEADER`] to change or
+    /// remove a field of the message, [`Actions::ADD_HEADER`] to add one.
+    pub fn set_header(
+        &mut self,
+        name: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), MisuseError> {
+        let name = name.as_ref();
+        match self.state.headers.iter().position(|f| f.is(name)) {
+            None => self.add_header(name, value),
+            Some(first) => {
+                let value = header_value(value.as_ref());
+                self.field("set header", name, &value)?;
+                let others: Vec<usize> = (first + 1..self.state.headers.len())
+                    .filter(|&i| self.state.headers[i].is(name))
+                    .collect();
+                if others.iter().any(|&i| !self.state.headers[i].is_new()) {
+                    self.may("set header", Actions::CHANGE_HEADER, None)?;
+                }
+                self.set_header_at(first, value)?;
+                for i in others.into_iter().rev() {
+                    self.state.headers.remove(i);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Gives the field at `position` a new value (needs [`Actions::CHANGE_HEADER`] for a field
+    /// of the message; an empty value also needs [`Actions::ADD_HEADER`], as the MTA reads an
+    /// empty change as a delete).
+    pub fn set_header_at(
+        &mut self,
+        position: usize,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), MisuseError> {
+        let value = header_value(value.as_ref());
+        let Some(f) = self.state.headers.get(position) else {
+            return Err(MisuseError::Invalid {
+                what: "set header",
+                reason: "no header field at that position",
+            });
+        };
+        self.field("set header", &f.name.clone(), &value)?;
+        if !f.is_new() {
+            self.may("set header", Actions::CHANGE_HEADER, None)?;
+            if value.is_empty() {
+                self.may("set header", Actions::ADD_HEADER, None)?;
+            }
+        }
+        let f = &mut self.state.headers[position];
+        if value.is_empty() {
+            // CHGHEADER with an empty value deletes: the field goes and comes back new.
+            f.origin = None;
+        }
+        f.value = value;
+        Ok(())
+    }
+
+    /// Removes every field called `name`; says how many went (needs
+    /// [`Actions::CHANGE_HEADER`] when one of them was in the message).
+    pub fn remove_header(&mut self, name: impl AsRef<[u8]>) -> Result<usize, MisuseError> {
+        let name = name.as_ref();
+        let mut removed = 0;
+        while let Some(i) = self.state.headers.iter().rposition(|f| f.is(name)) {
+            self.remove_header_at(i)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Removes the field at `position` (needs [`Actions::CHANGE_HEADER`] when it was in the
+    /// message).
+    pub fn remove_header_at(&mut self, position: usize) -> Result<(), MisuseError> {
+        let Some(f) = self.state.headers.get(position) else {
+            return Err(MisuseError::Invalid {
+                what: "remove header",
+                reason: "no header field at that position",
+            });
+        };
+        if !f.is_new() {
+            self.may("remove header", Actions::CHANGE_HEADER, None)?;
+        }
+        self.state.headers.remove(position);
+        Ok(())
+    }
+
+    /// Changes the envelope sender, with ESMTP arguments such as `["RET=HDRS"]` (needs
+    /// [`Actions::CHANGE_FROM`]).
+    pub fn set_sender<A: Into<String>>(
+        &mut self,
+        sender: impl Into<String>,
+        args: impl IntoIterator<Item = A>,
+    ) -> Result<(), MisuseError> {
+        let a = Address::with_args(sender, args);
+        self.may(
+            "change sender",
+            Actions::CHANGE_FROM,
+            Some(Modification::ChangeFrom {
+                sender: a.raw.clone(),
+                args: joined_args(&a),
+            }),
+        )?;
+        self.state.new_sender = Some(a);
+        Ok(())
+    }
+
+    /// The sender as it will be delivered: the new one if [`Transaction::set_sender`] was
+    /// called, else the one that came.
+    pub fn new_sender(&self) -> Option<&Address> {
+        self.state
+            .new_sender
+            .as_ref()
+            .or(self.state.sender.as_ref())
+    }
+
+    /// Adds a recipient, with ESMTP arguments such as `["NOTIFY=NEVER"]` (needs
+    /// [`Actions::ADD_RCPT`], or [`Actions::ADD_RCPT_PAR`] with arguments).
+    pub fn add_rcpt<A: Into<String>>(
+        &mut self,
+        rcpt: impl Into<String>,
+        args: impl IntoIterator<Item = A>,
+    ) -> Result<(), MisuseError> {
+        let a = Address::with_args(rcpt, args);
+        let (needs, m) = match joined_args(&a) {
+            None => (
+                Actions::ADD_RCPT,
+                Modification::AddRcpt {
+                    rcpt: a.raw.clone(),
+                },
+            ),
+            Some(args) => (
+                Actions::ADD_RCPT_PAR,
+                Modification::AddRcptPar {
+                    rcpt: a.raw.clone(),
+                    args: Some(args),
+                },
+            ),
+        };
+        self.may("add recipient", needs, Some(m))?;
+        self.state.rcpts.push((a, None));
+        Ok(())
+    }
+
+    /// Removes the recipients whose address (without angle brackets) is `rcpt`'s, compared as
+    /// the MTA compares them (exactly); says how many went. Needs [`Actions::DELETE_RCPT`] for
+    /// a recipient of the message.
+    pub fn remove_rcpt(&mut self, rcpt: &str) -> Result<usize, MisuseError> {
+        let target = Address::new(rcpt);
+        let before = self.state.rcpts.len();
+        if self
+            .state
+            .rcpts
+            .iter()
+            .any(|(a, o)| o.is_some() && a.addr() == target.addr())
+        {
+            self.may("remove recipient", Actions::DELETE_RCPT, None)?;
+        }
+        self.state.rcpts.retain(|(a, _)| a.addr() != target.addr());
+        Ok(before - self.state.rcpts.len())
+    }
+
+    /// Replaces the body (needs [`Actions::CHANGE_BODY`]); CRLF line ends. Refused when the
+    /// body was truncated at [`Options::max_body`](super::Options::max_body): the new body could
+    /// only have been made from part of the old one.
+    pub fn replace_body(&mut self, body: impl AsRef<[u8]>) -> Result<(), MisuseError> {
+        self.replace_body_from(body.as_ref()).map_err(|e| match e {
+            ReplaceError::Misuse(m) => m,
+            // Reading a slice cannot fail; spooling to a file can only fail past the memory
+            // limit, and the bytes are in memory already.
+            ReplaceError::Io(_) => MisuseError::Invalid {
+                what: "replace body",
+                reason: "could not spool the new body",
+            },
+        })
+    }
+
+    /// Replaces the body with what `reader` gives (a file, a pipe, a decoder): spooled like the
+    /// incoming body, so its size costs no more memory than
+    /// [`Options::memory_limit`](super::Options::memory_limit) until it is sent.
+    pub fn replace_body_from(&mut self, mut reader: impl Read) -> Result<(), ReplaceError> {
+        self.may("replace body", Actions::CHANGE_BODY, None)?;
+        if self.state.body.truncated() {
+            return Err(ReplaceError::Misuse(MisuseError::Invalid {
+                what: "replace body",
+                reason: "the body was truncated at the size limit",
+            }));
+        }
+        let mut body = Body::default();
+        let mut chunk = vec![0; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ReplaceError::Io(e)),
+            };
+            body.push(&chunk[..n], self.conn.memory_limit)?;
+        }
+        self.state.new_body = Some(body);
+        Ok(())
+    }
+
+    /// The body as it will be delivered: the replacement, if any, else the one that came.
+    pub fn new_body(&self) -> &Body {
+        self.state.new_body.as_ref().unwrap_or(&self.state.body)
+    }
+
+    /// Quarantines the message with a reason (needs [`Actions::QUARANTINE`]; Postfix puts it
+    /// on hold).
+    pub fn quarantine(&mut self, reason: impl AsRef<[u8]>) -> Result<(), MisuseError> {
+        let reason = Bytes::copy_from_slice(reason.as_ref());
+        self.may(
+            "quarantine",
+            Actions::QUARANTINE,
+            Some(Modification::Quarantine {
+                reason: reason.clone(),
+            }),
+        )?;
+        self.state.quarantine = Some(reason);
+        Ok(())
+    }
+}
+
+/// Why a body could not be replaced.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplaceError {
+    /// The edit is refused (not negotiated, no message, truncated body).
+    #[error(transparent)]
+    Misuse(#[from] MisuseError),
+    /// Reading the new body, or spooling it, failed.
+    #[error("reading the new body failed")]
+    Io(#[from] io::Error),
+}
