@@ -13,6 +13,10 @@ use milterkit::{Actions, Config, Decision, Eom, Milter, Result, Stages};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod support;
+
+use support::commands::greeting;
+
 /// Continues everything, adds a header at end of message.
 #[derive(Default)]
 struct Plain;
@@ -97,18 +101,8 @@ fn wire(cmds: &[Command]) -> Vec<u8> {
 
 /// OPTNEG, CONNECT, HELO: a negotiated connection at connection level.
 fn preamble() -> Vec<u8> {
-    wire(&[
-        Command::Optneg(Offer::default()),
-        Command::Connect(milterkit::proto::Connect {
-            hostname: "client".into(),
-            family: milterkit::proto::Family::Inet,
-            port: 25,
-            address: "192.0.2.1".into(),
-        }),
-        Command::Helo {
-            name: "client".into(),
-        },
-    ])
+    let [connect, helo] = greeting("client", 25);
+    wire(&[Command::Optneg(Offer::default()), connect, helo])
 }
 
 /// What came back: the responses, and whether the milter closed the connection.

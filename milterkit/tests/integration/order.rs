@@ -2,11 +2,12 @@
 //! reply and the end-of-message modifications.
 
 use bytes::BytesMut;
-use milterkit::proto::{Command, Connect, Envelope, Family, FrameDecoder, Offer, Response};
+use milterkit::proto::{Command, Envelope, FrameDecoder, Offer, Response};
 use milterkit::{Decision, Modification, Stage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::scripted::{Edit, Script, Scripted};
+use crate::support::commands::greeting;
 use crate::support::served::Served;
 
 /// Sends `cmds` in one write, then reads until the milter closes; gives every response.
@@ -44,17 +45,9 @@ async fn a_session_without_data_gets_every_reply_and_the_eom_modifications() {
     )
     .await;
     // As several MTA-side implementations send it: every stage agreed, and no DATA.
-    let session = [
-        Command::Optneg(Offer::default()),
-        Command::Connect(Connect {
-            hostname: "client.example".into(),
-            family: Family::Inet,
-            port: 4711,
-            address: "192.0.2.1".into(),
-        }),
-        Command::Helo {
-            name: "client.example".into(),
-        },
+    let mut session = vec![Command::Optneg(Offer::default())];
+    session.extend(greeting("client.example", 4711));
+    session.extend([
         Command::Mail(Envelope::new("<alice@example.org>")),
         Command::Rcpt(Envelope::new("<bob@example.net>")),
         Command::Header {
@@ -71,7 +64,7 @@ async fn a_session_without_data_gets_every_reply_and_the_eom_modifications() {
             chunk: Default::default(),
         },
         Command::Quit,
-    ];
+    ]);
     let responses = exchange(&server.spec, &session).await;
     let mut replies = responses.iter();
     assert!(matches!(replies.next(), Some(Response::Optneg(_))));

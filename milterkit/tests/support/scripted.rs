@@ -44,6 +44,19 @@ pub(crate) struct Script {
 #[derive(Clone)]
 pub(crate) struct Scripted(pub(crate) Arc<Script>);
 
+impl Script {
+    /// Asserts that the milter's connection closed once, and that its message was aborted
+    /// when `aborted` (else not); `what` names the case in the failure messages.
+    pub(crate) fn assert_ended(&self, aborted: bool, what: &str) {
+        assert_eq!(self.closes.load(Ordering::SeqCst), 1, "{what}: close once");
+        assert_eq!(
+            self.aborts.load(Ordering::SeqCst),
+            u32::from(aborted),
+            "{what}: abort"
+        );
+    }
+}
+
 impl Scripted {
     pub(crate) fn new(script: Script) -> Self {
         Scripted(Arc::new(script))
