@@ -49,6 +49,7 @@
 //! ```
 
 pub mod capture;
+pub mod instance;
 pub mod milter;
 pub mod postfix;
 pub mod sendmail;
@@ -59,6 +60,7 @@ pub mod util;
 
 use std::time::Duration;
 
+pub use instance::Instance;
 pub use milter::{Action, Journal, MilterServer, Seen, TestMilter, Transport};
 pub use postfix::Postfix;
 pub use sendmail::Sendmail;
@@ -112,6 +114,25 @@ macro_rules! tests_on_each_mta_and_transport {
                     $run($crate::Mta::$mta, $crate::Transport::$transport, $arg);
                 }
             )*
+        }
+    };
+}
+
+/// Declares a test once for each MTA, in the modules `postfix` and `sendmail`:
+/// `tests_on_each_mta! { run: test_name }` makes each `#[test] fn test_name()` call `run(mta)`,
+/// where `run` is a function of the calling file taking an [`Mta`].
+#[macro_export]
+macro_rules! tests_on_each_mta {
+    ($run:ident: $test:ident) => {
+        $crate::tests_on_each_mta!(@mod postfix, Postfix, $run: $test);
+        $crate::tests_on_each_mta!(@mod sendmail, Sendmail, $run: $test);
+    };
+    (@mod $module:ident, $mta:ident, $run:ident: $test:ident) => {
+        mod $module {
+            #[test]
+            fn $test() {
+                super::$run($crate::Mta::$mta);
+            }
         }
     };
 }

@@ -341,19 +341,24 @@ impl Milter for TestMilter {
     async fn mail(&mut self, m: &mut MessageState, mail: Mail<'_>) -> MilterResult<Decision> {
         m.seen.sender = mail.address().to_string_lossy().into_owned();
         let local = local_part(&m.seen.sender);
-        if local.starts_with("reject-mail") {
-            return Ok(Decision::Reply(Reply::multiline(
+        let refusals: [(&str, u16, &str, &[&str]); 2] = [
+            (
+                "reject-mail",
                 MAIL_REJECT_CODE,
                 MAIL_REJECT_ENHANCED,
-                MAIL_REJECT_LINES,
-            )?));
-        }
-        if local.starts_with("tempfail-mail") {
-            return Ok(Decision::Reply(Reply::multiline(
+                &MAIL_REJECT_LINES,
+            ),
+            (
+                "tempfail-mail",
                 MAIL_TEMPFAIL_CODE,
                 MAIL_TEMPFAIL_ENHANCED,
-                MAIL_TEMPFAIL_LINES,
-            )?));
+                &MAIL_TEMPFAIL_LINES,
+            ),
+        ];
+        for (prefix, code, enhanced, lines) in refusals {
+            if local.starts_with(prefix) {
+                return Ok(Decision::Reply(Reply::multiline(code, enhanced, lines)?));
+            }
         }
         Ok(Decision::Continue)
     }

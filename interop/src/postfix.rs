@@ -1,12 +1,13 @@
 //! [`Postfix`]: a private Postfix instance on loopback, relaying everything to a sink.
 
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::instance::Instance;
 use crate::util::{
-    free_port, namespaced, read_pid, run, run_daemon, set_mode, stop_pid, tail, wait_for_smtp,
-    write_file, Context, Error, Result, RunDir,
+    namespaced, run, run_daemon, set_mode, tail, wait_for_smtp, write_file, Context, Error, Result,
 };
 
 /// Postfix's list of its files, directories, owners and modes.
@@ -75,15 +76,14 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 /// A private Postfix: its own configuration, queue and log in a [`RunDir`], its smtpd on
 /// 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`, the milter in
 /// `smtpd_milters`. Runs in private mount and UTS namespaces (its own `/etc/hosts`,
-/// `/etc/resolv.conf` and host name). Stopped through its master's pid file when dropped; a
-/// failing test (panicking thread) gets the tail of the log printed and the directory kept.
+/// `/etc/resolv.conf` and host name). Its port, directory and log are its [`Instance`]'s; stopped
+/// through its master's pid file when dropped; a failing test (panicking thread) gets the tail of
+/// the log printed and the directory kept.
 ///
 /// Needs root and [`Tool::Postfix`](crate::Tool::Postfix), [`Tool::Unshare`](crate::Tool::Unshare).
 #[derive(Debug)]
 pub struct Postfix {
-    port: u16,
-    dir: RunDir,
-    started: bool,
+    instance: Instance,
 }
 
 impl Postfix {
@@ -97,12 +97,8 @@ impl Postfix {
     /// Like [`Postfix::start`], with extra `main.cf` settings (`("name", "value")`) applied
     /// last.
     pub fn start_with(milter: &str, sink_port: u16, extra: &[(&str, &str)]) -> Result<Postfix> {
-        let dir = RunDir::new("postfix")?;
-        let port = free_port()?;
         let mut pf = Postfix {
-            port,
-            dir,
-            started: false,
+            instance: Instance::new("Postfix", "Postfix master", "spool/pid/master.pid")?,
         };
         pf.configure(milter, sink_port, extra)
             .map_err(|e| e.context("configuring Postfix"))?;
@@ -167,7 +163,7 @@ milter_content_timeout = 120s
             main_cf.push_str(&format!("{name} = {value}\n"));
         }
         write_file(&etc.join("main.cf"), main_cf)?;
-        let master_cf = MASTER_CF.replace("SMTPD_ADDR", &format!("127.0.0.1:{}", self.port));
+        let master_cf = MASTER_CF.replace("SMTPD_ADDR", &format!("127.0.0.1:{}", self.port()));
         write_file(&etc.join("master.cf"), master_cf)?;
         // Postfix waits (in 300 ms steps, up to 2 s) for a table file younger than a second or
         // two to "settle", main.cf included: make both look old.
@@ -217,6 +213,11 @@ milter_content_timeout = 120s
         write_file(&self.dir.join("spool/quick-start"), "")
     }
 
+    /// Stops the instance through its master's pid file (never by process name).
+    pub fn stop(&mut self) {
+        self.instance.stop();
+    }
+
     fn launch(&mut self) -> Result<()> {
         let mut cmd = namespaced(
             &self.dir.join("etc"),
@@ -224,9 +225,9 @@ milter_content_timeout = 120s
             Path::new("/usr/sbin/postfix"),
         )?;
         cmd.arg("-c").arg(self.dir.join("etc")).arg("start");
-        self.started = true;
+        self.instance.started = true;
         run_daemon(&mut cmd, &self.dir.join("start.log"))?;
-        wait_for_smtp(self.port, Duration::from_secs(15))
+        wait_for_smtp(self.port(), Duration::from_secs(15))
     }
 
     /// `postfix -c DIR/etc`, to add a subcommand to.
@@ -248,26 +249,6 @@ milter_content_timeout = 120s
         ))
     }
 
-    /// The SMTP port of its smtpd on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The run directory (configuration in `etc/`, queue in `spool/`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The log file (`maillog_file`).
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("maillog")
-    }
-
-    /// The whole log so far.
-    pub fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
-    }
-
     /// The queue as `postqueue -p` lists it (`Mail queue is empty` when empty).
     pub fn queue(&self) -> Result<String> {
         let out = run(Command::new("/usr/sbin/postqueue")
@@ -276,39 +257,12 @@ milter_content_timeout = 120s
             .arg("-p"))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
-
-    fn master_pid(&self) -> Option<u32> {
-        read_pid(&self.dir.join("spool/pid/master.pid"))
-    }
-
-    /// Stops the instance through its master's pid file (never by process name).
-    pub fn stop(&mut self) {
-        if !std::mem::take(&mut self.started) {
-            return;
-        }
-        match self.master_pid() {
-            Some(pid) => {
-                if !stop_pid(pid, Duration::from_secs(10)) {
-                    eprintln!("Postfix master {pid} did not stop");
-                }
-            }
-            None => eprintln!(
-                "no Postfix master pid file in {}",
-                self.dir.path().display()
-            ),
-        }
-    }
 }
 
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- Postfix log ({}), last 60 lines ----\n{}\n---- end of Postfix log ----",
-                self.log_path().display(),
-                tail(&self.log_path(), 60)
-            );
-        }
+impl Deref for Postfix {
+    type Target = Instance;
+
+    fn deref(&self) -> &Instance {
+        &self.instance
     }
 }

@@ -1,14 +1,15 @@
 //! [`Sendmail`]: a private Sendmail daemon on loopback, relaying everything to a sink.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::instance::Instance;
 use crate::tools::sendmail_root;
 use crate::util::{
-    free_port, namespaced, read_pid, run, run_daemon, set_mode, stop_pid, tail, wait_for_smtp,
-    write_file, Context, Error, Result, RunDir,
+    namespaced, run, run_daemon, set_mode, tail, wait_for_smtp, write_file, Context, Error, Result,
 };
 
 /// The host name the private Sendmail runs under.
@@ -63,18 +64,16 @@ fn build_shim() -> Result<PathBuf> {
 /// the daemon on 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`,
 /// the milter as `INPUT_MAIL_FILTER(test, …, F=T)`. It runs in private mount and UTS
 /// namespaces (its own `/etc/hosts`, `/etc/resolv.conf` and fully qualified host name) with the
-/// syslog shim preloaded, so its log lands in a file. Stopped through its pid file when
-/// dropped; a failing test (panicking thread) gets the tail of the log printed and the
-/// directory kept.
+/// syslog shim preloaded, so its log lands in a file. Its port, directory and log are its
+/// [`Instance`]'s; stopped through its pid file when dropped; a failing test (panicking thread)
+/// gets the tail of the log printed and the directory kept.
 ///
 /// Needs root and [`Tool::Sendmail`](crate::Tool::Sendmail),
 /// [`Tool::SendmailCf`](crate::Tool::SendmailCf), [`Tool::M4`](crate::Tool::M4),
 /// [`Tool::Gcc`](crate::Tool::Gcc), [`Tool::Unshare`](crate::Tool::Unshare).
 #[derive(Debug)]
 pub struct Sendmail {
-    port: u16,
-    dir: RunDir,
-    started: bool,
+    instance: Instance,
 }
 
 impl Sendmail {
@@ -88,12 +87,8 @@ impl Sendmail {
     /// Like [`Sendmail::start`], with extra lines for the `.mc` file (before the `MAILER`
     /// lines), such as ``define(`confMILTER_MACROS_ENVFROM', `i')dnl``.
     pub fn start_with(milter: &str, sink_port: u16, extra_mc: &str) -> Result<Sendmail> {
-        let dir = RunDir::new("sendmail")?;
-        let port = free_port()?;
         let mut sm = Sendmail {
-            port,
-            dir,
-            started: false,
+            instance: Instance::new("Sendmail", "Sendmail daemon", "sendmail.pid")?,
         };
         sm.configure(milter, sink_port, extra_mc)
             .map_err(|e| e.context("configuring Sendmail"))?;
@@ -120,7 +115,7 @@ impl Sendmail {
             .context("copying the sendmail binary")?;
         set_mode(&bin, 0o755)?;
         let d = self.dir.path().display();
-        let port = self.port;
+        let port = self.port();
         let mc = format!(
             "\
 divert(-1)
@@ -171,6 +166,11 @@ MAILER(`smtp')dnl
         Ok(())
     }
 
+    /// Stops the daemon through its pid file (never by process name).
+    pub fn stop(&mut self) {
+        self.instance.stop();
+    }
+
     fn launch(&mut self) -> Result<()> {
         let shim = syslog_shim()?;
         let mut cmd = namespaced(
@@ -184,9 +184,9 @@ MAILER(`smtp')dnl
             .arg("-C")
             .arg(self.dir.join("etc/sendmail.cf"))
             .args(["-bd", "-q5m"]);
-        self.started = true;
+        self.instance.started = true;
         run_daemon(&mut cmd, &self.dir.join("start.log"))?;
-        wait_for_smtp(self.port, Duration::from_secs(20))
+        wait_for_smtp(self.port(), Duration::from_secs(20))
     }
 
     fn explain(&self, e: Error) -> Error {
@@ -195,26 +195,6 @@ MAILER(`smtp')dnl
             self.dir.path().display(),
             tail(&self.log_path(), 30)
         ))
-    }
-
-    /// The SMTP port of the daemon on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The run directory (configuration in `etc/`, queue in `mqueue/`).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The log file the syslog shim writes.
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.join("maillog")
-    }
-
-    /// The whole log so far.
-    pub fn log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self.log_path()).unwrap_or_default()).into_owned()
     }
 
     /// The names of the files in the queue directory (`qf…`, `df…`; `hf…` for held messages).
@@ -227,32 +207,12 @@ MAILER(`smtp')dnl
             })
             .unwrap_or_default()
     }
-
-    /// Stops the daemon through its pid file (never by process name).
-    pub fn stop(&mut self) {
-        if !std::mem::take(&mut self.started) {
-            return;
-        }
-        match read_pid(&self.dir.join("sendmail.pid")) {
-            Some(pid) => {
-                if !stop_pid(pid, Duration::from_secs(10)) {
-                    eprintln!("Sendmail daemon {pid} did not stop");
-                }
-            }
-            None => eprintln!("no Sendmail pid file in {}", self.dir.path().display()),
-        }
-    }
 }
 
-impl Drop for Sendmail {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- Sendmail log ({}), last 60 lines ----\n{}\n---- end of Sendmail log ----",
-                self.log_path().display(),
-                tail(&self.log_path(), 60)
-            );
-        }
+impl Deref for Sendmail {
+    type Target = Instance;
+
+    fn deref(&self) -> &Instance {
+        &self.instance
     }
 }

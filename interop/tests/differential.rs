@@ -41,19 +41,25 @@ struct Counts {
 }
 
 impl LogMilter {
-    fn line(&self, stage: Option<&str>, text: String, macros: &milterkit::Macros) {
+    /// Logs `text` and a line for each macro of [`logline::MACROS`] the stage sees, and goes on,
+    /// as `logmilter.c` does at every stage that has macros.
+    fn line(
+        &self,
+        stage: &str,
+        text: String,
+        macros: &milterkit::Macros,
+    ) -> milterkit::Result<Decision> {
         let mut log = self.log.lock().unwrap();
         log.push(text);
-        if let Some(stage) = stage {
-            for name in logline::MACROS {
-                if let Some(v) = macros.get(name) {
-                    log.push(format!(
-                        "macro stage={stage} name={name} value=\"{}\"",
-                        logline::esc(v)
-                    ));
-                }
+        for name in logline::MACROS {
+            if let Some(v) = macros.get(name) {
+                log.push(format!(
+                    "macro stage={stage} name={name} value=\"{}\"",
+                    logline::esc(v)
+                ));
             }
         }
+        Ok(Decision::Continue)
     }
 }
 
@@ -68,23 +74,21 @@ impl Milter for LogMilter {
         };
         let port = if family == "inet" { c.port() } else { 0 };
         self.line(
-            Some("connect"),
+            "connect",
             format!(
                 "connect hostname=\"{}\" family={family} addr=\"{addr}\" port={port}",
                 logline::esc(&c.hostname())
             ),
             c.macros(),
-        );
-        Ok(Decision::Continue)
+        )
     }
 
     async fn helo(&mut self, h: Helo<'_>) -> milterkit::Result<Decision> {
         self.line(
-            Some("helo"),
+            "helo",
             format!("helo name=\"{}\"", logline::esc(&h.name())),
             h.macros(),
-        );
-        Ok(Decision::Continue)
+        )
     }
 
     async fn mail(&mut self, m: &mut Counts, mail: Mail<'_>) -> milterkit::Result<Decision> {
@@ -97,22 +101,19 @@ impl Milter for LogMilter {
             logline::esc(&mail.address()),
             mail.args().count()
         );
-        self.line(Some("envfrom"), text, mail.macros());
-        Ok(Decision::Continue)
+        self.line("envfrom", text, mail.macros())
     }
 
     async fn rcpt(&mut self, _: &mut Counts, r: Rcpt<'_>) -> milterkit::Result<Decision> {
         self.line(
-            Some("envrcpt"),
+            "envrcpt",
             format!("envrcpt rcpt=\"{}\"", logline::esc(&r.address())),
             r.macros(),
-        );
-        Ok(Decision::Continue)
+        )
     }
 
     async fn data(&mut self, _: &mut Counts, d: Data<'_>) -> milterkit::Result<Decision> {
-        self.line(Some("data"), "data".into(), d.macros());
-        Ok(Decision::Continue)
+        self.line("data", "data".into(), d.macros())
     }
 
     async fn header(&mut self, m: &mut Counts, h: Header<'_>) -> milterkit::Result<Decision> {
@@ -128,12 +129,7 @@ impl Milter for LogMilter {
     }
 
     async fn eoh(&mut self, m: &mut Counts, c: Eoh<'_>) -> milterkit::Result<Decision> {
-        self.line(
-            Some("eoh"),
-            format!("eoh headers={}", m.headers),
-            c.macros(),
-        );
-        Ok(Decision::Continue)
+        self.line("eoh", format!("eoh headers={}", m.headers), c.macros())
     }
 
     async fn body(&mut self, m: &mut Counts, b: Body<'_>) -> milterkit::Result<Decision> {
@@ -158,8 +154,7 @@ impl Milter for LogMilter {
             "eom body_chunks={} body_bytes={} body_fnv={:08x}",
             m.chunks, m.bytes, m.hash
         );
-        self.line(Some("eom"), text, eom.macros());
-        Ok(Decision::Continue)
+        self.line("eom", text, eom.macros())
     }
 
     async fn abort(&mut self, _: Counts, _: Abort<'_>) -> milterkit::Result<()> {
@@ -390,12 +385,4 @@ fn compare(mta: Mta) {
     );
 }
 
-#[test]
-fn milterkit_hands_its_callbacks_what_libmilter_hands_them_behind_postfix() {
-    compare(Mta::Postfix);
-}
-
-#[test]
-fn milterkit_hands_its_callbacks_what_libmilter_hands_them_behind_sendmail() {
-    compare(Mta::Sendmail);
-}
+interop::tests_on_each_mta! { compare: milterkit_hands_its_callbacks_what_libmilter_hands_them }

@@ -105,12 +105,4 @@ fn discard_at_unknown(mta: Mta) {
     server.join().unwrap().unwrap();
 }
 
-#[test]
-fn postfix_discards_the_message_when_the_milter_discards_at_unknown() {
-    discard_at_unknown(Mta::Postfix);
-}
-
-#[test]
-fn sendmail_discards_the_message_when_the_milter_discards_at_unknown() {
-    discard_at_unknown(Mta::Sendmail);
-}
+interop::tests_on_each_mta! { discard_at_unknown: discards_the_message_when_the_milter_discards_at_unknown }

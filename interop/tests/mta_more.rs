@@ -83,29 +83,42 @@ fn quarantine(rig: &Rig) {
 /// Refuse the sender at MAIL with a three-line custom reply; the client sees every line.
 /// Sendmail puts `<sender>... ` after the codes of the first line.
 fn mail_reject_multiline(rig: &Rig) {
-    let from = "reject-mail@example.org";
-    let r = send_from(rig, from, &[BOB], &message("mail reject", "", ""));
-    assert_eq!(r.mail.code, MAIL_REJECT_CODE, "{r}");
-    assert_eq!(
-        r.mail.lines,
-        want_lines(rig, MAIL_REJECT_ENHANCED, &MAIL_REJECT_LINES, from),
-        "{r}"
+    let r = refused_at_mail(
+        rig,
+        "reject-mail@example.org",
+        "mail reject",
+        (MAIL_REJECT_CODE, MAIL_REJECT_ENHANCED, &MAIL_REJECT_LINES),
     );
     assert!(r.rcpts.is_empty() && r.end.is_none(), "{r}");
-    assert!(rig.sink.settle(QUIET_PERIOD).is_empty());
 }
 
 /// Tempfail the sender at MAIL with a two-line custom 4xx reply.
 fn mail_tempfail_multiline(rig: &Rig) {
-    let from = "tempfail-mail@example.org";
-    let r = send_from(rig, from, &[BOB], &message("mail tempfail", "", ""));
-    assert_eq!(r.mail.code, MAIL_TEMPFAIL_CODE, "{r}");
-    assert_eq!(
-        r.mail.lines,
-        want_lines(rig, MAIL_TEMPFAIL_ENHANCED, &MAIL_TEMPFAIL_LINES, from),
-        "{r}"
+    refused_at_mail(
+        rig,
+        "tempfail-mail@example.org",
+        "mail tempfail",
+        (
+            MAIL_TEMPFAIL_CODE,
+            MAIL_TEMPFAIL_ENHANCED,
+            &MAIL_TEMPFAIL_LINES,
+        ),
     );
+}
+
+/// Sends a message from `from`, which the milter refuses at MAIL with the custom reply
+/// `(code, enhanced, lines)`: the client sees the code and every line, nothing is delivered.
+fn refused_at_mail(
+    rig: &Rig,
+    from: &str,
+    subject: &str,
+    (code, enhanced, lines): (u16, &str, &[&str]),
+) -> SmtpResult {
+    let r = send_from(rig, from, &[BOB], &message(subject, "", ""));
+    assert_eq!(r.mail.code, code, "{r}");
+    assert_eq!(r.mail.lines, want_lines(rig, enhanced, lines, from), "{r}");
     assert!(rig.sink.settle(QUIET_PERIOD).is_empty());
+    r
 }
 
 fn want_lines(rig: &Rig, enhanced: &str, lines: &[&str], addr: &str) -> Vec<String> {

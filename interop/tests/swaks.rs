@@ -48,12 +48,4 @@ fn swaks_sees_the_custom_rcpt_reply(mta: Mta) {
     assert_eq!(delivered[0].header("Subject").as_deref(), Some("via swaks"));
 }
 
-#[test]
-fn postfix_passes_the_custom_rcpt_reply_to_swaks() {
-    swaks_sees_the_custom_rcpt_reply(Mta::Postfix);
-}
-
-#[test]
-fn sendmail_passes_the_custom_rcpt_reply_to_swaks() {
-    swaks_sees_the_custom_rcpt_reply(Mta::Sendmail);
-}
+interop::tests_on_each_mta! { swaks_sees_the_custom_rcpt_reply: passes_the_custom_rcpt_reply_to_swaks }
