@@ -54,15 +54,9 @@ static struct msg *m(SMFICTX *ctx) {
 }
 
 static sfsistat x_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *sa) {
-    char addr[64] = "";
+    char addr[INET6_ADDRSTRLEN + 1] = "";
     int port = 0;
-    const char *family = "unknown";
-    if (sa && sa->sa_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, addr, sizeof addr);
-        port = ntohs(in->sin_port);
-        family = "inet";
-    }
+    const char *family = peer(sa, 1, addr, &port);
     line(ctx, "connect", "connect hostname=\"%s\" family=%s addr=\"%s\" port=%d", e(host), family, addr, port);
     return SMFIS_CONTINUE;
 }

@@ -190,20 +190,7 @@ static sfsistat x_negotiate(SMFICTX *ctx, unsigned long f0, unsigned long f1, un
 static sfsistat x_connect(SMFICTX *ctx, char *host, _SOCK_ADDR *sa) {
     char addr[INET6_ADDRSTRLEN + 1] = "";
     int port = 0;
-    const char *family = "unknown";
-    if (sa && sa->sa_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, addr, sizeof addr);
-        port = ntohs(in->sin_port);
-        family = "inet";
-    } else if (sa && sa->sa_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, addr, sizeof addr);
-        port = ntohs(in6->sin6_port);
-        family = "inet6";
-    } else if (sa && sa->sa_family == AF_UNIX) {
-        family = "unix";
-    }
+    const char *family = peer(sa, 0, addr, &port);
     logline(ctx, "connect", "connect hostname=\"%s\" family=%s addr=\"%s\" port=%d", e(host),
             family, addr, port);
     return ret(ctx, "connect", SMFIS_CONTINUE);
