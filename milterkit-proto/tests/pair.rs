@@ -116,11 +116,18 @@ fn unknown_decision() -> impl Strategy<Value = Decision> {
 fn message_decision(weight: u32) -> impl Strategy<Value = Decision> {
     prop_oneof![
         weight => Just(Decision::Continue),
-        1 => Just(Decision::Accept),
-        1 => Just(Decision::Reject),
-        1 => Just(Decision::Discard),
-        1 => Just(Decision::Tempfail),
-        1 => reply().prop_map(Decision::Reply),
+        5 => verdict(),
+    ]
+}
+
+/// ACCEPT, REJECT, DISCARD, TEMPFAIL or a custom reply, equally often.
+fn verdict() -> impl Strategy<Value = Decision> {
+    prop_oneof![
+        Just(Decision::Accept),
+        Just(Decision::Reject),
+        Just(Decision::Discard),
+        Just(Decision::Tempfail),
+        reply().prop_map(Decision::Reply),
     ]
 }
 
@@ -139,30 +146,13 @@ fn body_decision() -> impl Strategy<Value = Decision> {
     prop_oneof![
         30 => Just(Decision::Continue),
         4 => Just(Decision::Skip),
-        1 => Just(Decision::Accept),
-        1 => Just(Decision::Reject),
-        1 => Just(Decision::Discard),
-        1 => Just(Decision::Tempfail),
-        1 => reply().prop_map(Decision::Reply),
+        5 => verdict(),
     ]
 }
 
 /// A modification the MTAs accept (no NUL inside, no empty name, address or reason).
 fn valid_modification() -> impl Strategy<Value = Modification> {
-    prop_oneof![
-        (word(32), text(128)).prop_map(|(name, value)| Modification::AddHeader { name, value }),
-        (any::<u32>(), word(32), text(128))
-            .prop_map(|(index, name, value)| Modification::InsertHeader { index, name, value }),
-        (any::<u32>(), word(32), text(128))
-            .prop_map(|(index, name, value)| Modification::ChangeHeader { index, name, value }),
-        (word(64), option::of(text(64)))
-            .prop_map(|(sender, args)| Modification::ChangeFrom { sender, args }),
-        word(64).prop_map(|rcpt| Modification::AddRcpt { rcpt }),
-        (word(64), option::of(text(64)))
-            .prop_map(|(rcpt, args)| Modification::AddRcptPar { rcpt, args }),
-        word(64).prop_map(|rcpt| Modification::DeleteRcpt { rcpt }),
-        word(64).prop_map(|reason| Modification::Quarantine { reason }),
-    ]
+    modification_but_body(word, text)
 }
 
 /// Modifications and progress, with the replacement body (if any) in one contiguous run.

@@ -32,12 +32,7 @@ pub(crate) fn raw(max: usize) -> impl Strategy<Value = Bytes> {
 }
 
 pub(crate) fn family() -> impl Strategy<Value = Family> {
-    prop_oneof![
-        Just(Family::Unknown),
-        Just(Family::Inet),
-        Just(Family::Inet6),
-        Just(Family::Unix),
-    ]
+    proptest::sample::select(&[Family::Unknown, Family::Inet, Family::Inet6, Family::Unix][..])
 }
 
 pub(crate) fn connect() -> impl Strategy<Value = Connect> {
@@ -186,19 +181,34 @@ pub(crate) fn decision() -> impl Strategy<Value = Decision> {
 /// Every modification, with strings as free as the wire allows.
 pub(crate) fn any_modification() -> impl Strategy<Value = Modification> {
     prop_oneof![
-        (text(32), text(128)).prop_map(|(name, value)| Modification::AddHeader { name, value }),
-        (any::<u32>(), text(32), text(128))
+        8 => modification_but_body(text, text),
+        1 => raw(512).prop_map(|chunk| Modification::ReplaceBody { chunk }),
+    ]
+}
+
+/// Every modification but REPLBODY, equally often: names, addresses and the quarantine reason
+/// from `word(max_len)`, header values and ESMTP arguments from `text(max_len)`.
+pub(crate) fn modification_but_body<W, T>(
+    word: fn(usize) -> W,
+    text: fn(usize) -> T,
+) -> impl Strategy<Value = Modification>
+where
+    W: Strategy<Value = Bytes> + 'static,
+    T: Strategy<Value = Bytes> + 'static,
+{
+    prop_oneof![
+        (word(32), text(128)).prop_map(|(name, value)| Modification::AddHeader { name, value }),
+        (any::<u32>(), word(32), text(128))
             .prop_map(|(index, name, value)| Modification::InsertHeader { index, name, value }),
-        (any::<u32>(), text(32), text(128))
+        (any::<u32>(), word(32), text(128))
             .prop_map(|(index, name, value)| Modification::ChangeHeader { index, name, value }),
-        (text(64), option::of(text(64)))
+        (word(64), option::of(text(64)))
             .prop_map(|(sender, args)| Modification::ChangeFrom { sender, args }),
-        text(64).prop_map(|rcpt| Modification::AddRcpt { rcpt }),
-        (text(64), option::of(text(64)))
+        word(64).prop_map(|rcpt| Modification::AddRcpt { rcpt }),
+        (word(64), option::of(text(64)))
             .prop_map(|(rcpt, args)| Modification::AddRcptPar { rcpt, args }),
-        text(64).prop_map(|rcpt| Modification::DeleteRcpt { rcpt }),
-        raw(512).prop_map(|chunk| Modification::ReplaceBody { chunk }),
-        text(64).prop_map(|reason| Modification::Quarantine { reason }),
+        word(64).prop_map(|rcpt| Modification::DeleteRcpt { rcpt }),
+        word(64).prop_map(|reason| Modification::Quarantine { reason }),
     ]
 }
 
