@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
-use milterkit::{Actions, Config, Decision, Eom, Milter, Modification, Result, Stage, Stages};
+use milterkit::{Config, Decision, Modification, Stage};
 use tokio::sync::{watch, Mutex};
 
 mod support;
 
+use support::gate::Gate;
 use support::served::Served;
 
 /// Tests here change the process-wide file limit: one at a time.
@@ -48,27 +49,7 @@ fn hard_nofile() -> u64 {
         .unwrap_or(4096)
 }
 
-/// Stamps every message; holds it at end of message until the gate opens.
-#[derive(Clone)]
-struct Stamp {
-    arrived: Arc<AtomicU32>,
-    gate: watch::Receiver<bool>,
-}
-
-impl Milter for Stamp {
-    type Message = ();
-    const STAGES: Stages = Stages::RCPT.union(Stages::EOM);
-    const ACTIONS: Actions = Actions::ADD_HEADER;
-    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
-        self.arrived.fetch_add(1, Ordering::SeqCst);
-        let mut gate = self.gate.clone();
-        gate.wait_for(|open| *open).await?;
-        eom.add_header("X-Stamp", "1")?;
-        Ok(Decision::Continue)
-    }
-}
-
-/// [`Stamp`] served, with its count of messages at end of message and its gate.
+/// A [`Gate`] served, with its count of messages at end of message and the sender that opens it.
 struct Stamped {
     server: Served,
     arrived: Arc<AtomicU32>,
@@ -76,17 +57,13 @@ struct Stamped {
 }
 
 async fn serve(config: Config, gate_open: bool) -> Stamped {
-    let (open, gate) = watch::channel(gate_open);
-    let arrived = Arc::new(AtomicU32::new(0));
-    let milter = Stamp {
-        arrived: arrived.clone(),
-        gate,
-    };
+    let (open, gate) = Gate::new(gate_open);
+    let arrived = gate.arrived.clone();
     let listener = milterkit::bind_with_backlog("inet:0@127.0.0.1", 16_384)
         .await
         .unwrap();
     Stamped {
-        server: Served::spawn(listener, move || milter.clone(), config),
+        server: Served::spawn(listener, move || gate.clone(), config),
         arrived,
         open,
     }
@@ -101,8 +78,8 @@ fn right(out: &milterkit::mta::Outcome) -> bool {
         && out.decision(Stage::Eom) == Some(&Decision::Continue)
         && out.modifications
             == [Modification::AddHeader {
-                name: "X-Stamp".into(),
-                value: "1".into(),
+                name: "X-Gate".into(),
+                value: "passed".into(),
             }]
 }
 

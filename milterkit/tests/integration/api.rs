@@ -220,12 +220,7 @@ async fn registration_flags_become_the_negotiated_protocol() {
     let a = h.agreement().unwrap();
     assert_eq!(a.actions, Actions::CHANGE_BODY);
     assert_eq!(a.sent_stages(), Stages::RCPT | Stages::EOM);
-    let sent: Vec<Stage> = out
-        .steps
-        .iter()
-        .filter(|s| s.sent != milterkit::proto::Sent::Skipped)
-        .map(|s| s.stage)
-        .collect();
+    let sent = crate::support::sent_stages(&out);
     assert_eq!(sent, [Stage::Rcpt, Stage::Eom]);
 }
 

@@ -95,37 +95,38 @@ async fn a_scrape_after_transactions_shows_their_numbers() {
         m = scrape(addr).await;
     }
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no {k} in {m:#?}"));
-    assert_eq!(get("milter_connections_total"), 2.0);
-    assert_eq!(get("milter_connections_open"), 0.0);
-    assert_eq!(get("milter_messages_total"), 2.0);
-    assert_eq!(
-        get(r#"milter_decisions_total{stage="RCPT",decision="reject"}"#),
-        2.0
-    );
-    assert_eq!(
-        get(r#"milter_decisions_total{stage="RCPT",decision="continue"}"#),
-        2.0
-    );
-    assert_eq!(
-        get(r#"milter_decisions_total{stage="EOM",decision="accept"}"#),
-        2.0
-    );
-    assert_eq!(
-        get(r#"milter_decisions_total{stage="HELO",decision="tempfail"}"#),
-        1.0
-    );
-    assert_eq!(get(r#"milter_modifications_total{kind="add_header"}"#), 2.0);
-    assert_eq!(get(r#"milter_modifications_total{kind="quarantine"}"#), 2.0);
-    assert_eq!(get(r#"milter_fail_safe_replies_total{stage="HELO"}"#), 1.0);
-    assert_eq!(get(r#"milter_errors_total{kind="handler"}"#), 1.0);
-    assert_eq!(
-        get(r#"milter_handler_duration_seconds_count{stage="EOM"}"#),
-        2.0
-    );
-    assert_eq!(
-        get(r#"milter_handler_duration_seconds_count{stage="RCPT"}"#),
-        4.0
-    );
+    for (key, want) in [
+        ("milter_connections_total", 2.0),
+        ("milter_connections_open", 0.0),
+        ("milter_messages_total", 2.0),
+        (
+            r#"milter_decisions_total{stage="RCPT",decision="reject"}"#,
+            2.0,
+        ),
+        (
+            r#"milter_decisions_total{stage="RCPT",decision="continue"}"#,
+            2.0,
+        ),
+        (
+            r#"milter_decisions_total{stage="EOM",decision="accept"}"#,
+            2.0,
+        ),
+        (
+            r#"milter_decisions_total{stage="HELO",decision="tempfail"}"#,
+            1.0,
+        ),
+        (r#"milter_modifications_total{kind="add_header"}"#, 2.0),
+        (r#"milter_modifications_total{kind="quarantine"}"#, 2.0),
+        (r#"milter_fail_safe_replies_total{stage="HELO"}"#, 1.0),
+        (r#"milter_errors_total{kind="handler"}"#, 1.0),
+        (r#"milter_handler_duration_seconds_count{stage="EOM"}"#, 2.0),
+        (
+            r#"milter_handler_duration_seconds_count{stage="RCPT"}"#,
+            4.0,
+        ),
+    ] {
+        assert_eq!(get(key), want, "{key}");
+    }
     assert!(get(r#"milter_handler_duration_seconds_sum{stage="EOM"}"#) > 0.0);
     good.stop().await;
     bad.stop().await;
@@ -136,19 +137,19 @@ async fn the_endpoint_refuses_other_methods_and_oversized_requests() {
     let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = http.local_addr().unwrap();
     tokio::spawn(Metrics::new().serve(http));
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
-        .await
-        .unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).await.unwrap();
+    /// Sends `request` on a new connection; the whole answer.
+    async fn answer(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut r = String::new();
+        s.read_to_string(&mut r).await.unwrap();
+        r
+    }
+    let r = answer(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 405"), "{r}");
 
     // Bare LF line ends (a hand-typed request) are answered at once.
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\n\n").await.unwrap();
-    let mut r = String::new();
-    s.read_to_string(&mut r).await.unwrap();
+    let r = answer(addr, b"GET /metrics HTTP/1.0\n\n").await;
     assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
 
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -2,35 +2,14 @@
 
 use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
-use milterkit::{Actions, Decision, Eom, Milter, Result, Stage, Stages};
-use tokio::sync::{oneshot, watch};
+use milterkit::{Decision, Milter, Stage};
+use tokio::sync::oneshot;
 
+use crate::support::gate::Gate;
 use crate::support::served::Served;
-
-/// Holds every message at end of message until the gate opens.
-#[derive(Clone)]
-struct Gate {
-    arrived: Arc<AtomicU32>,
-    open: watch::Receiver<bool>,
-}
-
-impl Milter for Gate {
-    type Message = ();
-    const STAGES: Stages = Stages::MAIL.union(Stages::EOM);
-    const ACTIONS: Actions = Actions::ADD_HEADER;
-
-    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
-        self.arrived.fetch_add(1, Ordering::SeqCst);
-        let mut open = self.open.clone();
-        open.wait_for(|o| *o).await?;
-        eom.add_header("X-Gate", "passed")?;
-        Ok(Decision::Continue)
-    }
-}
 
 async fn wait_for(counter: &AtomicU32, n: u32) {
     tokio::time::timeout(Duration::from_secs(30), async {
@@ -115,18 +94,6 @@ async fn a_new_message_during_shutdown_gets_the_fail_safe() {
     );
     conn.quit().await.unwrap();
     server.ended(Duration::from_secs(60)).await.unwrap();
-}
-
-impl Gate {
-    /// A closed gate, and the sender that opens it.
-    fn closed() -> (watch::Sender<bool>, Gate) {
-        let (open_gate, open) = watch::channel(false);
-        let gate = Gate {
-            arrived: Arc::new(AtomicU32::new(0)),
-            open,
-        };
-        (open_gate, gate)
-    }
 }
 
 /// Serves `gate` on a TCP port of 127.0.0.1 with `config`.

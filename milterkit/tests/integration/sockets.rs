@@ -218,12 +218,7 @@ async fn each_decision_reaches_the_wire_at_each_stage() {
 #[tokio::test]
 async fn skip_in_body_stops_the_body_and_end_of_message_still_comes() {
     let out = decide("inet:0@127.0.0.1", Stage::Body, Decision::Skip).await;
-    let stages: Vec<Stage> = out
-        .steps
-        .iter()
-        .filter(|s| s.sent != milterkit::proto::Sent::Skipped)
-        .map(|s| s.stage)
-        .collect();
+    let stages = crate::support::sent_stages(&out);
     assert_eq!(stages.iter().filter(|s| **s == Stage::Body).count(), 1);
     assert_eq!(stages.last(), Some(&Stage::Eom));
 }
