@@ -47,25 +47,25 @@ fn every_subcommand_has_help_with_examples() {
     assert_eq!(code, 2, "usage error: {err}");
 }
 
+/// Runs `milterkit bench SPEC ARGS…` on a blocking thread (the milter is served on the runtime's).
+async fn bench(spec: &str, args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = ["bench", spec]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
+    tokio::task::spawn_blocking(move || milterkit(&args))
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_throughput_and_latency_of_a_milter() {
     let served =
         demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
     let spec = &served.spec;
-    let args: Vec<String> = [
-        "bench",
-        spec,
-        "--connections",
-        "4",
-        "--messages",
-        "300",
-        "--json",
-    ]
-    .map(String::from)
-    .to_vec();
-    let (code, out, err) = tokio::task::spawn_blocking(move || milterkit(&args))
-        .await
-        .unwrap();
+    let (code, out, err) =
+        bench(spec, &["--connections", "4", "--messages", "300", "--json"]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["messages"], 300);
@@ -76,21 +76,18 @@ async fn bench_reports_throughput_and_latency_of_a_milter() {
     assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
     assert!(lat["p99"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
     // Connection churn: one message per connection.
-    let args: Vec<String> = [
-        "bench",
+    let (code, out, _) = bench(
         spec,
-        "--connections",
-        "2",
-        "--messages",
-        "50",
-        "--per-connection",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
-    let (code, out, _) = tokio::task::spawn_blocking(move || milterkit(&args))
-        .await
-        .unwrap();
+        &[
+            "--connections",
+            "2",
+            "--messages",
+            "50",
+            "--per-connection",
+            "1",
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("50 messages in"), "{out}");
     served.stop().await.unwrap();

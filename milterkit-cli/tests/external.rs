@@ -210,33 +210,18 @@ fn milterkit_run_exits_by_verdict_against_a_libmilter_milter() {
         MESSAGE.replace("Subject: hello", "Subject: please discard"),
     )
     .unwrap();
-    let (code, out, _) = milterkit(&[
-        "run",
-        &spec,
-        msg.to_str().unwrap(),
-        "--rcpt",
-        "<bob@example.net>",
-        "--profile",
-        "sendmail",
-    ]);
+    let msg = msg.to_str().unwrap();
+    // `milterkit run SPEC MESSAGE --rcpt RCPT FLAGS…`
+    let run_to = |rcpt: &str, flags: &[&str]| {
+        milterkit(&[&["run", spec.as_str(), msg, "--rcpt", rcpt][..], flags].concat())
+    };
+    let (code, out, _) = run_to("<bob@example.net>", &["--profile", "sendmail"]);
     assert_eq!(code, 5, "discard: {out}");
-    let (code, out, _) = milterkit(&[
-        "run",
-        &spec,
-        msg.to_str().unwrap(),
-        "--rcpt",
-        "<reject@example.net>",
-    ]);
+    let (code, out, _) = run_to("<reject@example.net>", &[]);
     assert_eq!(code, 3, "every recipient rejected: {out}");
-    let (code, out, _) = milterkit(&[
-        "run",
-        &spec,
-        msg.to_str().unwrap(),
-        "--rcpt",
-        "<tempfail@example.net>",
-    ]);
+    let (code, out, _) = run_to("<tempfail@example.net>", &[]);
     assert_eq!(code, 4, "tempfailed: {out}");
-    let (code, _, err) = milterkit(&["run", "inet:1@127.0.0.1", msg.to_str().unwrap()]);
+    let (code, _, err) = milterkit(&["run", "inet:1@127.0.0.1", msg]);
     assert_eq!(code, 1, "cannot connect: {err}");
 }
 
