@@ -45,26 +45,19 @@ PROTO_IR = os.path.join(TARGET, "bench-proto-ir", "release", "milterkit-proto-ir
 DEBIAN_PYTHON = "/usr/bin/python3"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
-FULL = {
-    "runs": 5,
-    "duration_s": 2.0,
-    "connections": 10,
-    "idle_connections": 10_000,
-    "idle_settle_s": 1.0,
-    "callgrind_messages": (100, 600),
-    "callgrind_messages_pymilter": (20, 120),
-    "proto_ir_transactions": (200, 2200),
+# Each setting of a full run and of a smoke run (`--smoke`): (full, smoke).
+SETTINGS = {
+    "runs": (5, 1),
+    "duration_s": (2.0, 0.5),
+    "connections": (10, 4),
+    "idle_connections": (10_000, 200),
+    "idle_settle_s": (1.0, 0.2),
+    "callgrind_messages": ((100, 600), (5, 25)),
+    "callgrind_messages_pymilter": ((20, 120), (2, 6)),
+    "proto_ir_transactions": ((200, 2200), (5, 25)),
 }
-SMOKE = {
-    "runs": 1,
-    "duration_s": 0.5,
-    "connections": 4,
-    "idle_connections": 200,
-    "idle_settle_s": 0.2,
-    "callgrind_messages": (5, 25),
-    "callgrind_messages_pymilter": (2, 6),
-    "proto_ir_transactions": (5, 25),
-}
+FULL = {name: full for name, (full, _) in SETTINGS.items()}
+SMOKE = {name: smoke for name, (_, smoke) in SETTINGS.items()}
 
 WORKLOADS = [
     {
