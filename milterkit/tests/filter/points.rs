@@ -267,7 +267,7 @@ fn a_body_past_the_memory_limit_is_spooled_and_reads_back_whole() {
         assert_eq!(a, b);
         assert_eq!(a, bytes);
         tx.replace_body_from(tx_body_reader_copy(&a))?;
-        tx.append_body("end\r\n")?;
+        assert!(tx.new_body().is_spooled());
         Ok(Decision::Continue)
     });
     let outcome = block_on(run(
@@ -277,16 +277,14 @@ fn a_body_past_the_memory_limit_is_spooled_and_reads_back_whole() {
         &sized(180_000),
     ));
     let d = outcome.delivery.expect("delivered");
-    assert!(d.message.ends_with(b"123456789\r\nend\r\n"));
-    let head = "Subject: big\r\nX-A: 1\r\nX-B: 2\r\n\r\n".len();
-    assert_eq!(d.message.len(), head + 198_005);
-    // The spooled replacement went out a packet at a time, then the tail, as one run at the end.
+    assert!(d.message.ends_with(b"123456789\r\n"));
+    // The replacement went out in 65,535-byte chunks at most, as one run at the end.
     let chunks = outcome
         .modifications
         .iter()
         .filter(|m| m.name() == "replace body")
         .count();
-    assert_eq!(chunks, 198_000usize.div_ceil(65_535) + 1);
+    assert_eq!(chunks, 198_000usize.div_ceil(65_535));
 }
 
 fn tx_body_reader_copy(b: &[u8]) -> std::io::Cursor<Vec<u8>> {
