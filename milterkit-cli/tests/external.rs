@@ -114,15 +114,20 @@ fn expected_result() -> String {
     "X-C-Top: inserted at 0\r\nFrom: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\nSubject: [C] changed subject\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\nX-C-Added: added by libmilter\r\n\r\nBody replaced by the C milter.\r\n".into()
 }
 
+/// Writes `text` to the file `name` in the tests' scratch folder; its path.
+fn scratch_file(name: &str, text: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 #[test]
 fn milterkit_run_shows_every_modification_of_a_libmilter_milter() {
     let Some((spec, _milter)) = c_milter() else {
         return;
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let msg = dir.join("c-message.eml");
-    std::fs::write(&msg, MESSAGE).unwrap();
-    let result = dir.join("c-result.eml");
+    let msg = scratch_file("c-message.eml", MESSAGE);
+    let result = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c-result.eml");
     let common = [
         "run",
         &spec,
@@ -203,13 +208,10 @@ fn milterkit_run_exits_by_verdict_against_a_libmilter_milter() {
     let Some((spec, _milter)) = c_milter() else {
         return;
     };
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let msg = dir.join("c-discard.eml");
-    std::fs::write(
-        &msg,
-        MESSAGE.replace("Subject: hello", "Subject: please discard"),
-    )
-    .unwrap();
+    let msg = scratch_file(
+        "c-discard.eml",
+        &MESSAGE.replace("Subject: hello", "Subject: please discard"),
+    );
     let msg = msg.to_str().unwrap();
     // `milterkit run SPEC MESSAGE --rcpt RCPT FLAGS…`
     let run_to = |rcpt: &str, flags: &[&str]| {
