@@ -72,4 +72,6 @@ fi
 
 python=python3
 [ -x /usr/bin/python3 ] && python=/usr/bin/python3   # Debian's: the one python3-milter is for
-exec "$python" bench/bench.py $smoke
+"$python" bench/bench.py $smoke
+# The whole-message layer against the raw API (milterkit::filter), same machine, same load tool.
+exec "$python" bench/filter.py $smoke

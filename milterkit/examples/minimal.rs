@@ -1,6 +1,6 @@
 //! The smallest useful milter: logs each message's sender and recipients and accepts it.
 //!
-//! Run: `cargo run -p milterkit --example minimal -- inet:7357@127.0.0.1`, then point Postfix at it
+//! Run: `cargo run -p milterkit --example minimal -- --socket inet:7357@127.0.0.1`, then point Postfix at it
 //! (`smtpd_milters = inet:127.0.0.1:7357`).
 
 use milterkit::{Decision, Eom, Mail, Milter, Rcpt, Result, Stages};
@@ -40,16 +40,8 @@ impl Milter for Logger {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let spec = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
-    let listener = milterkit::bind(&spec).await?;
-    milterkit::serve(listener, Logger::default)
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
-        .await?;
-    Ok(())
+/// Serves with `milterkit::run`: `--socket`, the other flags and their `MILTERKIT_*`
+/// variables, logging, SIGTERM and systemd; `--help` lists them.
+fn main() -> std::process::ExitCode {
+    milterkit::run(Logger::default)
 }

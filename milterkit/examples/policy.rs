@@ -1,7 +1,7 @@
 //! A policy milter: refuses recipients in a retired domain, quarantines messages whose subject
 //! carries a keyword, and stamps every accepted message with a header.
 //!
-//! Run: `cargo run -p milterkit --example policy -- inet:7357@127.0.0.1`.
+//! Run: `cargo run -p milterkit --example policy -- --socket inet:7357@127.0.0.1`.
 
 use milterkit::{Actions, Decision, Eom, Header, Milter, Rcpt, Reply, Result, Stages};
 
@@ -77,19 +77,11 @@ impl Milter for Policy {
     }
 }
 
-#[tokio::main]
+/// Serves with `milterkit::run`: `--socket`, the other flags and their `MILTERKIT_*`
+/// variables, logging, SIGTERM and systemd; `--help` lists them.
 #[allow(dead_code)]
-async fn main() -> Result<()> {
-    let spec = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
-    let listener = milterkit::bind(&spec).await?;
-    milterkit::serve(listener, Policy::default)
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
-        .await?;
-    Ok(())
+fn main() -> std::process::ExitCode {
+    milterkit::run(Policy::default)
 }
 
 #[cfg(test)]

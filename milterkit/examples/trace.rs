@@ -1,7 +1,7 @@
 //! Prints every stage and every macro the MTA hands over: a way to see what Postfix or Sendmail
 //! really sends. Accepts everything.
 //!
-//! Run: `cargo run -p milterkit --example trace -- unix:/run/milter/trace.sock`.
+//! Run: `cargo run -p milterkit --example trace -- --socket unix:/run/milter/trace.sock`.
 
 use milterkit::{
     Abort, Body, Connect, Data, Decision, Eoh, Eom, Header, Helo, Macros, Mail, Milter, Offer,
@@ -111,16 +111,8 @@ impl Milter for Trace {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let spec = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "inet:7357@127.0.0.1".into());
-    let listener = milterkit::bind(&spec).await?;
-    milterkit::serve(listener, Trace::default)
-        .with_graceful_shutdown(async {
-            tokio::signal::ctrl_c().await.ok();
-        })
-        .await?;
-    Ok(())
+/// Serves with `milterkit::run`: `--socket`, the other flags and their `MILTERKIT_*`
+/// variables, logging, SIGTERM and systemd; `--help` lists them.
+fn main() -> std::process::ExitCode {
+    milterkit::run(Trace::default)
 }

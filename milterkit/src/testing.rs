@@ -33,19 +33,17 @@ use bytes::BytesMut;
 use milterkit_proto::{Agreement, MilterConfig, MilterSession, MtaConfig, MtaSession, Sent};
 
 use crate::dispatch::{Dispatcher, JustWait};
-use crate::mta::{Answer, Driver, Link, Outcome, Profile, Transaction};
+use crate::mta::{Answer, Driver, Link, LinkEnd, Outcome, Profile, Transaction};
 use crate::{Config, Error, Milter};
 
 /// A milter and an imitated MTA, wired together in memory.
 pub struct Harness<M: Milter> {
     profile: Profile,
-    mta: MtaSession,
+    end: LinkEnd,
     session: MilterSession,
     dispatcher: Dispatcher<M>,
     driver: Driver,
     strict: bool,
-    /// The milter's connection ended (QUIT, or a failure).
-    closed: Option<String>,
     /// The close handler ran (it runs once).
     close_ran: bool,
     wire: BytesMut,
@@ -56,7 +54,7 @@ impl<M: Milter> std::fmt::Debug for Harness<M> {
         f.debug_struct("Harness")
             .field("profile", &self.profile.mta)
             .field("strict", &self.strict)
-            .field("closed", &self.closed)
+            .field("closed", &self.end.closed)
             .finish_non_exhaustive()
     }
 }
@@ -82,7 +80,7 @@ impl<M: Milter> Harness<M> {
     /// A harness with a server [`Config`] (fail-safe decision, deadlines).
     pub fn with_config(milter: M, profile: Profile, config: Config) -> Self {
         Harness {
-            mta: MtaSession::new(profile.offer, MtaConfig::default()),
+            end: LinkEnd::new(MtaSession::new(profile.offer, MtaConfig::default())),
             session: MilterSession::new(MilterConfig {
                 max_payload: config.max_frame,
             }),
@@ -90,7 +88,6 @@ impl<M: Milter> Harness<M> {
             profile,
             driver: Driver::default(),
             strict: true,
-            closed: None,
             close_ran: false,
             wire: BytesMut::new(),
         }
@@ -106,7 +103,7 @@ impl<M: Milter> Harness<M> {
     /// Runs one transaction (several may run on one harness: the connection stays open, as
     /// several messages in one SMTP session). The first one negotiates and connects.
     pub async fn run(&mut self, tx: &Transaction) -> Result<Outcome, Error> {
-        if self.mta.agreement().is_none() && self.closed.is_none() {
+        if self.end.session.agreement().is_none() && self.end.closed.is_none() {
             self.negotiate().await?;
         }
         let mut driver = std::mem::take(&mut self.driver);
@@ -119,7 +116,7 @@ impl<M: Milter> Harness<M> {
     /// Ends the session as the profile's MTA does (Postfix: ABORT, QUIT; Sendmail: QUIT) and
     /// runs the milter's close handler.
     pub async fn quit(mut self) -> Result<M, Error> {
-        if self.closed.is_none() {
+        if self.end.closed.is_none() {
             let mut driver = std::mem::take(&mut self.driver);
             let profile = self.profile.clone();
             driver.quit(&mut self, &profile).await?;
@@ -137,13 +134,13 @@ impl<M: Milter> Harness<M> {
 
     /// What was negotiated.
     pub fn agreement(&self) -> Option<&Agreement> {
-        self.mta.agreement()
+        self.end.session.agreement()
     }
 
     async fn negotiate(&mut self) -> Result<(), Error> {
         let answer = self.pump().await?;
         if let Some(c) = answer.closed {
-            self.closed = Some(c.clone());
+            self.end.closed = Some(c.clone());
             return Err(Error::Protocol(milterkit_proto::ProtocolError::Closed));
         }
         Ok(())
@@ -153,7 +150,7 @@ impl<M: Milter> Harness<M> {
     async fn pump(&mut self) -> Result<Answer, Error> {
         let mut answer = Answer::default();
         let progress_before = self.dispatcher.progress_requests();
-        self.mta.poll_transmit(&mut self.wire);
+        self.end.session.poll_transmit(&mut self.wire);
         self.session.handle_input(&self.wire.split());
         match self.dispatcher.turn(&mut self.session, &mut JustWait).await {
             None => {}
@@ -166,28 +163,20 @@ impl<M: Milter> Harness<M> {
         }
         answer.progress = self.dispatcher.progress_requests() - progress_before;
         self.session.poll_transmit(&mut self.wire);
-        self.mta.handle_input(&self.wire.split());
-        while let Some(event) = self.mta.poll_event()? {
+        self.end.session.handle_input(&self.wire.split());
+        while let Some(event) = self.end.session.poll_event()? {
             answer.absorb(event);
         }
         if let Some(c) = &answer.closed {
-            self.closed = Some(c.clone());
+            self.end.closed = Some(c.clone());
         }
         Ok(answer)
     }
 }
 
 impl<M: Milter> Link for Harness<M> {
-    fn session(&self) -> &MtaSession {
-        &self.mta
-    }
-
-    fn session_mut(&mut self) -> &mut MtaSession {
-        &mut self.mta
-    }
-
-    fn closed(&self) -> Option<&String> {
-        self.closed.as_ref()
+    fn end(&mut self) -> &mut LinkEnd {
+        &mut self.end
     }
 
     async fn carry(&mut self, sent: &Sent) -> Result<Answer, Error> {

@@ -17,13 +17,13 @@ const CHUNK: usize = 65_535;
 const CHUNKS: usize = 800; // 52,428,000 bytes
 const BOUND_KIB: u64 = 16 * 1024;
 
+/// The process's peak resident memory so far, in KiB (`VmHWM`; `getrusage`'s `ru_maxrss` did
+/// not follow it here).
 fn peak_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"));
+    let kib = line.and_then(|l| l.split_whitespace().nth(1));
+    kib.and_then(|k| k.parse().ok()).expect("VmHWM in /proc/self/status")
 }
 
 /// Counts the body's bytes and lines by reading it in small pieces; stamps the count.

@@ -45,19 +45,7 @@ fn main() -> Result<()> {
 async fn serve(spec: &str) -> Result<()> {
     let listener = milterkit::bind(spec).await?;
     milterkit::serve(listener, Bench::default)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async {
-                    match term.as_mut() {
-                        Some(t) => { t.recv().await; }
-                        None => std::future::pending::<()>().await,
-                    }
-                } => {}
-            }
-        })
+        .with_graceful_shutdown(milterkit_bench::stopped())
         .await?;
     Ok(())
 }

@@ -103,7 +103,7 @@ pub fn header_modifications(
     }
     // The MTA's list as INSHEADER counts it: its own entries first, then the original fields
     // (Sendmail keeps deleted ones, marked); each entry is the original index it stands for.
-    let own = hidden(rules).len();
+    let own = hidden(rules);
     let mut model: Vec<Option<usize>> = vec![None; own];
     model.extend(
         (0..original.len())

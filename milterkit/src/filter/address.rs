@@ -133,6 +133,20 @@ fn ascii_domain(domain: &str) -> Cow<'_, str> {
     }
 }
 
+impl From<&str> for Address {
+    /// An address without ESMTP arguments.
+    fn from(raw: &str) -> Address {
+        Address::new(raw)
+    }
+}
+
+impl From<String> for Address {
+    /// An address without ESMTP arguments.
+    fn from(raw: String) -> Address {
+        Address::new(raw)
+    }
+}
+
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.text, f)?;

@@ -33,9 +33,7 @@
 //!         }
 //!         let subject = tx.header("Subject").map(|f| f.text()).unwrap_or_default();
 //!         tx.set_header("Subject", format!("[external] {subject}"))?;
-//!         let mut body = tx.body().to_bytes()?.to_vec();
-//!         body.extend_from_slice(b"\r\n-- \r\nThis message came from outside.\r\n");
-//!         tx.replace_body(body)?;
+//!         tx.append_body("\r\n-- \r\nThis message came from outside.\r\n")?;
 //!         Ok(Decision::Continue)
 //!     }
 //! }
@@ -98,8 +96,8 @@ use milterkit_proto::{
 
 pub use address::Address;
 pub use spool::{Body, BodyReader};
-use transaction::Conn;
 pub use transaction::{Client, Field, ReplaceError, State, Transaction};
+use transaction::{Conn, Part};
 
 use crate::milter::{Connect, Data, Eoh, Header, Helo, Mail, Rcpt};
 use crate::{Eom, Milter, Result};
@@ -508,6 +506,7 @@ impl<F: Filter> Milter for Filtered<F> {
     }
 
     async fn eom(&mut self, state: &mut State, eom: &mut Eom<'_>) -> Result<Decision> {
+        state.body.finish();
         let decision = match state.decided.take() {
             Some(d) => d,
             None if self.at(DecideAt::Eom) => self.decide(state, eom.macros()).await?,
@@ -517,23 +516,54 @@ impl<F: Filter> Milter for Filtered<F> {
             for m in state.modifications(self.conn.mta) {
                 eom.modify(m)?;
             }
-            if let Some(body) = &state.new_body {
-                if body.is_empty() {
-                    eom.replace_body(Bytes::new())?;
-                }
-                let mut reader = body.reader();
-                loop {
-                    // One packet's worth: the session splits nothing further.
-                    let mut chunk = vec![0; milterkit_proto::frame::MILTER_MAX_DATA_SIZE];
-                    let n = reader.read(&mut chunk)?;
-                    if n == 0 {
-                        break;
-                    }
-                    chunk.truncate(n);
-                    eom.replace_body(chunk)?;
-                }
+            if let Some(parts) = &state.new_body {
+                send_body(parts, &state.body, eom)?;
             }
         }
         Ok(decision)
     }
+}
+
+/// Sends a new body as REPLBODY packets: bytes as they are (the session cuts them into packets),
+/// a body in a file read a packet at a time.
+fn send_body(parts: &[Part], original: &Body, eom: &mut Eom<'_>) -> Result<()> {
+    let mut sent = false;
+    for part in parts {
+        let body = match part {
+            Part::Bytes(b) => {
+                if !b.is_empty() {
+                    eom.replace_body(b.clone())?;
+                    sent = true;
+                }
+                continue;
+            }
+            Part::Original => original,
+            Part::Spooled(body) => body,
+        };
+        if !body.is_spooled() {
+            let b = body.to_bytes()?;
+            if !b.is_empty() {
+                eom.replace_body(b)?;
+                sent = true;
+            }
+            continue;
+        }
+        let mut reader = body.reader();
+        loop {
+            // One packet's worth: the session cuts nothing further.
+            let mut chunk = vec![0; milterkit_proto::frame::MILTER_MAX_DATA_SIZE];
+            let n = reader.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            chunk.truncate(n);
+            eom.replace_body(chunk)?;
+            sent = true;
+        }
+    }
+    if !sent {
+        // An empty new body is still a replacement.
+        eom.replace_body(Bytes::new())?;
+    }
+    Ok(())
 }

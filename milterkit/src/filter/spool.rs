@@ -17,7 +17,10 @@ use bytes::{Bytes, BytesMut};
 /// cache: cheaper than handing each chunk to a blocking thread.
 #[derive(Debug, Default)]
 pub struct Body {
-    memory: BytesMut,
+    /// The body while it comes.
+    filling: BytesMut,
+    /// The body once it has all come ([`Body::finish`]): shared without a copy.
+    memory: Bytes,
     file: Option<File>,
     len: u64,
     truncated: bool,
@@ -28,17 +31,33 @@ impl Body {
     pub(crate) fn push(&mut self, chunk: &[u8], memory_limit: usize) -> io::Result<()> {
         if let Some(file) = &mut self.file {
             file.write_all(chunk)?;
-        } else if self.memory.len() + chunk.len() > memory_limit {
+        } else if self.filling.len() + chunk.len() > memory_limit {
             let mut file = tempfile::tempfile()?;
-            file.write_all(&self.memory)?;
+            file.write_all(&self.filling)?;
             file.write_all(chunk)?;
-            self.memory = BytesMut::new();
+            self.filling = BytesMut::new();
             self.file = Some(file);
         } else {
-            self.memory.extend_from_slice(chunk);
+            self.filling.extend_from_slice(chunk);
         }
         self.len += chunk.len() as u64;
         Ok(())
+    }
+
+    /// The body has all come: what is in memory becomes shareable.
+    pub(crate) fn finish(&mut self) {
+        if !self.filling.is_empty() {
+            self.memory = std::mem::take(&mut self.filling).freeze();
+        }
+    }
+
+    /// What is in memory.
+    fn data(&self) -> &[u8] {
+        if self.filling.is_empty() {
+            &self.memory
+        } else {
+            &self.filling
+        }
     }
 
     /// Marks the body as cut short at a size limit.
@@ -72,10 +91,15 @@ impl Body {
         BodyReader { body: self, pos: 0 }
     }
 
-    /// The whole body in memory: free while it is in memory, read from the file otherwise.
+    /// The whole body in memory: without a copy once it has all come and stayed in memory, read
+    /// from the file when it was spooled.
     pub fn to_bytes(&self) -> io::Result<Bytes> {
         if self.file.is_none() {
-            return Ok(Bytes::copy_from_slice(&self.memory));
+            return Ok(if self.filling.is_empty() {
+                self.memory.clone()
+            } else {
+                Bytes::copy_from_slice(&self.filling)
+            });
         }
         let mut out = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
         self.reader().read_to_end(&mut out)?;
@@ -96,7 +120,7 @@ impl Read for BodyReader<'_> {
             // Positioned reads: readers share the file but not an offset.
             Some(file) => file.read_at(buf, self.pos)?,
             None => {
-                let data = &self.body.memory;
+                let data = self.body.data();
                 let start = usize::try_from(self.pos)
                     .unwrap_or(usize::MAX)
                     .min(data.len());

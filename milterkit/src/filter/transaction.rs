@@ -139,7 +139,8 @@ pub struct State {
     pub(super) headers: Vec<Field>,
     pub(super) headers_truncated: bool,
     pub(super) body: Body,
-    pub(super) new_body: Option<Body>,
+    /// The new body, in parts, if the filter replaced or extended it.
+    pub(super) new_body: Option<Vec<Part>>,
     pub(super) quarantine: Option<Bytes>,
     /// A limit was passed with [`Limit::Reject`](super::Limit::Reject): the message is refused.
     pub(super) over_limit: Option<&'static str>,
@@ -226,6 +227,17 @@ impl State {
         }
         mods
     }
+}
+
+/// A part of a new body.
+#[derive(Debug)]
+pub(super) enum Part {
+    /// The body that came.
+    Original,
+    /// Bytes given by the filter.
+    Bytes(Bytes),
+    /// A body read from a reader, spooled.
+    Spooled(Body),
 }
 
 /// ESMTP arguments joined with spaces, as CHGFROM and ADDRCPT_PAR carry them.
@@ -507,14 +519,10 @@ impl Transaction<'_> {
         Ok(())
     }
 
-    /// Changes the envelope sender, with ESMTP arguments such as `["RET=HDRS"]` (needs
-    /// [`Actions::CHANGE_FROM`]).
-    pub fn set_sender<A: Into<String>>(
-        &mut self,
-        sender: impl Into<String>,
-        args: impl IntoIterator<Item = A>,
-    ) -> Result<(), MisuseError> {
-        let a = Address::with_args(sender, args);
+    /// Changes the envelope sender (needs [`Actions::CHANGE_FROM`]): `"<a@example.org>"`, or
+    /// with ESMTP arguments `Address::with_args("<a@example.org>", ["RET=HDRS"])`.
+    pub fn set_sender(&mut self, sender: impl Into<Address>) -> Result<(), MisuseError> {
+        let a = sender.into();
         self.may(
             "change sender",
             Actions::CHANGE_FROM,
@@ -536,14 +544,10 @@ impl Transaction<'_> {
             .or(self.state.sender.as_ref())
     }
 
-    /// Adds a recipient, with ESMTP arguments such as `["NOTIFY=NEVER"]` (needs
-    /// [`Actions::ADD_RCPT`], or [`Actions::ADD_RCPT_PAR`] with arguments).
-    pub fn add_rcpt<A: Into<String>>(
-        &mut self,
-        rcpt: impl Into<String>,
-        args: impl IntoIterator<Item = A>,
-    ) -> Result<(), MisuseError> {
-        let a = Address::with_args(rcpt, args);
+    /// Adds a recipient (needs [`Actions::ADD_RCPT`]; with ESMTP arguments, as in
+    /// `Address::with_args("<b@example.org>", ["NOTIFY=NEVER"])`, [`Actions::ADD_RCPT_PAR`]).
+    pub fn add_rcpt(&mut self, rcpt: impl Into<Address>) -> Result<(), MisuseError> {
+        let a = rcpt.into();
         let (needs, m) = match joined_args(&a) {
             None => (
                 Actions::ADD_RCPT,
@@ -582,32 +586,33 @@ impl Transaction<'_> {
         Ok(before - self.state.rcpts.len())
     }
 
-    /// Replaces the body (needs [`Actions::CHANGE_BODY`]); CRLF line ends. Refused when the
-    /// body was truncated at [`Options::max_body`](super::Options::max_body): the new body could
-    /// only have been made from part of the old one.
-    pub fn replace_body(&mut self, body: impl AsRef<[u8]>) -> Result<(), MisuseError> {
-        self.replace_body_from(body.as_ref()).map_err(|e| match e {
-            ReplaceError::Misuse(m) => m,
-            // Reading a slice cannot fail; spooling to a file can only fail past the memory
-            // limit, and the bytes are in memory already.
-            ReplaceError::Io(_) => MisuseError::Invalid {
-                what: "replace body",
-                reason: "could not spool the new body",
-            },
-        })
+    /// Checks that the body may be replaced or extended.
+    fn may_change_body(&self, what: &'static str) -> Result<(), MisuseError> {
+        self.may(what, Actions::CHANGE_BODY, None)?;
+        if self.state.body.truncated() {
+            return Err(MisuseError::Invalid {
+                what,
+                reason: "the body was truncated at the size limit",
+            });
+        }
+        Ok(())
+    }
+
+    /// Replaces the body with `body` (needs [`Actions::CHANGE_BODY`]); CRLF line ends. `Bytes`,
+    /// `Vec<u8>` and `String` are taken without a copy. Refused when the body was truncated at
+    /// [`Options::max_body`](super::Options::max_body): the new body could only have been made
+    /// from part of the old one.
+    pub fn replace_body(&mut self, body: impl Into<Bytes>) -> Result<(), MisuseError> {
+        self.may_change_body("replace body")?;
+        self.state.new_body = Some(vec![Part::Bytes(body.into())]);
+        Ok(())
     }
 
     /// Replaces the body with what `reader` gives (a file, a pipe, a decoder): spooled like the
     /// incoming body, so its size costs no more memory than
     /// [`Options::memory_limit`](super::Options::memory_limit) until it is sent.
     pub fn replace_body_from(&mut self, mut reader: impl Read) -> Result<(), ReplaceError> {
-        self.may("replace body", Actions::CHANGE_BODY, None)?;
-        if self.state.body.truncated() {
-            return Err(ReplaceError::Misuse(MisuseError::Invalid {
-                what: "replace body",
-                reason: "the body was truncated at the size limit",
-            }));
-        }
+        self.may_change_body("replace body")?;
         let mut body = Body::default();
         let mut chunk = vec![0; 64 * 1024];
         loop {
@@ -619,13 +624,26 @@ impl Transaction<'_> {
             };
             body.push(&chunk[..n], self.conn.memory_limit)?;
         }
-        self.state.new_body = Some(body);
+        body.finish();
+        self.state.new_body = Some(vec![Part::Spooled(body)]);
         Ok(())
     }
 
-    /// The body as it will be delivered: the replacement, if any, else the one that came.
-    pub fn new_body(&self) -> &Body {
-        self.state.new_body.as_ref().unwrap_or(&self.state.body)
+    /// Appends `tail` to the body: to the new one if it was replaced, else to the one that came
+    /// (a footer or a disclaimer, without copying the body). Needs [`Actions::CHANGE_BODY`];
+    /// refused for a truncated body, as [`Transaction::replace_body`] is.
+    pub fn append_body(&mut self, tail: impl Into<Bytes>) -> Result<(), MisuseError> {
+        self.may_change_body("append to body")?;
+        self.state
+            .new_body
+            .get_or_insert_with(|| vec![Part::Original])
+            .push(Part::Bytes(tail.into()));
+        Ok(())
+    }
+
+    /// True if the body was replaced or extended.
+    pub fn body_changed(&self) -> bool {
+        self.state.new_body.is_some()
     }
 
     /// Quarantines the message with a reason (needs [`Actions::QUARANTINE`]; Postfix puts it

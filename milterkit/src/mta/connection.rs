@@ -33,10 +33,9 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub struct Connection<IO = Stream> {
     io: IO,
-    mta: MtaSession,
+    end: LinkEnd,
     profile: Profile,
     driver: Driver,
-    closed: Option<String>,
     reply_timeout: Duration,
     buf: BytesMut,
 }
@@ -57,10 +56,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     pub async fn negotiate(io: IO, profile: Profile) -> Result<Self, Error> {
         let mut conn = Connection {
             io,
-            mta: MtaSession::new(profile.offer, MtaConfig::default()),
+            end: LinkEnd::new(MtaSession::new(profile.offer, MtaConfig::default())),
             profile,
             driver: Driver::default(),
-            closed: None,
             reply_timeout: REPLY_TIMEOUT,
             buf: BytesMut::new(),
         };
@@ -68,7 +66,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         tokio::time::timeout(CONNECT_TIMEOUT, conn.read_until(|s| !s.negotiating()))
             .await
             .map_err(|_| Error::Timeout("waiting for the OPTNEG reply"))??;
-        if let Some(c) = &conn.closed {
+        if let Some(c) = &conn.end.closed {
             return Err(Error::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 format!("the milter closed during negotiation: {c}"),
@@ -103,7 +101,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     /// What was negotiated.
     pub fn agreement(&self) -> Option<&Agreement> {
-        self.mta.agreement()
+        self.end.session.agreement()
     }
 
     /// Sends one command and waits for the milter's answer if one is owed (skipped stages are not
@@ -206,7 +204,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     }
 
     async fn flush(&mut self) -> Result<(), Error> {
-        if self.mta.poll_transmit(&mut self.buf) {
+        if self.end.session.poll_transmit(&mut self.buf) {
             self.io.write_all(&self.buf).await?;
             self.buf.clear();
         }
@@ -217,20 +215,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     async fn read_until(&mut self, done: impl Fn(&MtaSession) -> bool) -> Result<Answer, Error> {
         let mut answer = Answer::default();
         loop {
-            while let Some(event) = self.mta.poll_event()? {
+            while let Some(event) = self.end.session.poll_event()? {
                 answer.absorb(event);
             }
-            if done(&self.mta) {
+            if done(&self.end.session) {
                 return Ok(answer);
             }
-            let input = self.mta.input_mut();
+            let input = self.end.session.input_mut();
             input.reserve(4096);
             let n = tokio::time::timeout(self.reply_timeout, self.io.read_buf(input))
                 .await
                 .map_err(|_| Error::Timeout("waiting for the milter's reply"))??;
             if n == 0 {
                 let reason = "the milter closed the connection".to_owned();
-                self.closed = Some(reason.clone());
+                self.end.closed = Some(reason.clone());
                 answer.closed = Some(reason);
                 return Ok(answer);
             }
@@ -239,22 +237,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Link for Connection<IO> {
-    fn session(&self) -> &MtaSession {
-        &self.mta
-    }
-
-    fn session_mut(&mut self) -> &mut MtaSession {
-        &mut self.mta
-    }
-
-    fn closed(&self) -> Option<&String> {
-        self.closed.as_ref()
+    fn end(&mut self) -> &mut LinkEnd {
+        &mut self.end
     }
 
     async fn carry(&mut self, sent: &Sent) -> Result<Answer, Error> {
         if let Err(e) = self.flush().await {
             let reason = format!("writing to the milter failed: {e}");
-            self.closed = Some(reason.clone());
+            self.end.closed = Some(reason.clone());
             return Ok(Answer {
                 closed: Some(reason),
                 ..Answer::default()

@@ -15,14 +15,8 @@ use crate::Error;
 /// Carries commands to a milter and brings back its answer: in memory (the harness) or over a
 /// socket.
 pub(crate) trait Link: Send {
-    /// The MTA session whose commands this link carries.
-    fn session(&self) -> &MtaSession;
-
-    /// The same, to send through.
-    fn session_mut(&mut self) -> &mut MtaSession;
-
-    /// Why the link closed, once it has.
-    fn closed(&self) -> Option<&String>;
+    /// The MTA session this link carries, and why the link closed, once it has.
+    fn end(&mut self) -> &mut LinkEnd;
 
     /// Carries what the MTA session just queued (`sent`) to the milter and brings back its
     /// answer, if one is owed.
@@ -31,7 +25,7 @@ pub(crate) trait Link: Send {
     /// Sends `cmd` through the MTA session and waits for the milter's answer, if one is owed.
     fn exchange(&mut self, cmd: Command) -> impl Future<Output = Result<Answer, Error>> + Send {
         async move {
-            if let Some(c) = self.closed() {
+            if let Some(c) = &self.end().closed {
                 return Ok(Answer {
                     closed: Some(c.clone()),
                     ..Answer::default()
@@ -39,7 +33,8 @@ pub(crate) trait Link: Send {
             }
             let stage = cmd.stage().unwrap_or(Stage::Connect);
             let sent = self
-                .session_mut()
+                .end()
+                .session
                 .send(cmd)
                 .map_err(|source| Error::Misuse { stage, source })?;
             let mut answer = self.carry(&sent).await?;
@@ -49,13 +44,29 @@ pub(crate) trait Link: Send {
     }
 
     /// The agreement, once negotiated.
-    fn agreement(&self) -> Option<&Agreement> {
-        self.session().agreement()
+    fn agreement(&mut self) -> Option<&Agreement> {
+        self.end().session.agreement()
     }
 
     /// True while the milter considers a message open (Sendmail sends ABORT only then).
-    fn in_message(&self) -> bool {
-        self.session().in_message()
+    fn in_message(&mut self) -> bool {
+        self.end().session.in_message()
+    }
+}
+
+/// The MTA end of a [`Link`]: its session, and why the link closed, once it has.
+#[derive(Debug)]
+pub(crate) struct LinkEnd {
+    pub(crate) session: MtaSession,
+    pub(crate) closed: Option<String>,
+}
+
+impl LinkEnd {
+    pub(crate) fn new(session: MtaSession) -> LinkEnd {
+        LinkEnd {
+            session,
+            closed: None,
+        }
     }
 }
 

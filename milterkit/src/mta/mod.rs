@@ -14,7 +14,7 @@ mod profile;
 mod transaction;
 
 pub use connection::{Connection, CONNECT_TIMEOUT, REPLY_TIMEOUT};
-pub(crate) use driver::{Driver, Link};
+pub(crate) use driver::{Driver, Link, LinkEnd};
 pub use milterkit_proto::Mta;
 pub use profile::Profile;
 pub use transaction::{Answer, Client, Outcome, Step, Transaction, Verdict};

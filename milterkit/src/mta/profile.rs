@@ -21,98 +21,76 @@ pub struct Profile {
 }
 
 /// The TLS macros both MTAs send at HELO by default.
-const TLS_MACROS: [&str; 5] = [
-    "{tls_version}",
-    "{cipher}",
-    "{cipher_bits}",
-    "{cert_subject}",
-    "{cert_issuer}",
-];
+const TLS_MACROS: &str = "{tls_version} {cipher} {cipher_bits} {cert_subject} {cert_issuer}";
+
+/// Macro lists as the MTAs' configurations write them: names separated by spaces.
+fn lists(lists: &[(Stage, &'static str)]) -> Vec<(Stage, Vec<&'static str>)> {
+    lists
+        .iter()
+        .map(|&(stage, names)| (stage, names.split_whitespace().collect()))
+        .collect()
+}
+
+fn values(pairs: &[(&'static str, &'static str)]) -> Vec<(&'static str, Bytes)> {
+    pairs
+        .iter()
+        .map(|&(name, value)| (name, Bytes::from_static(value.as_bytes())))
+        .collect()
+}
 
 impl Profile {
     /// Postfix 3.7 with its default macro lists (`postconf milter_*_macros`).
     pub fn postfix() -> Profile {
+        let mail =
+            "i {auth_type} {auth_authen} {auth_author} {mail_addr} {mail_host} {mail_mailer}";
         Profile {
             mta: Mta::Postfix,
             offer: Offer::default(),
-            macros: vec![
-                (
-                    Stage::Connect,
-                    vec!["j", "{daemon_name}", "{daemon_addr}", "v", "_"],
-                ),
-                (Stage::Helo, TLS_MACROS.to_vec()),
-                (
-                    Stage::Mail,
-                    vec![
-                        "i",
-                        "{auth_type}",
-                        "{auth_authen}",
-                        "{auth_author}",
-                        "{mail_addr}",
-                        "{mail_host}",
-                        "{mail_mailer}",
-                    ],
-                ),
-                (
-                    Stage::Rcpt,
-                    vec!["i", "{rcpt_addr}", "{rcpt_host}", "{rcpt_mailer}"],
-                ),
-                (Stage::Data, vec!["i"]),
-                (Stage::Header, vec!["i"]),
-                (Stage::Eoh, vec!["i"]),
-                (Stage::Body, vec!["i"]),
-                (Stage::Eom, vec!["i"]),
-                (Stage::Unknown, vec![]),
-            ],
-            values: vec![
-                ("j", Bytes::from_static(b"mx.example.org")),
-                ("{daemon_name}", Bytes::from_static(b"mx.example.org")),
-                ("{daemon_addr}", Bytes::from_static(b"127.0.0.1")),
-                ("v", Bytes::from_static(b"Postfix 3.7.11")),
-                ("{mail_mailer}", Bytes::from_static(b"smtp")),
-                ("{rcpt_mailer}", Bytes::from_static(b"smtp")),
-            ],
+            macros: lists(&[
+                (Stage::Connect, "j {daemon_name} {daemon_addr} v _"),
+                (Stage::Helo, TLS_MACROS),
+                (Stage::Mail, mail),
+                (Stage::Rcpt, "i {rcpt_addr} {rcpt_host} {rcpt_mailer}"),
+                (Stage::Data, "i"),
+                (Stage::Header, "i"),
+                (Stage::Eoh, "i"),
+                (Stage::Body, "i"),
+                (Stage::Eom, "i"),
+                (Stage::Unknown, ""),
+            ]),
+            values: values(&[
+                ("j", "mx.example.org"),
+                ("{daemon_name}", "mx.example.org"),
+                ("{daemon_addr}", "127.0.0.1"),
+                ("v", "Postfix 3.7.11"),
+                ("{mail_mailer}", "smtp"),
+                ("{rcpt_mailer}", "smtp"),
+            ]),
         }
     }
 
     /// Sendmail 8.17 with the default lists of `cf/m4/cfhead.m4`.
     pub fn sendmail() -> Profile {
+        let mail =
+            "i {auth_type} {auth_authen} {auth_ssf} {auth_author} {mail_mailer} {mail_host} {mail_addr}";
         Profile {
             mta: Mta::Sendmail,
             offer: Offer::default(),
-            macros: vec![
-                (
-                    Stage::Connect,
-                    vec!["j", "_", "{daemon_name}", "{if_name}", "{if_addr}"],
-                ),
-                (Stage::Helo, TLS_MACROS.to_vec()),
-                (
-                    Stage::Mail,
-                    vec![
-                        "i",
-                        "{auth_type}",
-                        "{auth_authen}",
-                        "{auth_ssf}",
-                        "{auth_author}",
-                        "{mail_mailer}",
-                        "{mail_host}",
-                        "{mail_addr}",
-                    ],
-                ),
-                (
-                    Stage::Rcpt,
-                    vec!["{rcpt_mailer}", "{rcpt_host}", "{rcpt_addr}"],
-                ),
-                (Stage::Eom, vec!["{msg_id}"]),
-            ],
-            values: vec![
-                ("j", Bytes::from_static(b"mx.example.org")),
-                ("{daemon_name}", Bytes::from_static(b"MTA")),
-                ("{if_name}", Bytes::from_static(b"localhost")),
-                ("v", Bytes::from_static(b"8.17.1.9")),
-                ("{mail_mailer}", Bytes::from_static(b"esmtp")),
-                ("{rcpt_mailer}", Bytes::from_static(b"esmtp")),
-            ],
+            macros: lists(&[
+                (Stage::Connect, "j _ {daemon_name} {if_name} {if_addr}"),
+                (Stage::Helo, TLS_MACROS),
+                (Stage::Mail, mail),
+                (Stage::Rcpt, "{rcpt_mailer} {rcpt_host} {rcpt_addr}"),
+                (Stage::Eom, "{msg_id}"),
+            ]),
+            values: values(&[
+                ("j", "mx.example.org"),
+                ("{daemon_name}", "MTA"),
+                ("{if_name}", "localhost"),
+                ("v", "8.17.1.9"),
+                ("{mail_mailer}", "esmtp"),
+                ("{rcpt_mailer}", "esmtp"),
+            ]),
         }
     }
 

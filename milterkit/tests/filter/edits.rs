@@ -3,7 +3,7 @@
 use std::io::Cursor;
 
 use milterkit::filter::mail_parser::MimeHeaders;
-use milterkit::filter::{Filter, Options, Transaction};
+use milterkit::filter::{Address, Filter, Options, Transaction};
 use milterkit::mta::Verdict;
 use milterkit::proto::message::Mta;
 use milterkit::proto::{Envelope, MisuseError};
@@ -174,13 +174,13 @@ fn each_header_edit_is_delivered_as_made_with_the_fewest_modifications() {
 fn envelope_body_and_quarantine_edits_are_delivered() {
     for mta in [Mta::Postfix, Mta::Sendmail] {
         let filter = Script(|tx: &mut Transaction<'_>| {
-            tx.set_sender("<bounce@example.org>", ["RET=HDRS"])?;
-            tx.add_rcpt("<dave@example.org>", Vec::<String>::new())?;
-            tx.add_rcpt("<erin@example.org>", ["NOTIFY=NEVER"])?;
+            tx.set_sender(Address::with_args("<bounce@example.org>", ["RET=HDRS"]))?;
+            tx.add_rcpt("<dave@example.org>")?;
+            tx.add_rcpt(Address::with_args("<erin@example.org>", ["NOTIFY=NEVER"]))?;
             assert_eq!(tx.remove_rcpt("carol@example.org")?, 1);
             assert_eq!(tx.recipients().len(), 3);
             tx.replace_body_from(Cursor::new(b"Bye\r\n".to_vec()))?;
-            assert_eq!(&tx.new_body().to_bytes()?[..], b"Bye\r\n");
+            assert!(tx.body_changed());
             assert_eq!(&tx.body().to_bytes()?[..], b"Hello Bob\r\n");
             tx.quarantine("held for review")?;
             Ok(Decision::Continue)
@@ -229,6 +229,33 @@ fn envelope(address: &str, args: &[&str]) -> Envelope {
 }
 
 #[test]
+fn a_footer_appended_to_the_body_that_came_or_to_a_new_one() {
+    let footer = Script(|tx: &mut Transaction<'_>| {
+        tx.append_body("-- \r\nfooter\r\n")?;
+        Ok(Decision::Continue)
+    });
+    let replaced = Script(|tx: &mut Transaction<'_>| {
+        tx.replace_body(b"New\r\n".to_vec())?;
+        tx.append_body("-- \r\nfooter\r\n")?;
+        Ok(Decision::Continue)
+    });
+    for mta in [Mta::Postfix, Mta::Sendmail] {
+        let outcome = block_on(run(footer.clone(), Options::default(), mta, &message()));
+        let d = outcome.delivery.expect("delivered");
+        assert_eq!(
+            String::from_utf8_lossy(&d.message),
+            delivered(&HEADERS, "Hello Bob\r\n-- \r\nfooter\r\n")
+        );
+        let outcome = block_on(run(replaced.clone(), Options::default(), mta, &message()));
+        let d = outcome.delivery.expect("delivered");
+        assert_eq!(
+            String::from_utf8_lossy(&d.message),
+            delivered(&HEADERS, "New\r\n-- \r\nfooter\r\n")
+        );
+    }
+}
+
+#[test]
 fn a_body_replaced_with_nothing_is_delivered_empty() {
     let filter = Script(|tx: &mut Transaction<'_>| {
         tx.replace_body("")?;
@@ -252,8 +279,7 @@ impl Filter for AddOnly {
         let refused = [
             tx.set_header("Subject", "x").unwrap_err(),
             tx.remove_header("X-Dup").unwrap_err(),
-            tx.add_rcpt("<x@example.org>", Vec::<String>::new())
-                .unwrap_err(),
+            tx.add_rcpt("<x@example.org>").unwrap_err(),
             tx.quarantine("q").unwrap_err(),
             tx.replace_body("x").unwrap_err(),
         ];

@@ -12,15 +12,8 @@ use milterkit::proto::message::Mta;
 use milterkit::testing::Harness;
 use milterkit::{Actions, Decision, Result};
 
-/// Every action an edit can need.
-pub const EDITS: Actions = Actions::ADD_HEADER
-    .union(Actions::CHANGE_HEADER)
-    .union(Actions::CHANGE_BODY)
-    .union(Actions::ADD_RCPT)
-    .union(Actions::ADD_RCPT_PAR)
-    .union(Actions::DELETE_RCPT)
-    .union(Actions::CHANGE_FROM)
-    .union(Actions::QUARANTINE);
+/// Every action an edit can need: all of version 6 but SETSYMLIST.
+pub const EDITS: Actions = Actions::CURRENT.difference(Actions::SET_SYMLIST);
 
 /// A filter whose decision is a closure, allowed every edit.
 #[derive(Clone)]
