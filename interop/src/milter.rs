@@ -535,8 +535,32 @@ impl MilterServer {
         MilterServer::start_with(transport, MilterServer::default_config())
     }
 
-    /// Binds the socket and starts serving with `config`.
+    /// Binds the socket and starts serving [`TestMilter`] with `config`.
     pub fn start_with(transport: Transport, config: Config) -> Result<MilterServer> {
+        let journal = Journal::default();
+        let factory = {
+            let journal = journal.clone();
+            let connections = Arc::new(AtomicU32::new(0));
+            move || {
+                let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
+                TestMilter::new(journal.clone(), n)
+            }
+        };
+        MilterServer::serve(transport, config, factory, journal)
+    }
+
+    /// Binds the socket and starts serving the milters `factory` makes, with `config`, on a
+    /// thread and runtime of their own; [`MilterServer::journal`] is `journal`.
+    pub fn serve<M, F>(
+        transport: Transport,
+        config: Config,
+        factory: F,
+        journal: Journal,
+    ) -> Result<MilterServer>
+    where
+        M: milterkit::Milter,
+        F: Fn() -> M + Send + Sync + 'static,
+    {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -560,17 +584,8 @@ impl MilterServer {
                 Where::Unix(path)
             }
         };
-        let journal = Journal::default();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (done_tx, done) = mpsc::channel();
-        let factory = {
-            let journal = journal.clone();
-            let connections = Arc::new(AtomicU32::new(0));
-            move || {
-                let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
-                TestMilter::new(journal.clone(), n)
-            }
-        };
         let thread = std::thread::Builder::new()
             .name("interop-milter".into())
             .spawn(move || {
