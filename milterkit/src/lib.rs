@@ -85,6 +85,38 @@
 //! # Ok::<(), milterkit::Error>(()) }).unwrap();
 //! ```
 //!
+//! Filters that need the whole message (signing, disclaimers, content checks) are simpler on
+//! [`filter`]: one async function over a [`filter::Transaction`] holding the envelope, the
+//! headers and the body (spooled to a file past a memory limit); the edits made to it become
+//! milter modifications, with the right header indexes for Postfix or Sendmail:
+//!
+//! ```
+//! use milterkit::filter::{Filter, Filtered, Options, Transaction};
+//! use milterkit::{mta, testing::Harness, Actions, Decision, Result};
+//!
+//! struct Tag;
+//! impl Filter for Tag {
+//!     const ACTIONS: Actions = Actions::CHANGE_HEADER.union(Actions::CHANGE_BODY);
+//!     async fn decide(&self, tx: &mut Transaction<'_>) -> Result<Decision> {
+//!         if tx.body().to_bytes()?.windows(7).any(|w| w == b"LOTTERY") {
+//!             tx.set_header("Subject", "[SPAM?] Win")?;
+//!             tx.append_body("-- \r\nchecked\r\n")?;
+//!         }
+//!         Ok(Decision::Continue)
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let mut h = Harness::sendmail(Filtered::new(Tag, Options::default()));
+//! let tx = mta::Transaction::new()
+//!     .from("<eve@elsewhere.example>")
+//!     .to("<bob@example.org>")
+//!     .message("Subject: Win\r\n\r\nthe LOTTERY\r\n");
+//! let delivered = h.run(&tx).await?.delivery.unwrap().message;
+//! assert_eq!(delivered, "Subject: [SPAM?] Win\r\n\r\nthe LOTTERY\r\n-- \r\nchecked\r\n");
+//! # Ok::<(), milterkit::Error>(()) }).unwrap();
+//! ```
+//!
 //! The [`manual`] explains the protocol and how milterkit follows it: the [lifecycle of a
 //! connection](manual::lifecycle), [negotiation](manual::negotiation), [macros](manual::macros),
 //! [Postfix and Sendmail](manual::mtas), [errors and the fail-safe decision](manual::errors), and
@@ -100,6 +132,7 @@
 //! | feature | default | what it adds | dependencies it brings |
 //! |---|---|---|---|
 //! | `daemon` | yes | [`run`] and [`daemon::Options`]: a milter's whole `main` (flags and `MILTERKIT_*` variables, systemd socket activation and notifications, privilege drop, SIGTERM, a metrics endpoint, a log subscriber). Enables `metrics` | clap, listenfd, sd-notify, nix, tracing-subscriber, tokio's `signal` and `rt-multi-thread` |
+//! | `filter` | yes | [`filter`]: a filter as one function over the whole message, the edits turned into modifications; the body spooled past a memory limit, a MIME view, RFC 2047 decoding, IDNA-aware domains | tempfile, mail-parser, idna |
 //! | `metrics` | with `daemon` | [`metrics::Metrics`] and [`Config::metrics`]: Prometheus counters and histograms of a served milter and an HTTP endpoint to scrape them. Without it nothing is counted or timed | prometheus-client |
 //!
 //! ## Where everything of libmilter and the other milter libraries lives

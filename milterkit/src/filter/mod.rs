@@ -80,6 +80,7 @@
 //! [`Options::mta`].
 
 mod address;
+mod field;
 mod spool;
 mod transaction;
 
@@ -95,9 +96,10 @@ use milterkit_proto::{
 };
 
 pub use address::Address;
+pub use field::{Client, Field};
 pub use spool::{Body, BodyReader};
-pub use transaction::{Client, Field, ReplaceError, State, Transaction};
 use transaction::{Conn, Part};
+pub use transaction::{ReplaceError, State, Transaction};
 
 use crate::milter::{Connect, Data, Eoh, Header, Helo, Mail, Rcpt};
 use crate::{Eom, Milter, Result};

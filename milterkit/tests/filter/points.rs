@@ -297,3 +297,34 @@ fn a_filter_that_fails_or_panics_gets_the_fail_safe_and_loses_no_mail() {
     ));
     assert_eq!(outcome.verdict, Some(Verdict::Tempfail(None)));
 }
+
+/// Takes 300 ms to decide.
+struct Slow;
+
+impl Filter for Slow {
+    async fn decide(&self, _: &mut Transaction<'_>) -> Result<Decision> {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        Ok(Decision::Continue)
+    }
+}
+
+#[test]
+fn progress_goes_out_by_itself_while_the_filter_decides() {
+    block_on(async {
+        use std::future::IntoFuture;
+        let config = milterkit::Config {
+            progress_interval: std::time::Duration::from_millis(50),
+            ..milterkit::Config::default()
+        };
+        let milter = milterkit::filter::Filtered::new(Slow, Options::default());
+        let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+        let spec = listener.local_spec().unwrap().to_string();
+        let server = milterkit::serve(listener, move || milter.clone()).with_config(config);
+        tokio::spawn(server.into_future());
+        let profile = milterkit::mta::Profile::postfix();
+        let mut mta = milterkit::mta::Connection::open(&spec, profile).await.unwrap();
+        let outcome = mta.run(&message()).await.unwrap();
+        assert_eq!(outcome.verdict, Some(Verdict::Accept));
+        assert!(outcome.progress >= 2, "{} progress packets", outcome.progress);
+    });
+}
