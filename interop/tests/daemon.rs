@@ -13,15 +13,15 @@
 //! under `CI=true`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use interop::{Postfix, RunDir, Sink, Tool, DELIVERY_TIMEOUT};
+use testkit::{expect_notification, Daemon};
 
 /// The daemon binary: milterkit's daemon example (`milterkit/examples/daemon.rs`).
 const DAEMON: &str = env!("CARGO_BIN_EXE_interop-daemon");
@@ -66,9 +66,7 @@ fn euid() -> u32 {
 
 /// The numbers of a line of `/proc/PID/status` (`Uid:`, `Gid:`, `Groups:`).
 fn status_ids(status: &str, field: &str) -> Vec<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
+    testkit::status_field(status, field)
         .unwrap_or_else(|| panic!("no {field} in {status}"))
         .split_whitespace()
         .map(|n| n.parse().unwrap())
@@ -84,122 +82,6 @@ fn id_of(file: &str, name: &str) -> u32 {
             (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
         })
         .unwrap_or_else(|| panic!("no {name} in {file}"))
-}
-
-/// A daemon process with its standard error collected line by line (and echoed, so that libtest
-/// shows it when a test fails). Killed when dropped if it is still there.
-struct Daemon {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(mut cmd: Command) -> Daemon {
-        // Nothing of this process's environment that the daemon would take for its settings.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("MILTERKIT_") {
-                cmd.env_remove(name);
-            }
-        }
-        for name in [
-            "LISTEN_FDS",
-            "LISTEN_PID",
-            "LISTEN_FDNAMES",
-            "NOTIFY_SOCKET",
-        ] {
-            cmd.env_remove(name);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("  daemon: {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, stderr }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until a line of standard error contains `what`; fails if the process exits first.
-    fn wait_for_log(&mut self, what: &str) -> String {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(line) = self.lines().into_iter().find(|l| l.contains(what)) {
-                return line;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "the daemon exited ({status}) before logging {what:?}:\n{}",
-                    self.lines().join("\n")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not log {what:?} within {START_TIMEOUT:?}:\n{}",
-                self.lines().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// `/proc/PID/status` of the daemon.
-    fn status(&self) -> String {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap()
-    }
-
-    /// Sends SIGTERM (by pid, with kill(1)).
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -TERM {}: {status}", self.pid());
-    }
-
-    /// Waits for the exit, at most `limit`; returns the status, how long it took and the lines.
-    fn wait(&mut self, limit: Duration) -> (ExitStatus, Duration, Vec<String>) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let took = start.elapsed();
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(200));
-                return (status, took, self.lines());
-            }
-            assert!(
-                start.elapsed() < limit,
-                "the daemon did not exit within {limit:?} of SIGTERM:\n{}",
-                self.lines().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn message(subject: &str) -> Vec<u8> {
@@ -285,8 +167,8 @@ fn postfix_reaches_a_daemon_that_dropped_privileges() {
         .args(["--socket-owner", "root:postfix", "--socket-mode", "660"])
         .args(["--user", "nobody", "--group", "nogroup"])
         .args(["--log-format", "plain", "--log", "info"]);
-    let mut daemon = Daemon::start(cmd);
-    let dropped = daemon.wait_for_log("privileges dropped");
+    let mut daemon = Daemon::start_clean(cmd);
+    let dropped = daemon.wait_for_log("privileges dropped", START_TIMEOUT);
     assert!(
         dropped.contains("uid=65534") && dropped.contains("gid=65534"),
         "{dropped}"
@@ -392,7 +274,6 @@ fn postfix_reaches_a_socket_activated_daemon() {
     let run = RunDir::new("daemon-activated").unwrap();
     let notify_path = run.join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(START_TIMEOUT)).unwrap();
     let port = interop::free_port().unwrap();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.args(["-l", &format!("127.0.0.1:{port}")])
@@ -400,8 +281,8 @@ fn postfix_reaches_a_socket_activated_daemon() {
         .arg(format!("NOTIFY_SOCKET={}", notify_path.display()))
         .args(["-E", "MILTERKIT_LOG=debug"])
         .arg(DAEMON);
-    let mut daemon = Daemon::start(cmd);
-    daemon.wait_for_log(&format!("Listening on 127.0.0.1:{port}"));
+    let mut daemon = Daemon::start_clean(cmd);
+    daemon.wait_for_log(&format!("Listening on 127.0.0.1:{port}"), START_TIMEOUT);
     assert!(
         !daemon.lines().iter().any(|l| l.starts_with("Execing")),
         "nothing connected yet, so nothing was execed: {:?}",
@@ -411,7 +292,7 @@ fn postfix_reaches_a_socket_activated_daemon() {
     let sink = Sink::start().unwrap();
     let postfix = Postfix::start(&format!("inet:127.0.0.1:{port}"), sink.port()).unwrap();
     send_and_check(&postfix, &sink, "through a socket activated daemon");
-    daemon.wait_for_log("Execing");
+    daemon.wait_for_log("Execing", START_TIMEOUT);
 
     // The daemon replaced systemd-socket-activate in its process (exec, not fork).
     let exe = std::fs::read_link(format!("/proc/{}/exe", daemon.pid())).unwrap();
@@ -420,7 +301,7 @@ fn postfix_reaches_a_socket_activated_daemon() {
         PathBuf::from(DAEMON).canonicalize().unwrap(),
         "the process is the daemon"
     );
-    let ready = expect_notification(&notify, "READY=1");
+    let ready = expect_notification(&notify, "READY=1", START_TIMEOUT);
     assert!(
         ready
             .lines()
@@ -429,7 +310,7 @@ fn postfix_reaches_a_socket_activated_daemon() {
     );
 
     daemon.terminate();
-    expect_notification(&notify, "STOPPING=1");
+    expect_notification(&notify, "STOPPING=1", START_TIMEOUT);
     let (exit, took, lines) = daemon.wait(STOP_TIMEOUT);
     eprintln!("the daemon stopped {took:?} after SIGTERM: {exit}");
     assert!(exit.success(), "exit status {exit}:\n{}", lines.join("\n"));
@@ -445,18 +326,4 @@ fn postfix_reaches_a_socket_activated_daemon() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "nothing listens on {port} once the daemon is gone"
     );
-}
-
-/// Reads notifications until one has the line `what`; returns that notification.
-fn expect_notification(sock: &UnixDatagram, what: &str) -> String {
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = sock
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no notification {what:?}: {e}"));
-        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if got.lines().any(|l| l == what) {
-            return got;
-        }
-    }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use milterkit::mta::{Client, Connection, Profile, Transaction, Verdict};
 use milterkit::{Decision, Modification, Stage};
 use serde_json::Value;
+use testkit::free_port;
 
 mod support;
 
@@ -37,14 +38,6 @@ fn on_path(bin: &str) -> bool {
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process killed when the test ends, however it ends.

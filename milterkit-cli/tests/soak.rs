@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use testkit::rss_kib;
 
 #[path = "../src/demo_milter.rs"]
 mod demo_milter;
@@ -24,23 +25,8 @@ fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn open_files_limit() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024)
+    testkit::soft_limit("Max open files").unwrap_or(1024)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,16 +6,16 @@
 //! (`milterkit::run`), so the tests start it as a separate process the way systemd would.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use milterkit::mta::{Connection, Outcome, Profile, Transaction, Verdict};
 use milterkit::{Actions, Body, Decision, Eom, Milter, Result, Stages};
+use testkit::{free_port, Daemon};
 
 /// The daemon's milter: adds `X-Milterkit: checked`; takes 1.5 s at end of message when the body
 /// says "slow"; fails when it says "fail".
@@ -97,104 +97,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the daemon may take to start (and log).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("milterkit-daemon-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A started daemon with its standard error collected line by line.
-struct Daemon {
-    child: Child,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(mut cmd: Command) -> Daemon {
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start the daemon");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("  daemon: {line}");
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Daemon { child, stderr }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    fn wait_for_log(&self, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if self.stderr.lock().unwrap().iter().any(|l| l.contains(what)) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child_status() {
-                panic!("the daemon exited ({status}) before logging {what:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the daemon did not log {what:?}");
-    }
-
-    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        // try_wait needs &mut; a shared look through /proc is enough here.
-        let state = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let zombie = state
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-        Ok(zombie.then(std::process::ExitStatus::default))
-    }
-
-    fn terminate(&self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid()),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-    }
-
-    /// Waits for the exit (at most `limit`), killing the process if it overstays.
-    fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, Vec<String>) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread take the last lines.
-                std::thread::sleep(Duration::from_millis(100));
-                let lines = self.stderr.lock().unwrap().clone();
-                return (status, lines);
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the daemon did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    testkit::scratch_dir("milterkit-daemon", name)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -225,20 +133,9 @@ fn assert_tagged(out: &Outcome) {
     assert!(text.contains("X-Milterkit: checked"), "{text}");
 }
 
-/// Reads notifications until one contains `what`.
+/// Reads notifications until one has the line `what` (each may take 30 s).
 fn expect_notification(sock: &UnixDatagram, what: &str) -> String {
-    sock.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = sock
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no notification {what:?}: {e}"));
-        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
-        if got.lines().any(|l| l == what) {
-            return got;
-        }
-    }
+    testkit::expect_notification(sock, what, Duration::from_secs(30))
 }
 
 fn scrape(addr: &str) -> String {
@@ -289,7 +186,7 @@ fn socket_activation_notify_sigterm() {
         .arg(&exe)
         .arg("--metrics")
         .arg(&metrics);
-    let daemon = Daemon::start(cmd);
+    let mut daemon = Daemon::start(cmd);
     wait_for_path(&sock);
     let unix = format!("unix:{}", sock.display());
     let tcp = format!("inet:{port}@127.0.0.1");
@@ -320,7 +217,7 @@ fn socket_activation_notify_sigterm() {
     daemon.terminate();
     expect_notification(&notify, "STOPPING=1");
     assert_tagged(&rt.block_on(slow).unwrap());
-    let (status, lines) = daemon.wait(Duration::from_secs(45));
+    let (status, _, lines) = daemon.wait(Duration::from_secs(45));
     assert!(status.success(), "exit status {status}");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
@@ -391,14 +288,12 @@ fn privilege_drop_as_root() {
         .args(["--socket-owner", "nobody:nogroup", "--socket-mode", "660"])
         .args(["--user", "nobody", "--group", "nogroup"])
         .args(["--metrics", &metrics, "--log-format", "plain"]);
-    let daemon = Daemon::start(cmd);
-    daemon.wait_for_log("privileges dropped");
+    let mut daemon = Daemon::start(cmd);
+    daemon.wait_for_log("privileges dropped", START_TIMEOUT);
 
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let status = daemon.status();
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
+        testkit::status_field(&status, name)
             .unwrap()
             .split_whitespace()
             .map(str::to_owned)
@@ -422,7 +317,7 @@ fn privilege_drop_as_root() {
     );
 
     daemon.terminate();
-    let (status, lines) = daemon.wait(Duration::from_secs(45));
+    let (status, _, lines) = daemon.wait(Duration::from_secs(45));
     assert!(status.success(), "exit status {status}");
     // Journal style: no timestamps (journald adds them), the level first.
     for line in &lines {
@@ -459,10 +354,10 @@ fn environment_configures() {
         .env("MILTERKIT_THREADS", "1")
         .env("NOTIFY_SOCKET", dir.join("notify"))
         .env("WATCHDOG_USEC", "200000");
-    let daemon = Daemon::start(cmd);
-    daemon.wait_for_log("serving");
+    let mut daemon = Daemon::start(cmd);
+    daemon.wait_for_log("serving", START_TIMEOUT);
     expect_notification(&notify, "READY=1");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let status = daemon.status();
     assert!(
         status.lines().any(|l| l == "Threads:\t1"),
         "MILTERKIT_THREADS=1: one thread: {status}"
@@ -487,7 +382,7 @@ fn environment_configures() {
         "fail-safe reject: {out:?}"
     );
     daemon.terminate();
-    let (status, _) = daemon.wait(Duration::from_secs(30));
+    let (status, _, _) = daemon.wait(Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
 }
 

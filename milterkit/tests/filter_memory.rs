@@ -20,10 +20,7 @@ const BOUND_KIB: u64 = 16 * 1024;
 /// The process's peak resident memory so far, in KiB (`VmHWM`; `getrusage`'s `ru_maxrss` did
 /// not follow it here).
 fn peak_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"));
-    let kib = line.and_then(|l| l.split_whitespace().nth(1));
-    kib.and_then(|k| k.parse().ok()).expect("VmHWM in /proc/self/status")
+    testkit::status_kib("VmHWM:").expect("VmHWM in /proc/self/status")
 }
 
 /// Counts the body's bytes and lines by reading it in small pieces; stamps the count.

@@ -10,6 +10,7 @@ use bytes::{BufMut, BytesMut};
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
 use milterkit::proto::{Command, Envelope, FrameDecoder, Offer, Response};
 use milterkit::{Actions, Config, Decision, Eom, Milter, Result, Stages};
+use testkit::rss_kib;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -144,15 +145,6 @@ async fn send(port: u16, bytes: &[u8]) -> Seen {
 /// The tests that measure the process's memory take turns: they run in one process, and a
 /// 50 MiB flood beside a 32 MiB bound would be counted against it.
 static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
 
 /// One case: bytes after the preamble, the codes expected back, closed or not.
 struct Case {

@@ -40,13 +40,7 @@ fn set_nofile(soft: u64) {
 }
 
 fn hard_nofile() -> u64 {
-    std::fs::read_to_string("/proc/self/limits")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4).map(str::to_owned))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4096)
+    testkit::hard_limit("Max open files").unwrap_or(4096)
 }
 
 /// A [`Gate`] served, with its count of messages at end of message and the sender that opens it.
