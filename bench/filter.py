@@ -63,6 +63,11 @@ def run(cfg, workdir):
         results["peak_bytes"] = {mode: peak_bytes(servers[mode]) for mode in MODES}
     finally:
         suite.stop_all(list(servers.values()))
+    # Instructions per small message (callgrind, user space), the suite's way: two runs of M1
+    # and M2 messages on one connection, the difference divided by M2 - M1.
+    results["instructions"] = {}
+    found = {mode: ([BINARY, f"--{mode}"], mode) for mode in MODES}
+    suite.measure_instructions(cfg, found, MODES, results, workdir)
     return results
 
 
@@ -110,6 +115,14 @@ def markdown(results, cfg):
         cells.append(", ".join(f(r[m]["cpu_us"], ",.1f") for m in MODES))
         cells.append(f(r["cpu_ratio_nr"], ".2f") + "×")
         out.append("| " + " | ".join(cells) + " |")
+    ir = {m: results["instructions"][m]["ir_per_message"] for m in MODES}
+    out += [
+        "",
+        "Instructions per small message (callgrind, user space, whole process): "
+        + ", ".join(f"{m} {f(ir[m])}" for m in MODES)
+        + f"; filter / raw {f(ir['filter'] / ir['raw'], '.2f')}×, "
+        + f"filter / raw no-reply {f(ir['filter'] / ir['raw-no-reply'], '.2f')}×.",
+    ]
     peak = results["peak_bytes"]
     out += [
         "",

@@ -103,19 +103,22 @@ pub fn header_modifications(
     }
     // The MTA's list as INSHEADER counts it: its own entries first, then the original fields
     // (Sendmail keeps deleted ones, marked); each entry is the original index it stands for.
-    let own = hidden(rules);
-    let mut model: Vec<Option<usize>> = vec![None; own];
-    model.extend(
-        (0..original.len())
-            .filter(|&o| retained[o] || rules == Mta::Sendmail)
-            .map(Some),
-    );
+    // Built at the first new field: most edits add none.
+    let mut model: Vec<Option<usize>> = Vec::new();
     let mut prev = Before::Top;
     let tail = kept.iter().rposition(Option::is_some).map_or(0, |i| i + 1);
     for (i, (f, origin)) in edited.iter().zip(&kept).enumerate() {
         if let Some(o) = *origin {
             prev = Before::Kept(o);
             continue;
+        }
+        if model.is_empty() {
+            model.resize(hidden(rules), None);
+            model.extend(
+                (0..original.len())
+                    .filter(|&o| retained[o] || rules == Mta::Sendmail)
+                    .map(Some),
+            );
         }
         let appends = i >= tail && appends_at_end(rules, &f.name);
         let at = if appends {

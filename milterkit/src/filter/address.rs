@@ -22,8 +22,9 @@ use bytes::Bytes;
 pub struct Address {
     /// The bytes as the MTA sent them (what DELRCPT must name).
     pub(super) raw: Bytes,
-    /// The same as text (invalid UTF-8 replaced).
-    text: String,
+    /// The same as text, where it is not UTF-8 (invalid bytes replaced); `None` when `raw` is
+    /// valid UTF-8 and serves as the text itself.
+    lossy: Option<String>,
     pub(super) args: Vec<String>,
 }
 
@@ -38,10 +39,9 @@ impl Address {
         raw: impl Into<String>,
         args: impl IntoIterator<Item = A>,
     ) -> Address {
-        let text = raw.into();
         Address {
-            raw: Bytes::from(text.clone()),
-            text,
+            raw: Bytes::from(raw.into()),
+            lossy: None,
             args: args.into_iter().map(Into::into).collect(),
         }
     }
@@ -50,16 +50,21 @@ impl Address {
     pub(super) fn from_wire<'a>(raw: &[u8], args: impl Iterator<Item = &'a [u8]>) -> Address {
         Address {
             raw: Bytes::copy_from_slice(raw),
-            text: String::from_utf8_lossy(raw).into_owned(),
+            lossy: std::str::from_utf8(raw)
+                .is_err()
+                .then(|| String::from_utf8_lossy(raw).into_owned()),
             args: args
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect(),
         }
     }
 
-    /// As the MTA sent it, brackets included.
+    /// As the MTA sent it, brackets included (invalid UTF-8 replaced).
     pub fn raw(&self) -> &str {
-        &self.text
+        match &self.lossy {
+            Some(text) => text,
+            None => std::str::from_utf8(&self.raw).unwrap_or_default(),
+        }
     }
 
     /// The ESMTP arguments (`SIZE=1000`, `NOTIFY=NEVER`, …).
@@ -70,7 +75,7 @@ impl Address {
     /// The address without angle brackets, source route or surrounding white space:
     /// `<@relay:a@b>` gives `a@b`.
     pub fn addr(&self) -> &str {
-        let a = self.text.trim();
+        let a = self.raw().trim();
         let a = a.strip_prefix('<').unwrap_or(a);
         let a = a.strip_suffix('>').unwrap_or(a);
         match a.strip_prefix('@') {
@@ -149,7 +154,7 @@ impl From<String> for Address {
 
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.text, f)?;
+        fmt::Debug::fmt(self.raw(), f)?;
         if !self.args.is_empty() {
             write!(f, " {:?}", self.args)?;
         }
@@ -159,7 +164,7 @@ impl fmt::Debug for Address {
 
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.raw())
     }
 }
 

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use milterkit_proto::command::Family;
-use milterkit_proto::{Actions, MisuseError, Modification};
+use milterkit_proto::{Actions, MisuseError};
 
 use super::Transaction;
 use crate::eom::header_value;
@@ -112,18 +112,22 @@ fn decode(value: &[u8]) -> String {
 
 /// Header edits.
 impl Transaction<'_> {
-    fn field(&self, what: &'static str, name: &[u8], value: &Bytes) -> Result<(), MisuseError> {
-        if name.iter().any(|&c| c == b':' || c <= b' ' || c == 0x7f) {
-            return Err(MisuseError::Invalid {
-                what,
-                reason: "a header name has no colon, white space or control character",
-            });
-        }
-        let m = Modification::AddHeader {
-            name: Bytes::copy_from_slice(name),
-            value: value.clone(),
+    /// Checks a header field an edit makes: a name the MTAs take, no NUL in the value, and a
+    /// message to edit.
+    fn field(&self, what: &'static str, name: &[u8], value: &[u8]) -> Result<(), MisuseError> {
+        let reason = if name.is_empty() {
+            Some("empty header name")
+        } else if name.iter().any(|&c| c == b':' || c <= b' ' || c == 0x7f) {
+            Some("a header name has no colon, white space or control character")
+        } else if value.contains(&0) {
+            Some("contains a NUL byte")
+        } else {
+            None
         };
-        self.may(what, Actions::empty(), Some(m))
+        match reason {
+            Some(reason) => Err(MisuseError::Invalid { what, reason }),
+            None => self.may(what, Actions::empty(), None),
+        }
     }
 
     /// Appends a header field at the end (needs [`Actions::ADD_HEADER`]).

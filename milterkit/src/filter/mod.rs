@@ -447,7 +447,6 @@ impl<F: Filter> Milter for Filtered<F> {
         ) {
             // Refused: this recipient only.
             state.rcpts.pop();
-            state.original_rcpts.pop();
         }
         Ok(decision)
     }

@@ -3,7 +3,7 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use milterkit_proto::message::{self, Mta};
 use milterkit_proto::{Actions, Agreement, Macros, MisuseError, Modification};
 
@@ -30,11 +30,15 @@ pub struct State {
     pub(super) in_message: bool,
     pub(super) sender: Option<Address>,
     pub(super) new_sender: Option<Address>,
-    pub(super) original_rcpts: Vec<Address>,
-    /// The recipients now, each with the index of the original it is, if any.
-    pub(super) rcpts: Vec<(Address, Option<usize>)>,
+    /// The recipients that came and those the filter added; removed ones stay, marked.
+    pub(super) rcpts: Vec<Rcpt>,
+    /// The header fields that came, as (name, value).
     pub(super) original_headers: Vec<(Bytes, Bytes)>,
+    /// The header fields now.
     pub(super) headers: Vec<Field>,
+    /// Where the header fields' bytes are kept: one buffer shared by all of them, so that the
+    /// two lists share each field without a copy or an allocation of its own.
+    pub(super) arena: BytesMut,
     pub(super) headers_truncated: bool,
     pub(super) body: Body,
     /// The new body, in parts, if the filter replaced or extended it.
@@ -46,15 +50,39 @@ pub struct State {
     pub(super) decided: Option<milterkit_proto::Decision>,
 }
 
+/// A recipient of the message.
+#[derive(Debug)]
+pub(super) struct Rcpt {
+    pub(super) address: Address,
+    /// It came with the message (not added by the filter).
+    pub(super) original: bool,
+    /// The filter removed it (only recipients that came are kept so marked).
+    pub(super) removed: bool,
+}
+
 impl State {
-    pub(super) fn add_rcpt(&mut self, rcpt: Address) {
-        self.rcpts
-            .push((rcpt.clone(), Some(self.original_rcpts.len())));
-        self.original_rcpts.push(rcpt);
+    pub(super) fn add_rcpt(&mut self, address: Address) {
+        self.rcpts.push(Rcpt {
+            address,
+            original: true,
+            removed: false,
+        });
     }
 
     pub(super) fn add_header(&mut self, name: &[u8], value: &[u8]) {
-        let (name, value) = (Bytes::copy_from_slice(name), Bytes::copy_from_slice(value));
+        if self.headers.capacity() == 0 {
+            // Room for a usual message's fields at once, rather than growing four times.
+            self.headers.reserve(16);
+            self.original_headers.reserve(16);
+        }
+        let needed = name.len() + value.len();
+        if self.arena.capacity() - self.arena.len() < needed {
+            self.arena.reserve(needed.max(4096));
+        }
+        self.arena.extend_from_slice(name);
+        let name = self.arena.split().freeze();
+        self.arena.extend_from_slice(value);
+        let value = self.arena.split().freeze();
         self.headers.push(Field {
             name: name.clone(),
             value: value.clone(),
@@ -68,12 +96,7 @@ impl State {
         self.new_sender.is_some()
             || self.new_body.is_some()
             || self.quarantine.is_some()
-            || self.rcpts.len() != self.original_rcpts.len()
-            || self
-                .rcpts
-                .iter()
-                .enumerate()
-                .any(|(i, (_, o))| *o != Some(i))
+            || self.rcpts.iter().any(|r| r.removed || !r.original)
             || self.headers.len() != self.original_headers.len()
             || self
                 .headers
@@ -100,14 +123,12 @@ impl State {
                 args: joined_args(s),
             });
         }
-        for (i, r) in self.original_rcpts.iter().enumerate() {
-            if !self.rcpts.iter().any(|(_, o)| *o == Some(i)) {
-                mods.push(Modification::DeleteRcpt {
-                    rcpt: r.raw.clone(),
-                });
-            }
+        for r in self.rcpts.iter().filter(|r| r.removed) {
+            mods.push(Modification::DeleteRcpt {
+                rcpt: r.address.raw.clone(),
+            });
         }
-        for (r, _) in self.rcpts.iter().filter(|(_, o)| o.is_none()) {
+        for r in self.rcpts.iter().filter(|r| !r.original).map(|r| &r.address) {
             mods.push(match joined_args(r) {
                 None => Modification::AddRcpt {
                     rcpt: r.raw.clone(),
@@ -200,8 +221,12 @@ impl Transaction<'_> {
     }
 
     /// The recipients now: those the MTA and the filter accepted, with the filter's edits.
-    pub fn recipients(&self) -> impl ExactSizeIterator<Item = &Address> {
-        self.state.rcpts.iter().map(|(a, _)| a)
+    pub fn recipients(&self) -> impl Iterator<Item = &Address> {
+        self.state
+            .rcpts
+            .iter()
+            .filter(|r| !r.removed)
+            .map(|r| &r.address)
     }
 
     /// The header fields now, in order, with the filter's edits.
@@ -328,7 +353,11 @@ impl Transaction<'_> {
             ),
         };
         self.may("add recipient", needs, Some(m))?;
-        self.state.rcpts.push((a, None));
+        self.state.rcpts.push(Rcpt {
+            address: a,
+            original: false,
+            removed: false,
+        });
         Ok(())
     }
 
@@ -337,17 +366,18 @@ impl Transaction<'_> {
     /// a recipient of the message.
     pub fn remove_rcpt(&mut self, rcpt: &str) -> Result<usize, MisuseError> {
         let target = Address::new(rcpt);
-        let before = self.state.rcpts.len();
-        if self
-            .state
-            .rcpts
-            .iter()
-            .any(|(a, o)| o.is_some() && a.addr() == target.addr())
-        {
+        let hit = |r: &Rcpt| !r.removed && r.address.addr() == target.addr();
+        if self.state.rcpts.iter().any(|r| r.original && hit(r)) {
             self.may("remove recipient", Actions::DELETE_RCPT, None)?;
         }
-        self.state.rcpts.retain(|(a, _)| a.addr() != target.addr());
-        Ok(before - self.state.rcpts.len())
+        let mut removed = 0;
+        for r in self.state.rcpts.iter_mut().filter(|r| hit(r)) {
+            r.removed = true;
+            removed += 1;
+        }
+        // Recipients the filter added go for good; those that came stay, marked.
+        self.state.rcpts.retain(|r| r.original || !r.removed);
+        Ok(removed)
     }
 
     /// Checks that the body may be replaced or extended.

@@ -178,7 +178,7 @@ fn envelope_body_and_quarantine_edits_are_delivered() {
             tx.add_rcpt("<dave@example.org>")?;
             tx.add_rcpt(Address::with_args("<erin@example.org>", ["NOTIFY=NEVER"]))?;
             assert_eq!(tx.remove_rcpt("carol@example.org")?, 1);
-            assert_eq!(tx.recipients().len(), 3);
+            assert_eq!(tx.recipients().count(), 3);
             tx.replace_body_from(Cursor::new(b"Bye\r\n".to_vec()))?;
             assert!(tx.body_changed());
             assert_eq!(&tx.body().to_bytes()?[..], b"Hello Bob\r\n");

@@ -26,7 +26,7 @@ fn seen(tx: &Transaction<'_>) -> String {
         "helo={} sender={} rcpts={} headers={} body={}",
         tx.client().helo().is_some(),
         tx.sender().map_or("-".into(), |s| s.addr().to_owned()),
-        tx.recipients().len(),
+        tx.recipients().count(),
         tx.headers().len(),
         tx.body().len()
     )
