@@ -27,12 +27,9 @@ struct Edited {
 struct EveryEdit(Arc<Mutex<Option<Edited>>>);
 
 impl Filter for EveryEdit {
-    const ACTIONS: Actions = Actions::CHANGE_HEADER
-        .union(Actions::ADD_HEADER)
-        .union(Actions::CHANGE_BODY)
-        .union(Actions::CHANGE_FROM)
-        .union(Actions::ADD_RCPT)
-        .union(Actions::DELETE_RCPT);
+    // Every edit but quarantine (Postfix would hold the message instead of delivering it).
+    const ACTIONS: Actions =
+        Actions::CURRENT.difference(Actions::QUARANTINE.union(Actions::SET_SYMLIST));
 
     async fn decide(&self, tx: &mut Transaction<'_>) -> Result<Decision> {
         let subject = tx.header("Subject").expect("a subject").text();

@@ -128,7 +128,12 @@ impl State {
                 rcpt: r.address.raw.clone(),
             });
         }
-        for r in self.rcpts.iter().filter(|r| !r.original).map(|r| &r.address) {
+        for r in self
+            .rcpts
+            .iter()
+            .filter(|r| !r.original)
+            .map(|r| &r.address)
+        {
             mods.push(match joined_args(r) {
                 None => Modification::AddRcpt {
                     rcpt: r.raw.clone(),

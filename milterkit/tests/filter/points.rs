@@ -322,9 +322,15 @@ fn progress_goes_out_by_itself_while_the_filter_decides() {
         let server = milterkit::serve(listener, move || milter.clone()).with_config(config);
         tokio::spawn(server.into_future());
         let profile = milterkit::mta::Profile::postfix();
-        let mut mta = milterkit::mta::Connection::open(&spec, profile).await.unwrap();
+        let mut mta = milterkit::mta::Connection::open(&spec, profile)
+            .await
+            .unwrap();
         let outcome = mta.run(&message()).await.unwrap();
         assert_eq!(outcome.verdict, Some(Verdict::Accept));
-        assert!(outcome.progress >= 2, "{} progress packets", outcome.progress);
+        assert!(
+            outcome.progress >= 2,
+            "{} progress packets",
+            outcome.progress
+        );
     });
 }
