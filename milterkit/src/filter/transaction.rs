@@ -214,6 +214,12 @@ impl Transaction<'_> {
         crate::milter::macro_value(self.macros, name)
     }
 
+    /// The MTA's name and version as it gives them (macro `v`: `Postfix 3.7.11`; Sendmail
+    /// sends its version, `8.17.1.9`, where its configuration lists `v`).
+    pub fn mta_version(&self) -> Option<Text<'_>> {
+        self.macro_value("v")
+    }
+
     /// The queue id (macro `i`), once the MTA sent it (Postfix: after the first accepted
     /// recipient; Sendmail: at MAIL).
     pub fn queue_id(&self) -> Option<Text<'_>> {

@@ -364,8 +364,18 @@ fn the_original_message_is_delivered_byte_for_byte_when_nothing_changes() {
         assert_eq!(tx.client().helo().unwrap(), "client.example");
         assert_eq!(tx.client().port(), 4711);
         assert_eq!(tx.sender().unwrap().args(), ["SIZE=100"]);
+        assert!(tx.agreement().actions.contains(Actions::CHANGE_BODY));
         Ok(Decision::Continue)
     });
+    let postfix = Script(|tx: &mut Transaction<'_>| {
+        assert_eq!(tx.mta(), Mta::Postfix);
+        assert_eq!(tx.mta_version().unwrap(), "Postfix 3.7.11");
+        assert_eq!(tx.queue_id().unwrap(), "4ABC123");
+        Ok(Decision::Continue)
+    });
+    let m = message().with_macro(milterkit::Stage::Eom, "i", "4ABC123");
+    let outcome = block_on(run(postfix, Options::default(), Mta::Postfix, &m));
+    assert_eq!(outcome.verdict, Some(Verdict::Accept));
     for mta in [Mta::Postfix, Mta::Sendmail] {
         let outcome = block_on(run(filter.clone(), Options::default(), mta, &message()));
         assert!(outcome.modifications.is_empty());
