@@ -1,6 +1,6 @@
 //! The deployment path of docs/deployment.md behind a real Postfix: Postfix's smtpd (user
 //! `postfix`) talks to `interop-daemon` (milterkit's daemon example, whose `main` is
-//! `milterkit::run`), started as a separate process the way a service manager starts it:
+//! `milterkit::run!`), started as a separate process the way a service manager starts it:
 //!
 //! - as root, binding its Unix socket in a directory of root and group postfix (0750), making the
 //!   socket root:postfix 0660, then switching to nobody/nogroup before it serves;

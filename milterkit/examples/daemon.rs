@@ -1,4 +1,4 @@
-//! A milter run as a service: `main` is one line, [`milterkit::run`] does the rest (flags and
+//! A milter run as a service: `main` is one line, [`milterkit::run!`] does the rest (flags and
 //! environment, systemd socket activation and notifications, privilege drop, metrics, logs,
 //! SIGTERM). `--help` lists every setting; docs/deployment.md runs it under systemd beside
 //! Postfix.
@@ -23,5 +23,5 @@ impl Milter for Tagger {
 }
 
 fn main() -> std::process::ExitCode {
-    milterkit::run(Tagger::default)
+    milterkit::run!(Tagger::default)
 }

@@ -3,7 +3,7 @@
 //! HTML, also inside multipart messages); local mail passes untouched.
 //!
 //! Run: `cargo run -p milterkit --example footer -- --socket unix:/run/milter/footer.sock`
-//! (`--help` lists the flags of `milterkit::run`). Its tests run with `cargo test -p milterkit
+//! (`--help` lists the flags of `milterkit::run!`). Its tests run with `cargo test -p milterkit
 //! --example footer`.
 
 use milterkit::filter::mail_parser::{Encoding, MimeHeaders, PartType};
@@ -130,7 +130,7 @@ fn find_ignore_case(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 fn main() -> std::process::ExitCode {
     let milter = Filtered::new(Footer::new(), Options::default());
-    milterkit::run(move || milter.clone())
+    milterkit::run!(move || milter.clone())
 }
 
 #[cfg(test)]

@@ -40,8 +40,8 @@ impl Milter for Logger {
     }
 }
 
-/// Serves with `milterkit::run`: `--socket`, the other flags and their `MILTERKIT_*`
+/// Serves with `milterkit::run!`: `--socket`, the other flags and their `MILTERKIT_*`
 /// variables, logging, SIGTERM and systemd; `--help` lists them.
 fn main() -> std::process::ExitCode {
-    milterkit::run(Logger::default)
+    milterkit::run!(Logger::default)
 }

@@ -77,11 +77,11 @@ impl Milter for Policy {
     }
 }
 
-/// Serves with `milterkit::run`: `--socket`, the other flags and their `MILTERKIT_*`
+/// Serves with `milterkit::run!`: `--socket`, the other flags and their `MILTERKIT_*`
 /// variables, logging, SIGTERM and systemd; `--help` lists them.
 #[allow(dead_code)]
 fn main() -> std::process::ExitCode {
-    milterkit::run(Policy::default)
+    milterkit::run!(Policy::default)
 }
 
 #[cfg(test)]

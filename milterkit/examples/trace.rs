@@ -111,8 +111,8 @@ impl Milter for Trace {
     }
 }
 
-/// Serves with `milterkit::run`: `--socket`, the other flags and their `MILTERKIT_*`
+/// Serves with `milterkit::run!`: `--socket`, the other flags and their `MILTERKIT_*`
 /// variables, logging, SIGTERM and systemd; `--help` lists them.
 fn main() -> std::process::ExitCode {
-    milterkit::run(Trace::default)
+    milterkit::run!(Trace::default)
 }

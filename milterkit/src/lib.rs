@@ -131,8 +131,9 @@
 //!
 //! | feature | default | what it adds | dependencies it brings |
 //! |---|---|---|---|
-//! | `daemon` | yes | [`run`] and [`daemon::Options`]: a milter's whole `main` (flags and `MILTERKIT_*` variables, systemd socket activation and notifications, privilege drop, SIGTERM, a metrics endpoint, a log subscriber). Enables `metrics` | clap, listenfd, sd-notify, nix, tracing-subscriber, tokio's `signal` and `rt-multi-thread` |
+//! | `daemon` | yes | [`run!`], [`daemon::Daemon`] and [`daemon::Options`]: a milter's whole `main` (flags and `MILTERKIT_*` variables or a prefix of your own, systemd socket activation and notifications, privilege drop, SIGTERM, a metrics endpoint). Enables `metrics` and `logging` | clap, listenfd, sd-notify, nix, tokio's `signal` and `rt-multi-thread` |
 //! | `filter` | yes | [`filter`]: a filter as one function over the whole message, the edits turned into modifications; the body spooled past a memory limit, a MIME view, RFC 2047 decoding, IDNA-aware domains | tempfile, mail-parser, idna |
+//! | `logging` | with `daemon` | [`logging::init_logging`]: the log subscriber of [`run!`] (plain lines, journald-aware, or JSON) for a `main` of your own | tracing-subscriber |
 //! | `metrics` | with `daemon` | [`metrics::Metrics`] and [`Config::metrics`]: Prometheus counters and histograms of a served milter and an HTTP endpoint to scrape them. Without it nothing is counted or timed | prometheus-client |
 //!
 //! ## Where everything of libmilter and the other milter libraries lives
@@ -177,7 +178,7 @@
 //! | `smfi_version`, MTA protocol version | – | `ctx.version` | – | – | [`Offer::version`] in [`Milter::negotiate`], [`Eom::agreement`] |
 //! | – | – | `ctx.uniqueID`, `error` event | – | – | tracing span `milter_conn{id, peer}`; connection errors logged |
 //! | – | – | – | – | `TestMilter` | [`testing::Harness`] |
-//! | a `main` with flags, daemon, user switch | – | – | – | – | [`run`] and [`daemon::Options`] (feature `daemon`): socket activation, `sd_notify`, SIGTERM, privilege drop, logs; docs/deployment.md |
+//! | a `main` with flags, daemon, user switch | – | – | – | – | [`run!`] and [`daemon::Options`] (feature `daemon`): socket activation, `sd_notify`, SIGTERM, privilege drop, logs; docs/deployment.md |
 //! | – | – | – | – | – | [`metrics::Metrics`] in [`Config::metrics`] (feature `metrics`): Prometheus counters and histograms, HTTP endpoint |
 //!
 //! ## Where milterkit differs from libmilter, on purpose
@@ -234,6 +235,9 @@ mod error;
 #[cfg(feature = "filter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "filter")))]
 pub mod filter;
+#[cfg(feature = "logging")]
+#[cfg_attr(docsrs, doc(cfg(feature = "logging")))]
+pub mod logging;
 #[doc(hidden)]
 pub mod fuzzing;
 mod listener;
@@ -257,9 +261,29 @@ pub use milter::{
 };
 pub use serve::{serve, serve_connection, Config, Serve};
 
+/// A milter's whole `main`, named and versioned as the crate it is in: flags and `MILTERKIT_*`
+/// variables, logging, systemd socket activation and notifications, privilege drop, metrics,
+/// graceful stop on SIGTERM (see [`daemon`]). `milterkit::run!(factory)` is
+/// [`daemon::Daemon`] with `CARGO_PKG_NAME` and `CARGO_PKG_VERSION`; returns the process's
+/// [`ExitCode`](std::process::ExitCode).
+///
+/// ```no_run
+/// # #[derive(Default)] struct MyMilter;
+/// # impl milterkit::Milter for MyMilter { type Message = (); }
+/// fn main() -> std::process::ExitCode {
+///     milterkit::run!(MyMilter::default)
+/// }
+/// ```
 #[cfg(feature = "daemon")]
 #[cfg_attr(docsrs, doc(cfg(feature = "daemon")))]
-pub use daemon::run;
+#[macro_export]
+macro_rules! run {
+    ($factory:expr $(,)?) => {
+        $crate::daemon::Daemon::new(env!("CARGO_PKG_NAME"))
+            .version(env!("CARGO_PKG_VERSION"))
+            .run($factory)
+    };
+}
 
 pub use milterkit_proto as proto;
 pub use milterkit_proto::{

@@ -1,9 +1,9 @@
-//! `milterkit::run` as a real process: started by `systemd-socket-activate` with passed sockets
+//! `milterkit::run!` as a real process: started by `systemd-socket-activate` with passed sockets
 //! and a notify socket, stopped by SIGTERM; as root with a user switch; configured by flags and
 //! environment; logging JSON and journal-style lines; metrics scraped over HTTP.
 //!
 //! This test binary is its own milter: run with `MILTERKIT_TEST_CHILD=1` it is the daemon
-//! (`milterkit::run`), so the tests start it as a separate process the way systemd would.
+//! (`milterkit::run!`), so the tests start it as a separate process the way systemd would.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -54,7 +54,7 @@ impl Milter for Tagger {
 
 fn main() -> ExitCode {
     if std::env::var_os("MILTERKIT_TEST_CHILD").is_some() {
-        return milterkit::run(Tagger::default);
+        return milterkit::run!(Tagger::default);
     }
     let filter: Vec<String> = std::env::args()
         .skip(1)

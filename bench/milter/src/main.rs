@@ -24,7 +24,7 @@ impl Milter for Bench {
 }
 
 /// `bench_milter [--current-thread] SPEC`: a multi-thread runtime (what `#[tokio::main]` and
-/// `milterkit::run` give), or with `--current-thread` one thread, as the ceiling has.
+/// `milterkit::run!` give), or with `--current-thread` one thread, as the ceiling has.
 fn main() -> Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let current_thread = args.first().is_some_and(|a| a == "--current-thread");

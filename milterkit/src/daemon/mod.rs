@@ -1,4 +1,4 @@
-//! A ready daemon: [`run`] reads the socket, user, limits, timeouts, fail-safe decision, metrics
+//! A ready daemon: [`run!`](crate::run!) reads the socket, user, limits, timeouts, fail-safe decision, metrics
 //! address and log settings from the command line and the environment, and serves a milter the
 //! way a service manager expects (feature `daemon`, on by default).
 //!
@@ -6,12 +6,12 @@
 //! # #[derive(Default)] struct MyMilter;
 //! # impl milterkit::Milter for MyMilter { type Message = (); }
 //! fn main() -> std::process::ExitCode {
-//!     milterkit::run(MyMilter::default)
+//!     milterkit::run!(MyMilter::default)
 //! }
 //! ```
 //!
-//! What [`run`] does, in order:
-//! 1. sets up logging on standard error ([`init_logging`]): plain lines (no timestamps when
+//! What [`run!`](crate::run!) does, in order:
+//! 1. sets up logging on standard error ([`crate::logging::init_logging`]): plain lines (no timestamps when
 //!    standard error goes to the journal: journald adds its own) or JSON, levels from
 //!    `--log`/`MILTERKIT_LOG`, else `RUST_LOG`, else `info` (`RUST_LOG` syntax);
 //! 2. takes the sockets systemd passed (socket activation: `LISTEN_FDS`, `LISTEN_PID`), or binds
@@ -65,10 +65,9 @@ use crate::listener::{bind_with_backlog, Listener, DEFAULT_BACKLOG};
 use crate::metrics::Metrics;
 use crate::{serve, Config, Milter};
 
-mod logging;
 mod system;
 
-pub use logging::init_logging;
+use crate::logging::{init_logging, LogFilterError, LogFormat};
 use system::{drop_privileges, notify, owner_ids, terminated};
 
 /// Why the daemon could not start or stopped in error.
@@ -76,7 +75,7 @@ use system::{drop_privileges, notify, owner_ids, terminated};
 #[non_exhaustive]
 pub enum DaemonError {
     /// Neither `--socket` nor sockets from systemd.
-    #[error("no socket to serve on: pass --socket (or MILTERKIT_SOCKET), or start under systemd socket activation")]
+    #[error("no socket to serve on: pass --socket (or set its environment variable, MILTERKIT_SOCKET unless the prefix was changed), or start under systemd socket activation")]
     NoSocket,
     /// The sockets systemd passed could not be taken.
     #[error("socket {index} passed by systemd: {source}")]
@@ -117,13 +116,8 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// The log filter does not parse.
-    #[error("bad log filter {filter:?}: {reason}")]
-    LogFilter {
-        /// The filter given.
-        filter: String,
-        /// The parser's complaint.
-        reason: String,
-    },
+    #[error(transparent)]
+    LogFilter(#[from] LogFilterError),
 }
 
 /// The decision [`Options::fail_safe`] names.
@@ -148,16 +142,6 @@ impl From<FailSafe> for Decision {
             FailSafe::Continue => Decision::Continue,
         }
     }
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// One line per event, spans as `name{field=value}` prefixes; no timestamps when standard
-    /// error goes to the journal (`JOURNAL_STREAM` set), colour only on a terminal.
-    Plain,
-    /// One JSON object per line with `timestamp`, `level`, `fields`, `target`, `span` and `spans`.
-    Json,
 }
 
 /// The daemon's settings, from flags and environment (clap). Defaults are [`Config`]'s.
@@ -239,28 +223,116 @@ pub struct Options {
     pub threads: Option<usize>,
 }
 
-/// The clap parser of a milter with no flags of its own.
-#[derive(Debug, clap::Parser)]
-#[command(version, about = "A milter built on milterkit")]
-struct Cli {
-    #[command(flatten)]
-    options: Options,
+/// A milter's whole `main` under its own name: the program name, version and description
+/// `--help` and `--version` show, and the prefix of the environment variables (`MILTERKIT` by
+/// default: `MILTERKIT_SOCKET`, `MILTERKIT_USER`, …). [`run!`](crate::run!) is this with the
+/// calling crate's name and version.
+///
+/// ```no_run
+/// # #[derive(Default)] struct MyMilter;
+/// # impl milterkit::Milter for MyMilter { type Message = (); }
+/// use milterkit::daemon::Daemon;
+///
+/// fn main() -> std::process::ExitCode {
+///     Daemon::new("my-milter")
+///         .version(env!("CARGO_PKG_VERSION"))
+///         .about("Tags mail from outside")
+///         .env_prefix("MY_MILTER") // MY_MILTER_SOCKET, MY_MILTER_USER, …
+///         .run(MyMilter::default)
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    name: String,
+    version: Option<String>,
+    about: Option<String>,
+    env_prefix: String,
 }
 
-/// Runs a milter as a daemon with settings from the command line and the environment; a milter's
-/// `main` in one line. See the [module docs](self). Returns the process's exit code: 0 after a
-/// graceful stop, 1 when it could not start (the reason is logged and printed), 2 for bad flags.
-#[doc(alias = "smfi_main")]
-pub fn run<M, F>(factory: F) -> ExitCode
-where
-    M: Milter,
-    F: Fn() -> M + Send + Sync + 'static,
-{
-    use clap::Parser;
-    Cli::parse().options.run(factory)
+impl Daemon {
+    /// A daemon called `name`, without a version, with the `MILTERKIT_` variables.
+    pub fn new(name: impl Into<String>) -> Daemon {
+        Daemon {
+            name: name.into(),
+            version: None,
+            about: None,
+            env_prefix: "MILTERKIT".to_owned(),
+        }
+    }
+
+    /// What `--version` prints after the name.
+    pub fn version(mut self, version: impl Into<String>) -> Daemon {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The description `--help` starts with.
+    pub fn about(mut self, about: impl Into<String>) -> Daemon {
+        self.about = Some(about.into());
+        self
+    }
+
+    /// The prefix of the environment variables, without the underscore: with `"MY_MILTER"`,
+    /// `--socket` is also `MY_MILTER_SOCKET`.
+    pub fn env_prefix(mut self, prefix: impl Into<String>) -> Daemon {
+        self.env_prefix = prefix.into();
+        self
+    }
+
+    /// The command line parser: [`Options`]' flags under this name, version and prefix. Add
+    /// flags of your own to it and read them back with [`Options::from_matches`].
+    ///
+    /// ```
+    /// let cmd = milterkit::daemon::Daemon::new("tagger").env_prefix("TAGGER").command();
+    /// let socket = cmd.get_arguments().find(|a| a.get_id() == "socket").unwrap();
+    /// assert_eq!(socket.get_env().unwrap(), "TAGGER_SOCKET");
+    /// ```
+    pub fn command(&self) -> clap::Command {
+        use clap::Args;
+        let mut cmd = clap::Command::new(self.name.clone());
+        if let Some(v) = &self.version {
+            cmd = cmd.version(v.clone());
+        }
+        if let Some(a) = &self.about {
+            cmd = cmd.about(a.clone());
+        }
+        let prefix = format!("{}_", self.env_prefix);
+        Options::augment_args(cmd).mut_args(|arg| {
+            let renamed = arg
+                .get_env()
+                .and_then(|e| e.to_str())
+                .and_then(|e| e.strip_prefix("MILTERKIT_"))
+                .map(|rest| format!("{prefix}{rest}"));
+            match renamed {
+                Some(env) => arg.env(env),
+                None => arg,
+            }
+        })
+    }
+
+    /// Parses the command line and the environment, and serves `factory`'s milters; see
+    /// [`Options::run`]. `--help`, `--version` and bad flags end the process as clap does (exit
+    /// status 0, or 2 for bad flags).
+    pub fn run<M, F>(self, factory: F) -> ExitCode
+    where
+        M: Milter,
+        F: Fn() -> M + Send + Sync + 'static,
+    {
+        let matches = self.command().get_matches();
+        match Options::from_matches(&matches) {
+            Ok(options) => options.run(factory),
+            Err(e) => e.exit(),
+        }
+    }
 }
 
 impl Options {
+    /// The options in `matches` of a [`Daemon::command`] (or of a parser with [`Options`]
+    /// flattened in).
+    pub fn from_matches(matches: &clap::ArgMatches) -> Result<Options, clap::Error> {
+        <Options as clap::FromArgMatches>::from_arg_matches(matches)
+    }
+
     /// The [`Config`] these options describe (without metrics).
     pub fn config(&self) -> Config {
         Config {
@@ -277,7 +349,7 @@ impl Options {
         }
     }
 
-    /// Runs `factory`'s milters with these options; see [`run`].
+    /// Runs `factory`'s milters with these options; see [`run!`](crate::run!).
     pub fn run<M, F>(self, factory: F) -> ExitCode
     where
         M: Milter,
@@ -509,11 +581,17 @@ mod tests {
         assert!(parse_mode("77777").is_err());
     }
 
+    /// The tests that read or set the process's environment take turns.
+    static ENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn defaults_are_configs() {
-        use clap::Parser;
-        let cli = Cli::try_parse_from(["milter", "--socket", "inet:1@127.0.0.1"]).unwrap();
-        let config = cli.options.config();
+        let _env = ENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let matches = Daemon::new("milter")
+            .command()
+            .try_get_matches_from(["milter", "--socket", "inet:1@127.0.0.1"])
+            .unwrap();
+        let config = Options::from_matches(&matches).unwrap().config();
         let default = Config::default();
         assert_eq!(config.read_timeout, default.read_timeout);
         assert_eq!(config.write_timeout, default.write_timeout);
@@ -524,6 +602,34 @@ mod tests {
         assert_eq!(config.max_connections, default.max_connections);
         assert_eq!(config.max_frame, default.max_frame);
         assert_eq!(config.fail_safe, default.fail_safe);
+    }
+
+    #[test]
+    fn the_name_version_and_variable_prefix_are_the_programs() {
+        let daemon = Daemon::new("tagger").version("2.1.0").env_prefix("TAGGER");
+        let err = daemon
+            .command()
+            .try_get_matches_from(["tagger", "--version"])
+            .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(err.to_string(), "tagger 2.1.0\n");
+        let envs: Vec<String> = daemon
+            .command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        assert!(envs.iter().all(|e| e.starts_with("TAGGER_")), "{envs:?}");
+        assert!(envs.contains(&"TAGGER_SOCKET".to_owned()));
+        // The environment feeds the flags under the chosen prefix only.
+        let _env = ENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::env::set_var("TAGGER_MAX_CONNECTIONS", "7");
+        std::env::set_var("MILTERKIT_MAX_CONNECTIONS", "9");
+        let matches = daemon.command().try_get_matches_from(["tagger"]).unwrap();
+        assert_eq!(Options::from_matches(&matches).unwrap().max_connections, 7);
+        let plain = Daemon::new("x").command().try_get_matches_from(["x"]).unwrap();
+        assert_eq!(Options::from_matches(&plain).unwrap().max_connections, 9);
+        std::env::remove_var("TAGGER_MAX_CONNECTIONS");
+        std::env::remove_var("MILTERKIT_MAX_CONNECTIONS");
     }
 
     #[test]
