@@ -73,7 +73,7 @@ scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
-/// A private Postfix: its own configuration, queue and log in a [`RunDir`], its smtpd on
+/// A private Postfix: its own configuration, queue and log in a [`RunDir`](crate::RunDir), its smtpd on
 /// 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`, the milter in
 /// `smtpd_milters`. Runs in private mount and UTS namespaces (its own `/etc/hosts`,
 /// `/etc/resolv.conf` and host name). Its port, directory and log are its [`Instance`]'s; stopped

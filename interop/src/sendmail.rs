@@ -60,7 +60,7 @@ fn build_shim() -> Result<PathBuf> {
 }
 
 /// A private Sendmail 8.17 daemon, from the `sendmail-bin` and `sendmail-cf` packages extracted
-/// under [`sendmail_root`]: `sendmail.cf` built with m4 in a [`RunDir`],
+/// under [`sendmail_root`]: `sendmail.cf` built with m4 in a [`RunDir`](crate::RunDir),
 /// the daemon on 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`,
 /// the milter as `INPUT_MAIL_FILTER(test, …, F=T)`. It runs in private mount and UTS
 /// namespaces (its own `/etc/hosts`, `/etc/resolv.conf` and fully qualified host name) with the
