@@ -95,11 +95,11 @@ echo "== cargo package"
 # an earlier run of the same version would stand in for today's sources; both go first.
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 target_dir="$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)"
-for c in milterkit-proto milterkit milterkit-cli; do
+for c in milterkit-proto milterkit-macros milterkit milterkit-cli; do
   rm -rf "$cargo_home"/registry/src/*/"$c"-[0-9]* "$cargo_home"/registry/cache/*/"$c"-[0-9]*.crate \
     "$target_dir"/debug/.fingerprint/"$c"-[0-9a-f]*
 done
-cargo package -p milterkit-proto -p milterkit -p milterkit-cli --locked --allow-dirty
+cargo package -p milterkit-proto -p milterkit-macros -p milterkit -p milterkit-cli --locked --allow-dirty
 
 # The protocol core's tests run from its unpacked package, as a user of the published crate would
 # run them: its captures travel with it (testdata/captures).

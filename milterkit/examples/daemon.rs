@@ -5,15 +5,16 @@
 //!
 //! Run: `cargo run -p milterkit --example daemon -- --socket inet:7357@127.0.0.1 --metrics 127.0.0.1:9100`
 
-use milterkit::{Actions, Decision, Eom, Milter, Result, Stages};
+use milterkit::{Actions, Decision, Eom, Milter, Result};
 
 /// Adds `X-Milterkit: checked` to every message.
 #[derive(Default)]
 struct Tagger;
 
+// STAGES from the handlers below: the MTA sends only what the milter handles.
+#[milterkit::milter]
 impl Milter for Tagger {
     type Message = ();
-    const STAGES: Stages = Stages::EOM;
     const ACTIONS: Actions = Actions::ADD_HEADER;
 
     async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {

@@ -3,7 +3,7 @@
 //! Run: `cargo run -p milterkit --example minimal -- --socket inet:7357@127.0.0.1`, then point Postfix at it
 //! (`smtpd_milters = inet:127.0.0.1:7357`).
 
-use milterkit::{Decision, Eom, Mail, Milter, Rcpt, Result, Stages};
+use milterkit::{Decision, Eom, Mail, Milter, Rcpt, Result};
 
 /// One value per MTA connection; no connection state needed.
 #[derive(Default)]
@@ -16,9 +16,10 @@ struct Envelope {
     to: Vec<String>,
 }
 
+// STAGES from the handlers below: the MTA sends only what the milter handles.
+#[milterkit::milter]
 impl Milter for Logger {
     type Message = Envelope;
-    const STAGES: Stages = Stages::MAIL.union(Stages::RCPT).union(Stages::EOM);
 
     async fn mail(&mut self, m: &mut Envelope, mail: Mail<'_>) -> Result<Decision> {
         m.from = mail.address().to_string();

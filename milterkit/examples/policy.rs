@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo run -p milterkit --example policy -- --socket inet:7357@127.0.0.1`.
 
-use milterkit::{Actions, Decision, Eom, Header, Milter, Rcpt, Reply, Result, Stages};
+use milterkit::{Actions, Decision, Eom, Header, Milter, Rcpt, Reply, Result};
 
 /// The policy; one value per MTA connection.
 #[derive(Debug, Clone)]
@@ -33,9 +33,10 @@ pub struct Verdicts {
     suspicious: bool,
 }
 
+// STAGES from the handlers below: the MTA sends only what the milter handles.
+#[milterkit::milter]
 impl Milter for Policy {
     type Message = Verdicts;
-    const STAGES: Stages = Stages::RCPT.union(Stages::HEADER).union(Stages::EOM);
     const ACTIONS: Actions = Actions::ADD_HEADER.union(Actions::QUARANTINE);
 
     async fn rcpt(&mut self, m: &mut Verdicts, rcpt: Rcpt<'_>) -> Result<Decision> {

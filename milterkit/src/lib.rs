@@ -13,14 +13,14 @@
 //! A milter that refuses recipients of a retired domain and stamps every message:
 //!
 //! ```no_run
-//! use milterkit::{Actions, Decision, Eom, Milter, Rcpt, Reply, Result, Stages};
+//! use milterkit::{Actions, Decision, Eom, Milter, Rcpt, Reply, Result};
 //!
 //! #[derive(Default)]
 //! struct Guard { messages: u32 }              // one value per MTA connection
 //!
+//! #[milterkit::milter]                        // STAGES from the handlers: the MTA skips every other stage
 //! impl Milter for Guard {
 //!     type Message = Vec<String>;             // per-message state: created at MAIL, dropped at EOM/ABORT
-//!     const STAGES: Stages = Stages::RCPT.union(Stages::EOM);   // the MTA skips every other stage
 //!     const ACTIONS: Actions = Actions::ADD_HEADER;
 //!
 //!     async fn rcpt(&mut self, refused: &mut Vec<String>, rcpt: Rcpt<'_>) -> Result<Decision> {
@@ -235,12 +235,12 @@ mod error;
 #[cfg(feature = "filter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "filter")))]
 pub mod filter;
-#[cfg(feature = "logging")]
-#[cfg_attr(docsrs, doc(cfg(feature = "logging")))]
-pub mod logging;
 #[doc(hidden)]
 pub mod fuzzing;
 mod listener;
+#[cfg(feature = "logging")]
+#[cfg_attr(docsrs, doc(cfg(feature = "logging")))]
+pub mod logging;
 mod meter;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
@@ -259,6 +259,50 @@ pub use listener::{
 pub use milter::{
     Abort, Body, Connect, Data, Eoh, Header, Helo, Mail, Milter, Rcpt, Text, Unknown,
 };
+/// On an `impl Milter for …` block: sets [`Milter::STAGES`] to the stages whose handlers the block
+/// implements (as libmilter does from the callbacks that are not NULL), so that the MTA sends
+/// what the milter handles and skips the rest; where the block writes `STAGES` out, a handler
+/// whose stage it leaves out is a compile error, since the MTA would never call it. Feature
+/// `macros` (default).
+///
+/// ```
+/// use milterkit::{Decision, Milter, Rcpt, Result, Stages};
+///
+/// #[derive(Default)]
+/// struct NoOld;
+///
+/// #[milterkit::milter]
+/// impl Milter for NoOld {
+///     type Message = ();
+///     async fn rcpt(&mut self, _: &mut (), rcpt: Rcpt<'_>) -> Result<Decision> {
+///         Ok(if rcpt.address().ends_with(b"@old.example>") { Decision::Reject } else { Decision::Continue })
+///     }
+/// }
+///
+/// assert_eq!(<NoOld as Milter>::STAGES, Stages::RCPT);
+/// ```
+///
+/// A `header` handler with a `STAGES` that leaves `HEADER` out does not compile ("header() is
+/// implemented but STAGES leaves out Stages::HEADER: the MTA would never call it"):
+///
+/// ```compile_fail
+/// use milterkit::{Decision, Header, Milter, Result, Stages};
+///
+/// #[derive(Default)]
+/// struct Forgot;
+///
+/// #[milterkit::milter]
+/// impl Milter for Forgot {
+///     type Message = ();
+///     const STAGES: Stages = Stages::RCPT;
+///     async fn header(&mut self, _: &mut (), _: Header<'_>) -> Result<Decision> {
+///         Ok(Decision::Continue)
+///     }
+/// }
+/// ```
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use milterkit_macros::milter;
 pub use serve::{serve, serve_connection, Config, Serve};
 
 /// A milter's whole `main`, named and versioned as the crate it is in: flags and `MILTERKIT_*`

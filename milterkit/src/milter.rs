@@ -15,8 +15,9 @@ use crate::Result;
 /// connection's state. [`Milter::Message`] is the state of one message.
 ///
 /// Every stage has a method with a default body that answers [`Decision::Continue`]; implement the
-/// ones you need as plain `async fn`, and declare them in [`Milter::STAGES`] so the MTA skips the
-/// others. Connection-level stages (`connect`, `helo`, `unknown`, `close`) do not see the message
+/// ones you need as plain `async fn`. [`#[milterkit::milter]`](crate::milter) on the `impl` block
+/// sets [`Milter::STAGES`] from them, so the MTA skips the others (or declare `STAGES` yourself:
+/// the attribute then checks it). Connection-level stages (`connect`, `helo`, `unknown`, `close`) do not see the message
 /// state; `abort` takes it by value.
 ///
 /// A handler that returns `Err`, panics, or runs past its deadline gives the configured fail-safe
@@ -28,9 +29,9 @@ use crate::Result;
 /// #[derive(Default)]
 /// struct Guard { messages: u32 }
 ///
+/// #[milterkit::milter]
 /// impl Milter for Guard {
 ///     type Message = Vec<String>;
-///     const STAGES: Stages = Stages::RCPT.union(Stages::EOM);
 ///     const ACTIONS: Actions = Actions::ADD_HEADER;
 ///
 ///     async fn rcpt(&mut self, refused: &mut Vec<String>, rcpt: Rcpt<'_>) -> Result<Decision> {
@@ -55,7 +56,8 @@ pub trait Milter: Send + 'static {
     type Message: Default + Send + 'static;
 
     /// The stages this milter handles; the MTA is asked not to send the others (it always sends
-    /// end of message). Default: every stage.
+    /// end of message). Default: every stage; with [`#[milterkit::milter]`](crate::milter), the
+    /// stages of the handlers implemented.
     const STAGES: Stages = Stages::all();
 
     /// The modifications this milter may make at end of message (`SMFIF_*` given to
