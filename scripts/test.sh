@@ -80,6 +80,13 @@ if cargo tree -p milterkit --no-default-features -e normal --prefix none --locke
   exit 1
 fi
 cargo clippy -p milterkit --no-default-features --all-targets --locked -- -D warnings
+# Logging setup without the daemon: tracing-subscriber, no clap or systemd crates.
+cargo build -p milterkit --no-default-features --features logging --locked
+if cargo tree -p milterkit --no-default-features --features logging -e normal --prefix none --locked \
+  | grep -E '^(clap|nix|listenfd|sd-notify|prometheus-client) '; then
+  echo "error: milterkit with only the logging feature depends on the crates above" >&2
+  exit 1
+fi
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "== cargo doc -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
