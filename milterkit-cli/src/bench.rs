@@ -1,14 +1,20 @@
 //! `milterkit bench`: Postfix-like load on a milter, with throughput and latency.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use milterkit::mta::{Connection, Transaction, Verdict};
+use hdrhistogram::Histogram;
+use milterkit::mta::{Transaction, Verdict};
+use milterkit::SocketSpec;
 use serde_json::json;
+use tokio::time::Instant;
 
+use crate::error::{chain, CliError};
 use crate::ProfileName;
 
 /// Arguments of `milterkit bench`.
@@ -25,9 +31,14 @@ pub(crate) struct BenchArgs {
     /// Body size of each message, in bytes.
     #[arg(long, default_value_t = 1024)]
     size: usize,
-    /// Run for this many seconds instead of a number of messages.
-    #[arg(long)]
-    duration: Option<f64>,
+    /// Run for this many seconds instead of a number of messages; bounds the whole run,
+    /// connecting and negotiating included.
+    #[arg(long, value_parser = crate::seconds)]
+    duration: Option<Duration>,
+    /// Longest wait, in seconds, to connect, to negotiate, and for each reply. Default: Postfix's,
+    /// 30 s to connect and negotiate, 300 s per reply.
+    #[arg(long, value_parser = crate::seconds)]
+    timeout: Option<Duration>,
     /// Messages per connection before it is closed and reopened (1 = connection churn; 0 = keep
     /// each connection for the whole run).
     #[arg(long, default_value_t = 0)]
@@ -48,13 +59,53 @@ struct Shared {
     errors: AtomicU64,
 }
 
+/// Errors one connection's worker may meet before it gives up.
+const MAX_ERRORS: u64 = 100;
+
+/// Latencies are recorded in microseconds, from 1 µs to an hour, to 3 significant figures.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// Errors counted by kind, with the first message of each kind.
+#[derive(Debug, Default)]
+struct Errors(BTreeMap<String, (u64, String)>);
+
+impl Errors {
+    fn add(&mut self, kind: &str, message: String) {
+        self.0
+            .entry(kind.to_owned())
+            .or_insert_with(|| (0, message))
+            .0 += 1;
+    }
+
+    fn total(&self) -> u64 {
+        self.0.values().map(|(n, _)| n).sum()
+    }
+
+    fn merge(&mut self, other: Errors) {
+        for (kind, (n, example)) in other.0 {
+            self.0.entry(kind).or_insert_with(|| (0, example)).0 += n;
+        }
+    }
+}
+
 /// One worker's results.
-#[derive(Default)]
 struct Tally {
-    latencies: Vec<Duration>,
+    /// Microseconds per message.
+    latencies: Histogram<u64>,
     accepted: u64,
     refused: u64,
-    errors: Vec<String>,
+    errors: Errors,
+}
+
+impl Tally {
+    fn new() -> Result<Tally, hdrhistogram::CreationError> {
+        Ok(Tally {
+            latencies: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)?,
+            accepted: 0,
+            refused: 0,
+            errors: Errors::default(),
+        })
+    }
 }
 
 /// A message of a few headers and a body of `size` bytes in 76-character lines.
@@ -67,22 +118,44 @@ pub(crate) fn message(size: usize) -> Bytes {
     Bytes::from(m)
 }
 
-async fn worker(args: Arc<BenchArgs>, shared: Arc<Shared>, deadline: Option<Instant>) -> Tally {
-    let mut tally = Tally::default();
+/// `f`, unless `deadline` passes first (then `None`).
+async fn within<F: Future>(deadline: Option<Instant>, f: F) -> Option<F::Output> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
+async fn worker(
+    args: Arc<BenchArgs>,
+    shared: Arc<Shared>,
+    deadline: Option<Instant>,
+    mut tally: Tally,
+) -> Tally {
     let tx = Transaction::new()
         .from("<bench@example.org>")
         .to("<rcpt@example.net>")
         .message(message(args.size));
+    let failure = |tally: &mut Tally, kind: &str, message: String| {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        tally.errors.add(kind, message);
+        tally.errors.total() > MAX_ERRORS
+    };
     'connections: loop {
-        let mut conn = match Connection::open(&args.socket, args.profile.profile()).await {
+        let opened = crate::open(&args.socket, args.profile.profile(), args.timeout);
+        let Some(opened) = within(deadline, opened).await else {
+            return tally;
+        };
+        let mut conn = match opened {
             Ok(c) => c,
             Err(e) => {
-                shared.errors.fetch_add(1, Ordering::Relaxed);
-                tally.errors.push(format!("connect: {e}"));
-                if tally.errors.len() > 100 {
+                if failure(&mut tally, e.kind(), chain(&e)) {
                     return tally;
                 }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                let pause = tokio::time::sleep(Duration::from_millis(10));
+                if within(deadline, pause).await.is_none() {
+                    return tally;
+                }
                 continue;
             }
         };
@@ -93,27 +166,35 @@ async fn worker(args: Arc<BenchArgs>, shared: Arc<Shared>, deadline: Option<Inst
                 None => shared.started.fetch_add(1, Ordering::Relaxed) < args.messages,
             };
             if !more {
-                let _ = conn.quit().await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.quit()).await;
                 return tally;
             }
             let t0 = Instant::now();
-            match conn.run(&tx).await {
-                Ok(out) if out.closed.is_none() => {
-                    tally.latencies.push(t0.elapsed());
-                    match out.verdict {
-                        Some(Verdict::Accept | Verdict::Discard) => tally.accepted += 1,
-                        _ => tally.refused += 1,
+            let Some(result) = within(deadline, conn.run(&tx)).await else {
+                return tally;
+            };
+            match result {
+                Ok(out) => match out.closed {
+                    None => {
+                        let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                        tally.latencies.saturating_record(us.max(1));
+                        match out.verdict {
+                            Some(Verdict::Accept | Verdict::Discard) => tally.accepted += 1,
+                            _ => tally.refused += 1,
+                        }
+                        shared.done.fetch_add(1, Ordering::Relaxed);
                     }
-                    shared.done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(out) => {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                    tally.errors.push(out.closed.unwrap_or_default());
-                    continue 'connections;
-                }
+                    Some(why) => {
+                        if failure(&mut tally, "closed", why) {
+                            return tally;
+                        }
+                        continue 'connections;
+                    }
+                },
                 Err(e) => {
-                    shared.errors.fetch_add(1, Ordering::Relaxed);
-                    tally.errors.push(e.to_string());
+                    if failure(&mut tally, e.kind(), chain(&e)) {
+                        return tally;
+                    }
                     continue 'connections;
                 }
             }
@@ -126,23 +207,25 @@ async fn worker(args: Arc<BenchArgs>, shared: Arc<Shared>, deadline: Option<Inst
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-/// Runs the load and prints the report; the exit status is 1 if any message failed.
+/// Runs the load and prints the report; the exit status is 1 if any message failed or none
+/// completed.
 pub(crate) async fn bench(args: BenchArgs) -> Result<u8, milterkit::BoxError> {
+    // A spec that does not parse fails every connection the same way: say so once.
+    args.socket.parse::<SocketSpec>().map_err(CliError::Open)?;
     let args = Arc::new(args);
     let shared = Arc::new(Shared::default());
     let start = Instant::now();
-    let deadline = args.duration.map(|s| start + Duration::from_secs_f64(s));
-    let workers: Vec<_> = (0..args.connections.max(1))
-        .map(|_| tokio::spawn(worker(args.clone(), shared.clone(), deadline)))
-        .collect();
+    let deadline = args.duration.map(|d| start + d);
+    let mut workers = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let tally = Tally::new()?;
+        workers.push(tokio::spawn(worker(
+            args.clone(),
+            shared.clone(),
+            deadline,
+            tally,
+        )));
+    }
     let live = std::io::stderr().is_terminal() && !args.json;
     let ticker = live.then(|| {
         let shared = shared.clone();
@@ -161,29 +244,33 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<u8, milterkit::BoxError> {
             }
         })
     });
-    let mut all = Tally::default();
+    let mut all = Tally::new()?;
     for w in workers {
         let t = w.await?;
-        all.latencies.extend(t.latencies);
+        all.latencies.add(&t.latencies)?;
         all.accepted += t.accepted;
         all.refused += t.refused;
-        all.errors.extend(t.errors);
+        all.errors.merge(t.errors);
     }
     let elapsed = start.elapsed();
     if let Some(t) = ticker {
         t.abort();
         eprintln!();
     }
-    all.latencies.sort();
-    let done = all.latencies.len() as u64;
+    let done = all.latencies.len();
     let rate = done as f64 / elapsed.as_secs_f64();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let (p50, p90, p99) = (
-        percentile(&all.latencies, 0.50),
-        percentile(&all.latencies, 0.90),
-        percentile(&all.latencies, 0.99),
-    );
-    let max = all.latencies.last().copied().unwrap_or_default();
+    let errors = all.errors.total();
+    // Percentiles in milliseconds; none when no message completed.
+    let latency = (done > 0).then(|| {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let h = &all.latencies;
+        [
+            ms(h.value_at_quantile(0.50)),
+            ms(h.value_at_quantile(0.90)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.max()),
+        ]
+    });
     if args.json {
         let report = json!({
             "socket": args.socket,
@@ -193,11 +280,15 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<u8, milterkit::BoxError> {
             "messages": done,
             "accepted": all.accepted,
             "refused": all.refused,
-            "errors": all.errors.len(),
+            "errors": errors,
             "seconds": elapsed.as_secs_f64(),
             "messages_per_second": rate,
-            "latency_ms": {"p50": ms(p50), "p90": ms(p90), "p99": ms(p99), "max": ms(max)},
-            "first_errors": all.errors.iter().take(5).collect::<Vec<_>>(),
+            "latency_ms": latency.map(|[p50, p90, p99, max]| {
+                json!({"p50": p50, "p90": p90, "p99": p99, "max": max})
+            }),
+            "error_kinds": all.errors.0.iter().map(|(kind, (n, example))| {
+                json!({"kind": kind, "count": n, "example": example})
+            }).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -206,26 +297,19 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<u8, milterkit::BoxError> {
             elapsed.as_secs_f64(),
             args.connections
         );
+        match latency {
+            Some([p50, p90, p99, max]) => println!(
+                "latency: p50 {p50:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms, max {max:.3} ms"
+            ),
+            None => println!("latency: none (no message completed)"),
+        }
         println!(
-            "latency: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            ms(p50),
-            ms(p90),
-            ms(p99),
-            ms(max)
+            "verdicts: {} accepted, {} refused; errors: {errors}",
+            all.accepted, all.refused
         );
-        println!(
-            "verdicts: {} accepted, {} refused; errors: {}",
-            all.accepted,
-            all.refused,
-            all.errors.len()
-        );
-        for e in all.errors.iter().take(5) {
-            println!("  error: {e}");
+        for (kind, (n, example)) in &all.errors.0 {
+            println!("  {n} × {kind}, e.g. {example}");
         }
     }
-    Ok(if all.errors.is_empty() && done > 0 {
-        0
-    } else {
-        1
-    })
+    Ok(if errors == 0 && done > 0 { 0 } else { 1 })
 }

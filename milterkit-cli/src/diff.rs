@@ -1,5 +1,9 @@
 //! A readable line diff of a message before and after the milter.
 
+use std::time::{Duration, Instant};
+
+use similar::DiffTag;
+
 /// One line of a diff.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Line<'a> {
@@ -10,65 +14,36 @@ pub(crate) enum Line<'a> {
     Skipped(usize),
 }
 
-/// Above this many lines on either side, only the lines that differ at the start and end are
-/// compared (a replaced multi-megabyte body is summarised, not diffed line by line).
-const MAX_LINES: usize = 4000;
+/// Longest time spent looking for the smallest diff; past it the diff is still correct, only
+/// coarser (`similar`'s deadline: a replaced multi-megabyte body is summarised quickly).
+const DEADLINE: Duration = Duration::from_millis(500);
 
 /// Unchanged lines kept around each change.
 const CONTEXT: usize = 2;
 
-/// The diff of `old` and `new`, by lines, with unchanged runs shortened.
+/// The diff of `old` and `new`, by lines (Myers' algorithm, memory linear in the lines), with
+/// unchanged runs shortened.
 pub(crate) fn diff<'a>(old: &'a str, new: &'a str) -> Vec<Line<'a>> {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
-    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-    let suffix = a[prefix..]
-        .iter()
-        .rev()
-        .zip(b[prefix..].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
-    let (am, bm) = (&a[prefix..a.len() - suffix], &b[prefix..b.len() - suffix]);
-    let mut full: Vec<Line<'a>> = a[..prefix].iter().map(|l| Line::Same(l)).collect();
-    if am.len() > MAX_LINES || bm.len() > MAX_LINES {
-        full.extend(am.iter().map(|l| Line::Removed(l)));
-        full.extend(bm.iter().map(|l| Line::Added(l)));
-    } else {
-        full.extend(lcs(am, bm));
+    let ops = similar::capture_diff_slices_deadline(
+        similar::Algorithm::Myers,
+        &a,
+        &b,
+        Instant::now().checked_add(DEADLINE),
+    );
+    let mut full = Vec::with_capacity(a.len().max(b.len()));
+    for op in ops {
+        let (tag, olds, news) = op.as_tag_tuple();
+        match tag {
+            DiffTag::Equal => full.extend(a[olds].iter().map(|l| Line::Same(l))),
+            DiffTag::Delete | DiffTag::Insert | DiffTag::Replace => {
+                full.extend(a[olds].iter().map(|l| Line::Removed(l)));
+                full.extend(b[news].iter().map(|l| Line::Added(l)));
+            }
+        }
     }
-    full.extend(a[a.len() - suffix..].iter().map(|l| Line::Same(l)));
     shorten(full)
-}
-
-/// Classic longest-common-subsequence diff.
-fn lcs<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<Line<'a>> {
-    let (n, m) = (a.len(), b.len());
-    let mut t = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            t[i][j] = if a[i] == b[j] {
-                t[i + 1][j + 1] + 1
-            } else {
-                t[i + 1][j].max(t[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            out.push(Line::Same(a[i]));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || t[i + 1][j] >= t[i][j + 1]) {
-            out.push(Line::Removed(a[i]));
-            i += 1;
-        } else {
-            out.push(Line::Added(b[j]));
-            j += 1;
-        }
-    }
-    out
 }
 
 /// Keeps `CONTEXT` unchanged lines around each change; longer unchanged runs become `Skipped`.
@@ -120,6 +95,33 @@ mod tests {
                 Line::Added("h"),
             ]
         );
+    }
+
+    #[test]
+    fn a_large_message_with_many_changes_is_diffed_in_little_time_and_memory() {
+        // 20,000 lines, every tenth changed: the old table would have been 20,000² cells.
+        let old: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        let new: String = (0..20_000)
+            .map(|i| {
+                if i % 10 == 0 {
+                    format!("changed {i}\n")
+                } else {
+                    format!("line {i}\n")
+                }
+            })
+            .collect();
+        let start = Instant::now();
+        let d = diff(&old, &new);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+        let removed = d.iter().filter(|l| matches!(l, Line::Removed(_))).count();
+        let added = d.iter().filter(|l| matches!(l, Line::Added(_))).count();
+        assert_eq!((removed, added), (2_000, 2_000));
+        assert_eq!(d[0], Line::Removed("line 0"));
+        assert_eq!(d[1], Line::Added("changed 0"));
     }
 
     #[test]

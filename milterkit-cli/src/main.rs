@@ -4,6 +4,7 @@
 mod bench;
 mod demo_milter;
 mod diff;
+mod error;
 mod report;
 
 use std::io::IsTerminal;
@@ -16,6 +17,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
 use milterkit::Stage;
+
+use crate::error::CliError;
 
 /// Drive milters from the command line: see a milter's decisions and modifications, and the
 /// message it would leave behind, without an MTA.
@@ -109,9 +112,33 @@ struct RunArgs {
     /// Write the resulting message to this file.
     #[arg(long)]
     output: Option<PathBuf>,
-    /// Longest wait for one reply, in seconds (progress restarts it).
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
+    /// Longest wait, in seconds, to connect, to negotiate, and for each reply (progress restarts
+    /// it). Default: Postfix's, 30 s to connect and negotiate, 300 s per reply.
+    #[arg(long, value_parser = seconds)]
+    timeout: Option<Duration>,
+}
+
+/// Seconds as a [`Duration`]: a positive number, fractions allowed (`0.5`).
+pub(crate) fn seconds(s: &str) -> Result<Duration, String> {
+    let n: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if n <= 0.0 {
+        return Err(format!("{s:?}: must be more than 0 seconds"));
+    }
+    Duration::try_from_secs_f64(n).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// Connects to the milter at `spec` and negotiates, within `timeout` if given (else Postfix's
+/// 30 s), and sets the reply timeout to it (else Postfix's 300 s).
+pub(crate) async fn open(
+    spec: &str,
+    profile: Profile,
+    timeout: Option<Duration>,
+) -> Result<Connection, milterkit::Error> {
+    let connect = timeout.unwrap_or(milterkit::mta::CONNECT_TIMEOUT);
+    let conn = Connection::open_with_timeout(spec, profile, connect).await?;
+    Ok(conn.with_reply_timeout(timeout.unwrap_or(milterkit::mta::REPLY_TIMEOUT)))
 }
 
 fn main() -> ExitCode {
@@ -242,21 +269,36 @@ fn build_transaction(args: &RunArgs, message: Bytes) -> Result<Transaction, Stri
 
 async fn run(args: RunArgs) -> Result<u8, milterkit::BoxError> {
     let message = match &args.message {
-        Some(p) => std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?,
+        Some(p) => std::fs::read(p).map_err(|source| CliError::ReadMessage {
+            path: p.clone(),
+            source,
+        })?,
         None => {
             let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                .map_err(CliError::ReadStdin)?;
             buf
         }
     };
     let message = Bytes::from(message);
-    let tx = build_transaction(&args, message.clone())?;
-    let conn = Connection::open(&args.socket, args.profile.profile()).await?;
-    let mut conn = conn.with_reply_timeout(Duration::from_secs(args.timeout));
-    let out = conn.run(&tx).await?;
-    conn.quit().await?;
+    let tx = build_transaction(&args, message.clone()).map_err(CliError::Input)?;
+    let mut conn = open(&args.socket, args.profile.profile(), args.timeout)
+        .await
+        .map_err(CliError::Open)?;
+    let spec = || args.socket.clone();
+    let out = conn.run(&tx).await.map_err(|source| CliError::Run {
+        spec: spec(),
+        source,
+    })?;
+    conn.quit().await.map_err(|source| CliError::Quit {
+        spec: spec(),
+        source,
+    })?;
     if let (Some(path), Some(d)) = (&args.output, &out.delivery) {
-        std::fs::write(path, &d.message).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::write(path, &d.message).map_err(|source| CliError::WriteOutput {
+            path: path.clone(),
+            source,
+        })?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report::to_json(&out))?);

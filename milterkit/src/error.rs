@@ -70,6 +70,47 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A socket specification that does not parse ([`SocketSpec`](crate::SocketSpec)'s
+    /// `FromStr`); [`bind`](crate::bind) reports it as [`Error::Bind`].
+    #[error("invalid socket specification {spec:?}: {reason}")]
+    Spec {
+        /// The specification given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The MTA side could not reach the milter: nothing listens there, the socket file does not
+    /// exist, the host name does not resolve, or no connection within the connect timeout
+    /// ([`mta::Connection::open`](crate::mta::Connection::open)).
+    #[error("cannot connect to the milter at {spec}")]
+    Connect {
+        /// The specification given.
+        spec: String,
+        /// Why (a timeout is [`io::ErrorKind::TimedOut`]).
+        #[source]
+        source: io::Error,
+    },
+    /// The MTA side reached the socket, but the option negotiation (`SMFIC_OPTNEG`) failed: the
+    /// peer closed, sent something else than a milter's reply, or did not answer in time.
+    #[error("cannot negotiate with the milter at {spec}")]
+    Negotiate {
+        /// The specification given.
+        spec: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The peer's first bytes are an SMTP server's greeting (`220 `, `220-`, `554 `: three digits
+    /// from 2 to 5 and a space or hyphen) or an HTTP response (`HTTP/`), not a milter's reply:
+    /// the MTA side was pointed at the wrong port or socket. (Read as a milter frame's length,
+    /// such bytes would be over 800 MB: no milter sends that.)
+    #[error("this looks like an {protocol} server, not a milter: it said {greeting:?}")]
+    NotAMilter {
+        /// `"SMTP"` or `"HTTP"`.
+        protocol: &'static str,
+        /// The start of the peer's first line (at most 100 characters; invalid UTF-8 replaced).
+        greeting: String,
+    },
 }
 
 /// What an error puts on the wire when it happens while the MTA waits for a reply
@@ -103,9 +144,14 @@ impl Error {
             | Error::Misuse { .. }
             | Error::HandlerTimeout { .. }
             | Error::Shutdown => OnWire::FailSafe,
-            Error::Io(_) | Error::Protocol(_) | Error::Timeout(_) | Error::Bind { .. } => {
-                OnWire::Nothing
-            }
+            Error::Io(_)
+            | Error::Protocol(_)
+            | Error::Timeout(_)
+            | Error::Bind { .. }
+            | Error::Spec { .. }
+            | Error::Connect { .. }
+            | Error::Negotiate { .. }
+            | Error::NotAMilter { .. } => OnWire::Nothing,
         }
     }
 
@@ -122,7 +168,8 @@ impl Error {
     }
 
     /// A short name of the kind of error, for logs and the `milter_errors` metric: `io`,
-    /// `protocol`, `misuse`, `timeout`, `handler_timeout`, `handler`, `panic`, `shutdown`, `bind`.
+    /// `protocol`, `misuse`, `timeout`, `handler_timeout`, `handler`, `panic`, `shutdown`, `bind`;
+    /// on the MTA side also `spec`, `connect`, `negotiate` and `not_a_milter`.
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Io(_) => "io",
@@ -134,6 +181,10 @@ impl Error {
             Error::Panicked { .. } => "panic",
             Error::Shutdown => "shutdown",
             Error::Bind { .. } => "bind",
+            Error::Spec { .. } => "spec",
+            Error::Connect { .. } => "connect",
+            Error::Negotiate { .. } => "negotiate",
+            Error::NotAMilter { .. } => "not_a_milter",
         }
     }
 }
@@ -188,6 +239,34 @@ mod tests {
                 Error::Bind {
                     spec: "unix:/x".into(),
                     reason: "denied".into(),
+                },
+                OnWire::Nothing,
+            ),
+            (
+                Error::Spec {
+                    spec: "inet:x".into(),
+                    reason: "unknown port".into(),
+                },
+                OnWire::Nothing,
+            ),
+            (
+                Error::Connect {
+                    spec: "unix:/x".into(),
+                    source: io::Error::other("refused"),
+                },
+                OnWire::Nothing,
+            ),
+            (
+                Error::Negotiate {
+                    spec: "unix:/x".into(),
+                    source: Box::new(Error::Timeout("waiting")),
+                },
+                OnWire::Nothing,
+            ),
+            (
+                Error::NotAMilter {
+                    protocol: "SMTP",
+                    greeting: "220 mx".into(),
                 },
                 OnWire::Nothing,
             ),

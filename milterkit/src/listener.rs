@@ -51,10 +51,11 @@ pub enum SocketSpec {
 impl std::str::FromStr for SocketSpec {
     type Err = Error;
 
+    /// A spec that does not parse is [`Error::Spec`], naming it and what is wrong.
     fn from_str(spec: &str) -> Result<Self, Error> {
-        let bad = |reason: &str| Error::Bind {
+        let bad = |reason: String| Error::Spec {
             spec: spec.to_owned(),
-            reason: reason.to_owned(),
+            reason,
         };
         let (proto, rest) = match spec.split_once(':') {
             Some((p, r)) if !p.contains('/') => (p.to_ascii_lowercase(), r),
@@ -63,7 +64,7 @@ impl std::str::FromStr for SocketSpec {
         match proto.as_str() {
             "" | "unix" | "local" => {
                 if rest.is_empty() {
-                    return Err(bad("empty socket path"));
+                    return Err(bad("empty socket path".into()));
                 }
                 Ok(SocketSpec::Unix(PathBuf::from(rest)))
             }
@@ -77,7 +78,11 @@ impl std::str::FromStr for SocketSpec {
                 } else {
                     (rest, None)
                 };
-                let port = parse_port(port).ok_or_else(|| bad("unknown port"))?;
+                let port = parse_port(port).ok_or_else(|| {
+                    bad(format!(
+                        "unknown port {port:?} (write inet:PORT@HOST or inet:HOST:PORT)"
+                    ))
+                })?;
                 let host = match host {
                     None | Some("") | Some("*") => None,
                     Some(h) => Some(h.trim_start_matches('[').trim_end_matches(']').to_owned()),
@@ -88,7 +93,9 @@ impl std::str::FromStr for SocketSpec {
                         .is_some_and(|h| h.parse::<Ipv6Addr>().is_ok());
                 Ok(SocketSpec::Inet { v6, host, port })
             }
-            _ => Err(bad("unknown protocol (use inet:, inet6:, unix: or local:)")),
+            _ => Err(bad(format!(
+                "unknown protocol {proto:?} (use inet:, inet6:, unix: or local:)"
+            ))),
         }
     }
 }
@@ -212,7 +219,10 @@ pub const DEFAULT_BACKLOG: u32 = 4096;
 /// queues while the milter is at [`Config::max_connections`](crate::Config::max_connections).
 #[doc(alias = "smfi_setbacklog")]
 pub async fn bind_with_backlog(spec: &str, backlog: u32) -> Result<Listener, Error> {
-    let parsed: SocketSpec = spec.parse()?;
+    let parsed: SocketSpec = spec.parse().map_err(|e| match e {
+        Error::Spec { spec, reason } => Error::Bind { spec, reason },
+        other => other,
+    })?;
     let fail = |e: io::Error| Error::Bind {
         spec: spec.to_owned(),
         reason: e.to_string(),

@@ -1,0 +1,67 @@
+//! The command's errors: each names what it was about (a file, a flag, the milter's socket, the
+//! stage) and keeps its cause, which `main` prints as `caused by:` lines.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why `milterkit run` or `milterkit bench` stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The message file could not be read.
+    #[error("cannot read the message {}", path.display())]
+    ReadMessage {
+        /// The file given.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Standard input could not be read.
+    #[error("cannot read the message from standard input")]
+    ReadStdin(#[source] io::Error),
+    /// The resulting message could not be written.
+    #[error("cannot write the resulting message to {}", path.display())]
+    WriteOutput {
+        /// The file given with `--output`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A flag's value or the message does not make a transaction; the text names which.
+    #[error("{0}")]
+    Input(String),
+    /// Connecting or negotiating failed (the error names the socket).
+    #[error(transparent)]
+    Open(milterkit::Error),
+    /// The milter failed while the message went through it.
+    #[error("the milter at {spec} failed while the message went through it")]
+    Run {
+        /// The socket given.
+        spec: String,
+        /// What went wrong (it names the stage when a reply did not come in time).
+        #[source]
+        source: milterkit::Error,
+    },
+    /// The session could not be ended cleanly.
+    #[error("the milter at {spec} failed at the end of the session")]
+    Quit {
+        /// The socket given.
+        spec: String,
+        /// What went wrong.
+        #[source]
+        source: milterkit::Error,
+    },
+}
+
+/// An error and its causes on one line, joined by `: `.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
