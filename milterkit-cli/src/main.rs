@@ -141,8 +141,35 @@ pub(crate) async fn open(
     Ok(conn.with_reply_timeout(timeout.unwrap_or(milterkit::mta::REPLY_TIMEOUT)))
 }
 
+/// clap's default help layout, with the text after the arguments (examples) left out: it goes
+/// in verbatim instead (see [`examples_verbatim`]).
+const HELP_TEMPLATE: &str = "\
+{before-help}{about-with-newline}
+{usage-heading} {usage}
+
+{all-args}";
+
+/// The command with each (sub)command's `after_help` (its examples) put in the help template as
+/// literal text, which clap does not wrap: an example line stays whole at any terminal width,
+/// so it can be copied and pasted.
+fn examples_verbatim(cmd: clap::Command) -> clap::Command {
+    let after = cmd.get_after_help().map(ToString::to_string);
+    let cmd = cmd.mut_subcommands(examples_verbatim);
+    match after {
+        Some(text) => cmd.help_template(format!("{HELP_TEMPLATE}\n\n{text}")),
+        None => cmd,
+    }
+}
+
+/// The parsed command line (exits with clap's usage error or help).
+fn parse() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = examples_verbatim(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -384,5 +411,6 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        examples_verbatim(Cli::command()).debug_assert();
     }
 }

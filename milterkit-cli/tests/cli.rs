@@ -47,6 +47,44 @@ fn every_subcommand_has_help_with_examples() {
     assert_eq!(code, 2, "usage error: {err}");
 }
 
+#[test]
+fn help_examples_stay_whole_on_a_narrow_terminal() {
+    let run_example = "milterkit run inet:127.0.0.1:8891 message.eml --from '<alice@example.org>' \
+                       --rcpt '<bob@example.net>'";
+    for (args, example) in [
+        (&["--help"][..], run_example),
+        (&["run", "--help"], run_example),
+        (
+            &["run", "-h"],
+            "milterkit run unix:/var/run/milter.sock --rcpt '<bob@example.net>' \
+             --macro 'M:{auth_authen}=alice' < message.eml",
+        ),
+        (
+            &["bench", "--help"],
+            "milterkit bench inet:127.0.0.1:8891 --per-connection 1 --messages 2000   \
+             # connection churn",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_milterkit"))
+            .args(args)
+            .env("COLUMNS", "40")
+            .output()
+            .unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.lines().any(|l| l == format!("  {example}")),
+            "{args:?}: {example:?} is not one line of:\n{out}"
+        );
+        // The rest is still wrapped to the terminal (clap leaves the usage line whole).
+        let whole = ["  milterkit ", "Usage: ", "Socket specifications"];
+        assert!(
+            out.lines()
+                .all(|l| whole.iter().any(|w| l.starts_with(w)) || l.chars().count() <= 40),
+            "{out}"
+        );
+    }
+}
+
 /// Runs `milterkit bench SPEC ARGS…` on a blocking thread (the milter is served on the runtime's).
 async fn bench(spec: &str, args: &[&str]) -> (i32, String, String) {
     let args: Vec<String> = ["bench", spec]
