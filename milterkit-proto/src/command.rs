@@ -188,10 +188,13 @@ impl Connect {
 /// (normally in angle brackets; empty for Postfix's non-SMTP null sender), then each ESMTP
 /// parameter.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Envelope {
     /// `args[0]`: the address as given.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
     pub address: Bytes,
     /// `args[1..]`: ESMTP parameters such as `SIZE=1024`.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::list"))]
     pub args: Vec<Bytes>,
 }
 

@@ -60,7 +60,10 @@
 //! The tests replay real captures of Postfix 3.7 and Sendmail 8.17 talking to libmilter, recorded
 //! by the project (`testdata/captures` in this crate).
 //!
-//! The crate has no features; it depends on `bytes`, `bitflags` and `thiserror` only.
+//! It depends on `bytes`, `bitflags` and `thiserror` only. One feature, off by default: `serde`
+//! derives `serde::Serialize` for the types an MTA side reports (stages, decisions, replies,
+//! modifications, envelopes, the negotiated agreement, the delivered message); byte strings are
+//! serialised as text when they are UTF-8, else as bytes ([`serde_text`]).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -78,6 +81,9 @@ pub mod negotiate;
 pub mod order;
 pub mod reply;
 pub mod response;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod serde_text;
 pub mod stage;
 
 pub use command::{Command, Connect, Envelope, Family};

@@ -127,6 +127,41 @@ impl MacroLists {
     }
 }
 
+/// With the `serde` feature: the stage's name (`CONNECT`, `EOH`, ...) for the seven stages, the
+/// number for another.
+#[cfg(feature = "serde")]
+impl serde::Serialize for MacroStage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.stage() {
+            Some(stage) => s.serialize_str(stage.name()),
+            None => s.serialize_u32(self.0),
+        }
+    }
+}
+
+/// With the `serde` feature: a list of `{"stage": ..., "names": ...}` in the order set, `names`
+/// the space-separated list (text by the rule of [`crate::serde_text`]).
+#[cfg(feature = "serde")]
+impl serde::Serialize for MacroLists {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct Entry<'a>(MacroStage, &'a [u8]);
+        impl serde::Serialize for Entry<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut e = s.serialize_struct("MacroList", 2)?;
+                e.serialize_field("stage", &self.0)?;
+                e.serialize_field("names", &crate::serde_text::Text(self.1))?;
+                e.end()
+            }
+        }
+        let mut seq = s.serialize_seq(Some(self.entries.len()))?;
+        for (stage, names) in self.iter() {
+            seq.serialize_element(&Entry(stage, names))?;
+        }
+        seq.end()
+    }
+}
+
 /// One stage's slot: the pairs of the most recent `SMFIC_MACRO` packet for that stage. `buf`
 /// holds the strings in wire form (each followed by a NUL), then the offset of each string's end
 /// (native-endian `usize`), so that a lookup steps from pair to pair without scanning. One buffer

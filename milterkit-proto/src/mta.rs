@@ -32,6 +32,11 @@ pub enum MtaEvent {
 
 /// What [`MtaSession::send`] did with a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "kind", content = "stage", rename_all = "snake_case")
+)]
 pub enum Sent {
     /// Sent; the milter owes a reply: feed input until [`MtaEvent::Decision`] for this stage.
     AwaitingReply(Stage),

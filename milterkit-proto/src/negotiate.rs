@@ -14,6 +14,7 @@ pub const MIN_VERSION: u32 = 2;
 bitflags::bitflags! {
     /// `SMFIF_*`: what the milter may do at end of message. Unknown bits are kept.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    #[cfg_attr(feature = "serde", derive(serde::Serialize))]
     pub struct Actions: u32 {
         /// `SMFIF_ADDHDRS`: add and insert headers.
         #[doc(alias = "SMFIF_ADDHDRS")]
@@ -58,6 +59,7 @@ bitflags::bitflags! {
     /// `SMFIP_*`: the protocol word: stages to suppress, stages not answered, and capabilities.
     /// Unknown bits are kept.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    #[cfg_attr(feature = "serde", derive(serde::Serialize))]
     pub struct ProtocolFlags: u32 {
         /// `SMFIP_NOCONNECT`: do not send CONNECT.
         const NOCONNECT = 0x0000_0001;
@@ -220,6 +222,7 @@ impl Default for Request {
 
 /// What both sides agreed on: the OPTNEG reply, and what follows from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Agreement {
     /// The protocol version both speak.
     pub version: u32,

@@ -30,11 +30,15 @@ pub const MAX_REPLY_LINE: usize = 980;
 /// assert!(Reply::new(550, "4.7.1", "no").is_err()); // classes must match
 /// # Ok::<(), milterkit_proto::ReplyError>(())
 /// ```
+///
+/// With the `serde` feature it is serialised as `code` and `text` (the wire form).
 #[derive(Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[doc(alias = "smfi_setreply")]
 #[doc(alias = "smfi_setmlreply")]
 pub struct Reply {
     code: u16,
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
     text: Bytes,
 }
 

@@ -84,6 +84,11 @@ pub enum Response {
 
 /// The milter's answer to a reply-bearing command.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "kind", rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum Decision {
     /// `SMFIR_CONTINUE` (`SMFIS_CONTINUE`): no objection; at end of message, accept.
@@ -206,6 +211,11 @@ impl BodyRun {
 
 /// A change to the message, sent at end of message before the decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "kind", rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum Modification {
     /// `SMFIR_ADDHEADER`: append a header (`smfi_addheader`).
@@ -213,8 +223,10 @@ pub enum Modification {
     #[doc(alias = "smfi_addheader")]
     AddHeader {
         /// Field name.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         name: Bytes,
         /// Value; fold with `"\n\t"`, never CRLF.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         value: Bytes,
     },
     /// `SMFIR_INSHEADER`: insert a header at `index` among all headers, 0 = top
@@ -225,8 +237,10 @@ pub enum Modification {
         /// Position among all headers the MTA stores.
         index: u32,
         /// Field name.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         name: Bytes,
         /// Value.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         value: Bytes,
     },
     /// `SMFIR_CHGHEADER`: change the `index`-th (1-based) header called `name`; an empty value
@@ -237,8 +251,10 @@ pub enum Modification {
         /// 1-based among headers of that name (0 acts as 1).
         index: u32,
         /// Field name.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         name: Bytes,
         /// New value; empty to delete.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         value: Bytes,
     },
     /// `SMFIR_CHGFROM`: change the envelope sender (`smfi_chgfrom`).
@@ -246,8 +262,10 @@ pub enum Modification {
     #[doc(alias = "smfi_chgfrom")]
     ChangeFrom {
         /// The new sender.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         sender: Bytes,
         /// ESMTP parameters in one space-separated string.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::option"))]
         args: Option<Bytes>,
     },
     /// `SMFIR_ADDRCPT`: add a recipient (`smfi_addrcpt`).
@@ -255,6 +273,7 @@ pub enum Modification {
     #[doc(alias = "smfi_addrcpt")]
     AddRcpt {
         /// The recipient.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         rcpt: Bytes,
     },
     /// `SMFIR_ADDRCPT_PAR`: add a recipient with ESMTP parameters (`smfi_addrcpt_par`).
@@ -262,8 +281,10 @@ pub enum Modification {
     #[doc(alias = "smfi_addrcpt_par")]
     AddRcptPar {
         /// The recipient.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         rcpt: Bytes,
         /// ESMTP parameters in one space-separated string.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::option"))]
         args: Option<Bytes>,
     },
     /// `SMFIR_DELRCPT`: remove a recipient, named as in its RCPT (`smfi_delrcpt`).
@@ -271,6 +292,7 @@ pub enum Modification {
     #[doc(alias = "smfi_delrcpt")]
     DeleteRcpt {
         /// The recipient as it arrived.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         rcpt: Bytes,
     },
     /// `SMFIR_REPLBODY`: one chunk of the new body; the first truncates, the rest append
@@ -279,6 +301,7 @@ pub enum Modification {
     #[doc(alias = "smfi_replacebody")]
     ReplaceBody {
         /// Body bytes, CRLF line ends.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         chunk: Bytes,
     },
     /// `SMFIR_QUARANTINE`: quarantine (Sendmail) or hold (Postfix) the message
@@ -287,6 +310,7 @@ pub enum Modification {
     #[doc(alias = "smfi_quarantine")]
     Quarantine {
         /// Why; non-empty.
+        #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
         reason: Bytes,
     },
 }

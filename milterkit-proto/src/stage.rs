@@ -7,6 +7,11 @@ use crate::negotiate::ProtocolFlags;
 
 /// A reply-bearing step of a session: one per command that the milter answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "UPPERCASE")
+)]
 #[non_exhaustive]
 pub enum Stage {
     /// `SMFIC_CONNECT`: a client connected (`xxfi_connect`).
@@ -44,6 +49,7 @@ pub enum Stage {
 bitflags::bitflags! {
     /// A set of [`Stage`]s: the stages a milter wants to see, or will not answer.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    #[cfg_attr(feature = "serde", derive(serde::Serialize))]
     pub struct Stages: u16 {
         /// [`Stage::Connect`].
         const CONNECT = 1 << 0;

@@ -212,14 +212,17 @@ fn hidden(rules: Mta) -> usize {
 
 /// What the MTA would deliver after the milter's modifications.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Delivery {
     /// The envelope sender (CHGFROM applied) with its ESMTP parameters.
     pub sender: crate::command::Envelope,
     /// The recipients (ADDRCPT, ADDRCPT_PAR and DELRCPT applied) with their parameters.
     pub recipients: Vec<crate::command::Envelope>,
     /// The message, headers and body, in the original's line-end style.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::bytes"))]
     pub message: Bytes,
     /// The quarantine reason (Sendmail's quarantine; Postfix's hold queue), if any.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "crate::serde_text::option"))]
     pub quarantine: Option<Bytes>,
 }
 

@@ -175,11 +175,16 @@ fn envelope<A: AsRef<[u8]>>(addr: impl AsRef<[u8]>, args: impl IntoIterator<Item
 
 /// One command of a transaction and what the milter answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Step {
     /// The stage.
     pub stage: Stage,
     /// What the command carried, for people: the address of MAIL and RCPT, the HELO name, the
     /// header name, the unknown command, the size of a body chunk.
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "milterkit_proto::serde_text::option")
+    )]
     pub argument: Option<Bytes>,
     /// Whether it was sent, skipped, or sent without a reply.
     pub sent: Sent,
@@ -188,7 +193,15 @@ pub struct Step {
 }
 
 /// What the MTA would do with the message, after every decision.
+///
+/// With the `serde` feature: `{"kind": "accept"}`, `{"kind": "discard"}`, or `{"kind": "reject"}`
+/// and `{"kind": "tempfail"}` with `"reply"`: the milter's [`Reply`] or null.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "kind", content = "reply", rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum Verdict {
     /// Delivered (with the modifications).
@@ -202,7 +215,12 @@ pub enum Verdict {
 }
 
 /// What happened to one transaction.
+///
+/// With the `serde` feature it serialises field by field; `refused` as a list of
+/// `{"rcpt": ..., "decision": ...}`, byte strings as text when UTF-8, else as bytes
+/// ([`milterkit_proto::serde_text`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Outcome {
     /// Every command of the transaction, in order, with its answer.
     pub steps: Vec<Step>,
@@ -211,6 +229,7 @@ pub struct Outcome {
     /// `SMFIR_PROGRESS` packets received.
     pub progress: u32,
     /// Recipients the milter refused (reject, tempfail or reply at RCPT).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "refused"))]
     pub refused: Vec<(Bytes, Decision)>,
     /// The end result. When the milter's connection ended before it decided the message, this
     /// is tempfail: what Postfix (`milter_default_action`) and Sendmail (`F=T`) do by default.
@@ -222,6 +241,20 @@ pub struct Outcome {
     pub agreement: Option<Agreement>,
     /// Why the milter connection ended early, if it did.
     pub closed: Option<String>,
+}
+
+/// `Outcome::refused` as `[{"rcpt": ..., "decision": ...}]`.
+#[cfg(feature = "serde")]
+fn refused<S: serde::Serializer>(v: &[(Bytes, Decision)], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(serde::Serialize)]
+    struct Refused<'a> {
+        rcpt: milterkit_proto::serde_text::Text<'a>,
+        decision: &'a Decision,
+    }
+    s.collect_seq(v.iter().map(|(rcpt, decision)| Refused {
+        rcpt: milterkit_proto::serde_text::Text(rcpt),
+        decision,
+    }))
 }
 
 impl Outcome {
@@ -251,6 +284,7 @@ impl Outcome {
 
 /// What one command brought back from the milter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Answer {
     /// Whether the command was sent (`None`: the connection was already closed).
@@ -274,5 +308,91 @@ impl Answer {
             MtaEvent::Progress => self.progress += 1,
             _ => {}
         }
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use milterkit_proto::Actions;
+    use serde_json::json;
+
+    #[test]
+    fn an_outcome_serialises_as_text_where_utf8_and_bytes_elsewhere() {
+        let reply = Reply::new(550, "5.7.1", "no").unwrap();
+        let out = Outcome {
+            steps: vec![
+                Step {
+                    stage: Stage::Rcpt,
+                    argument: Some(Bytes::from_static(b"<r@example.net>")),
+                    sent: Sent::AwaitingReply(Stage::Rcpt),
+                    decision: Some(Decision::Reply(reply.clone())),
+                },
+                Step {
+                    stage: Stage::Body,
+                    argument: None,
+                    sent: Sent::Skipped,
+                    decision: None,
+                },
+            ],
+            modifications: vec![
+                Modification::ChangeFrom {
+                    sender: Bytes::from_static(b"<b@example.org>"),
+                    args: Some(Bytes::from_static(b"RET=HDRS")),
+                },
+                Modification::AddHeader {
+                    name: Bytes::from_static(b"X-Bin"),
+                    value: Bytes::from_static(b"\xff\x00"),
+                },
+            ],
+            refused: vec![(Bytes::from_static(b"<r@example.net>"), Decision::Tempfail)],
+            verdict: Some(Verdict::Reject(Some(reply))),
+            agreement: Some(Agreement {
+                version: 6,
+                actions: Actions::ADD_HEADER | Actions::QUARANTINE,
+                protocol: milterkit_proto::ProtocolFlags::NOCONNECT,
+                macros: Default::default(),
+            }),
+            ..Outcome::default()
+        };
+        let v = serde_json::to_value(&out).unwrap();
+        assert_eq!(
+            v["steps"],
+            json!([
+                {"stage": "RCPT", "argument": "<r@example.net>",
+                 "sent": {"kind": "awaiting_reply", "stage": "RCPT"},
+                 "decision": {"kind": "reply", "code": 550, "text": "550 5.7.1 no"}},
+                {"stage": "BODY", "argument": null, "sent": {"kind": "skipped"}, "decision": null},
+            ])
+        );
+        assert_eq!(
+            v["modifications"],
+            json!([
+                {"kind": "change_from", "sender": "<b@example.org>", "args": "RET=HDRS"},
+                {"kind": "add_header", "name": "X-Bin", "value": [255, 0]},
+            ])
+        );
+        assert_eq!(
+            v["refused"],
+            json!([{"rcpt": "<r@example.net>", "decision": {"kind": "tempfail"}}])
+        );
+        assert_eq!(
+            v["verdict"],
+            json!({"kind": "reject", "reply": {"code": 550, "text": "550 5.7.1 no"}})
+        );
+        assert_eq!(
+            v["agreement"],
+            json!({"version": 6, "actions": "ADD_HEADER | QUARANTINE", "protocol": "NOCONNECT", "macros": []})
+        );
+        assert_eq!(v["delivery"], json!(null));
+        assert_eq!(
+            serde_json::to_value(Verdict::Tempfail(None)).unwrap(),
+            json!({"kind": "tempfail", "reply": null})
+        );
+        assert_eq!(
+            serde_json::to_value(Verdict::Accept).unwrap(),
+            json!({"kind": "accept"})
+        );
     }
 }
