@@ -2,6 +2,7 @@
 //! the bundled example milter at work (`milterkit demo`).
 
 mod bench;
+mod cases;
 mod demo_milter;
 mod diff;
 mod error;
@@ -58,6 +59,10 @@ enum Cmd {
   milterkit bench unix:/run/milter.sock --connections 50 --duration 30 --size 1048576
   milterkit bench inet:127.0.0.1:8891 --per-connection 1 --messages 2000   # connection churn")]
     Bench(bench::BenchArgs),
+    /// Runs scripted test cases (TOML files) against a milter and reports PASS or FAIL for each
+    /// message, with a diff of what was expected and what happened.
+    #[command(after_help = cases::FORMAT)]
+    Test(cases::TestArgs),
 }
 
 /// Which MTA to imitate.
@@ -192,6 +197,7 @@ fn main() -> ExitCode {
             Cmd::Demo => demo().await,
             Cmd::Run(args) => run(args).await,
             Cmd::Bench(args) => bench::bench(args).await,
+            Cmd::Test(args) => cases::test(args).await,
         }
     });
     match result {

@@ -271,92 +271,15 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn decision_json(d: &Decision) -> Value {
-    match d {
-        Decision::Reply(r) => json!({"kind": "reply", "code": r.code(), "text": r.to_string()}),
-        other => json!({"kind": other.name()}),
-    }
-}
-
-fn modification_json(m: &Modification) -> Value {
-    let b = |x: &[u8]| Value::String(lossy(x));
-    let args = |a: &Option<bytes::Bytes>| a.as_ref().map_or(Value::Null, |a| b(a));
-    match m {
-        Modification::AddHeader { name, value } => {
-            json!({"kind": "add_header", "name": b(name), "value": b(value)})
-        }
-        Modification::InsertHeader { index, name, value } => {
-            json!({"kind": "insert_header", "index": index, "name": b(name), "value": b(value)})
-        }
-        Modification::ChangeHeader { index, name, value } if value.is_empty() => {
-            json!({"kind": "delete_header", "index": index, "name": b(name)})
-        }
-        Modification::ChangeHeader { index, name, value } => {
-            json!({"kind": "change_header", "index": index, "name": b(name), "value": b(value)})
-        }
-        Modification::ChangeFrom { sender, args: a } => {
-            json!({"kind": "change_from", "sender": b(sender), "args": args(a)})
-        }
-        Modification::AddRcpt { rcpt } => {
-            json!({"kind": "add_rcpt", "rcpt": b(rcpt), "args": Value::Null})
-        }
-        Modification::AddRcptPar { rcpt, args: a } => {
-            json!({"kind": "add_rcpt", "rcpt": b(rcpt), "args": args(a)})
-        }
-        Modification::DeleteRcpt { rcpt } => json!({"kind": "delete_rcpt", "rcpt": b(rcpt)}),
-        Modification::ReplaceBody { chunk } => {
-            json!({"kind": "replace_body", "bytes": chunk.len()})
-        }
-        Modification::Quarantine { reason } => json!({"kind": "quarantine", "reason": b(reason)}),
-        other => json!({"kind": format!("{other:?}")}),
-    }
-}
-
-/// The outcome of one message, for scripts.
+/// The outcome of one message, for scripts: milterkit's own serialisation of [`Outcome`] (its
+/// `serde` feature): every step with its stage, argument, how it was sent and the decision; every
+/// modification with all its fields (replacement body chunks included); refused recipients; the
+/// verdict with the milter's reply; the delivery (envelope with ESMTP arguments, quarantine, the
+/// whole message); the agreement (version, actions and protocol as flag names, macro lists).
+/// Byte strings are text when UTF-8, else arrays of byte values.
 pub(crate) fn to_json(out: &Outcome) -> Value {
-    let steps: Vec<Value> = out
-        .steps
-        .iter()
-        .map(|s| {
-            json!({
-                "stage": s.stage.name(),
-                "argument": s.argument.as_deref().map(lossy),
-                "sent": match s.sent {
-                    Sent::Skipped => "skipped",
-                    Sent::NoReply => "no_reply",
-                    _ => "awaited_reply",
-                },
-                "decision": s.decision.as_ref().map(decision_json),
-            })
-        })
-        .collect();
-    let verdict = match &out.verdict {
-        Some(Verdict::Reject(Some(r)) | Verdict::Tempfail(Some(r))) => {
-            json!({"kind": verdict_text(out.verdict.as_ref()), "code": r.code(), "text": r.to_string()})
-        }
-        v => json!({"kind": verdict_text(v.as_ref())}),
-    };
-    json!({
-        "agreement": out.agreement.as_ref().map(|a| json!({
-            "version": a.version,
-            "actions": a.actions.bits(),
-            "protocol": a.protocol.bits(),
-            "summary": agreement_text(a),
-        })),
-        "steps": steps,
-        "modifications": out.modifications.iter().map(modification_json).collect::<Vec<_>>(),
-        "progress": out.progress,
-        "refused": out.refused.iter().map(|(r, d)| json!({"rcpt": lossy(r), "decision": decision_json(d)})).collect::<Vec<_>>(),
-        "verdict": verdict,
-        "delivery": out.delivery.as_ref().map(|d| json!({
-            "sender": lossy(&d.sender.address),
-            "sender_args": d.sender.args.iter().map(|a| lossy(a)).collect::<Vec<_>>(),
-            "recipients": d.recipients.iter().map(|r| json!({"address": lossy(&r.address), "args": r.args.iter().map(|a| lossy(a)).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-            "quarantine": d.quarantine.as_deref().map(lossy),
-            "message": lossy(&d.message),
-        })),
-        "closed": out.closed,
-    })
+    // Serialising into a `Value` fails only on a map with non-text keys, and an Outcome has none.
+    serde_json::to_value(out).unwrap_or_else(|e| json!({ "error": e.to_string() }))
 }
 
 #[cfg(test)]

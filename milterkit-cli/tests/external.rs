@@ -175,22 +175,45 @@ fn milterkit_run_shows_every_modification_of_a_libmilter_milter() {
             "add_header",
             "insert_header",
             "change_header",
-            "delete_header",
+            "change_header",
             "change_from",
             "add_rcpt",
-            "add_rcpt",
+            "add_rcpt_par",
             "delete_rcpt",
             "replace_body",
             "quarantine"
         ],
         "libmilter sends them in call order"
     );
+    let mods = &v["modifications"];
+    assert_eq!(mods[3]["name"], "X-Remove");
+    assert_eq!(mods[3]["value"], "", "an empty value deletes");
+    assert_eq!(mods[6]["args"], "NOTIFY=NEVER");
+    assert_eq!(mods[8]["chunk"], "Body replaced by the C milter.\r\n");
     assert_eq!(v["progress"], 1);
     assert_eq!(v["refused"][0]["rcpt"], "<reject@example.net>");
     assert_eq!(v["refused"][0]["decision"]["code"], 550);
     assert_eq!(v["verdict"]["kind"], "accept");
-    assert_eq!(v["delivery"]["sender"], "<c-bounce@example.org>");
-    assert_eq!(v["delivery"]["sender_args"][0], "RET=HDRS");
+    assert_eq!(v["agreement"]["version"], 6);
+    assert_eq!(
+        v["steps"][0]["sent"],
+        serde_json::json!({"kind": "skipped"}),
+        "the C milter has no connect callback"
+    );
+    let mail = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "MAIL")
+        .unwrap();
+    assert_eq!(mail["argument"], "<alice@example.org>");
+    assert_eq!(
+        mail["sent"],
+        serde_json::json!({"kind": "awaiting_reply", "stage": "MAIL"})
+    );
+    assert_eq!(mail["decision"], serde_json::json!({"kind": "continue"}));
+    assert_eq!(v["delivery"]["sender"]["address"], "<c-bounce@example.org>");
+    assert_eq!(v["delivery"]["sender"]["args"][0], "RET=HDRS");
     assert_eq!(v["delivery"]["recipients"][2]["args"][0], "NOTIFY=NEVER");
     assert_eq!(v["delivery"]["quarantine"], "quarantined by the C milter");
     assert_eq!(v["delivery"]["message"], expected_result());
