@@ -16,6 +16,14 @@ pub(crate) enum CliError {
         #[source]
         source: io::Error,
     },
+    /// The bytes given are not an RFC 5322 message.
+    #[error("the message {what} is not an RFC 5322 message (header fields, an empty line, the body): {reason}")]
+    NotAMessage {
+        /// The file, or standard input.
+        what: String,
+        /// What is wrong, and where.
+        reason: String,
+    },
     /// Standard input could not be read.
     #[error("cannot read the message from standard input")]
     ReadStdin(#[source] io::Error),

@@ -5,6 +5,7 @@ mod bench;
 mod cases;
 mod demo_milter;
 mod diff;
+mod envelope;
 mod error;
 mod report;
 
@@ -89,10 +90,12 @@ struct RunArgs {
     socket: String,
     /// The message (RFC 5322, LF or CRLF line ends); standard input when absent.
     message: Option<PathBuf>,
-    /// Envelope sender (MAIL FROM); `<>` for a bounce.
-    #[arg(long, default_value = "<sender@example.org>")]
-    from: String,
+    /// Envelope sender (MAIL FROM); `<>` for a bounce. Default: the address in From:, else
+    /// <sender@example.org>.
+    #[arg(long)]
+    from: Option<String>,
     /// Envelope recipient (RCPT TO); repeat for several. Default: the addresses in To: and Cc:.
+    /// An address without angle brackets is sent in them.
     #[arg(long = "rcpt")]
     rcpt: Vec<String>,
     /// The HELO/EHLO name.
@@ -224,28 +227,6 @@ fn exit_code(v: Option<&Verdict>) -> u8 {
     }
 }
 
-/// Addresses in the To: and Cc: headers, in angle brackets.
-fn header_recipients(message: &[u8]) -> Vec<String> {
-    let m = milterkit::proto::message::Message::parse(Bytes::copy_from_slice(message));
-    let mut out = Vec::new();
-    for h in &m.headers {
-        if !(h.name.eq_ignore_ascii_case(b"to") || h.name.eq_ignore_ascii_case(b"cc")) {
-            continue;
-        }
-        let value = String::from_utf8_lossy(&h.value);
-        for part in value.split(',') {
-            let addr = match (part.find('<'), part.rfind('>')) {
-                (Some(a), Some(b)) if a < b => part[a + 1..b].trim().to_owned(),
-                _ => part.trim().trim_matches('"').to_owned(),
-            };
-            if addr.contains('@') {
-                out.push(format!("<{addr}>"));
-            }
-        }
-    }
-    out
-}
-
 /// `NAME[IP]`, `IP` or `NAME`.
 fn parse_client(s: &str) -> (Option<String>, Option<IpAddr>) {
     if let Some((name, rest)) = s.split_once('[') {
@@ -263,17 +244,36 @@ fn parse_client(s: &str) -> (Option<String>, Option<IpAddr>) {
     }
 }
 
+/// An envelope address from the command line, put in angle brackets if it was not, with a note
+/// on standard error.
+fn envelope_address(flag: &str, given: &str) -> String {
+    match envelope::bracketed(given) {
+        Some(b) => {
+            eprintln!("milterkit: note: {flag} {given} is sent as {b}");
+            b
+        }
+        None => given.to_owned(),
+    }
+}
+
 fn build_transaction(args: &RunArgs, message: Bytes) -> Result<Transaction, String> {
     let (name, ip) = parse_client(&args.client);
+    let from = match &args.from {
+        Some(f) => envelope_address("--from", f),
+        None => envelope::header_sender(&message).unwrap_or_else(|| "<sender@example.org>".into()),
+    };
     let mut tx = Transaction::new()
-        .from(&args.from)
+        .from(from)
         .helo(&args.helo)
         .client(name.as_deref(), ip, args.client_port)
         .message(message.clone());
     let rcpts = if args.rcpt.is_empty() {
-        header_recipients(&message)
+        envelope::header_recipients(&message)
     } else {
-        args.rcpt.clone()
+        args.rcpt
+            .iter()
+            .map(|r| envelope_address("--rcpt", r))
+            .collect()
     };
     if rcpts.is_empty() {
         return Err("no recipient: give --rcpt or a message with To: or Cc:".into());
@@ -313,6 +313,13 @@ async fn run(args: RunArgs) -> Result<u8, milterkit::BoxError> {
             buf
         }
     };
+    envelope::check_message(&message).map_err(|reason| CliError::NotAMessage {
+        what: match &args.message {
+            Some(p) => p.display().to_string(),
+            None => "standard input".into(),
+        },
+        reason,
+    })?;
     let message = Bytes::from(message);
     let tx = build_transaction(&args, message.clone()).map_err(CliError::Input)?;
     let mut conn = open(&args.socket, args.profile.profile(), args.timeout)
@@ -366,7 +373,7 @@ async fn demo() -> Result<u8, milterkit::BoxError> {
         let mut tx = Transaction::new()
             .from("<sender@example.org>")
             .message(message.clone());
-        for r in header_recipients(&message) {
+        for r in envelope::header_recipients(&message) {
             tx = tx.to(r);
         }
         println!("=== {name} ===");
@@ -402,15 +409,6 @@ mod tests {
             (None, Some("192.0.2.9".parse().unwrap()))
         );
         assert_eq!(parse_client("unknown"), (Some("unknown".into()), None));
-    }
-
-    #[test]
-    fn finds_recipients_in_to_and_cc() {
-        let m = b"To: Bob <bob@x.example>, carol@y.example\r\nCc: \"D\" <d@z.example>\r\nSubject: s\r\n\r\n";
-        assert_eq!(
-            header_recipients(m),
-            ["<bob@x.example>", "<carol@y.example>", "<d@z.example>"]
-        );
     }
 
     #[test]

@@ -1,0 +1,100 @@
+//! `milterkit run`'s envelope: recipients and sender read from the message with an address
+//! parser, bytes that are not a message refused, addresses without angle brackets put in them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+#[path = "../src/demo_milter.rs"]
+mod demo_milter;
+mod support;
+
+use support::milterkit;
+
+/// Writes `bytes` to a scratch file.
+fn file(name: &str, bytes: &[u8]) -> PathBuf {
+    let path = testkit::scratch_dir("milterkit-cli-envelope", name).join("message.eml");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// Runs `milterkit run SPEC FILE ARGS…` on a blocking thread (the milter is served on the
+/// runtime's).
+async fn run(spec: &str, file: &Path, more: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = ["run", spec, file.to_str().unwrap()]
+        .iter()
+        .chain(more)
+        .map(|a| a.to_string())
+        .collect();
+    tokio::task::spawn_blocking(move || milterkit(&args))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recipients_and_sender_come_from_the_header_fields_as_addresses() {
+    let served =
+        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let message = file(
+        "comment",
+        b"From: \"Roe, Richard\" <richard@example.org>\r\n\
+          To: john@example.net (Doe, John)\r\n\
+          Cc: team: ann@example.net, \"Smith, Bo\" <bo@example.net>;\r\n\
+          Subject: hello\r\n\r\nHi.\r\n",
+    );
+    let (code, out, err) = run(&served.spec, &message, &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("MAIL     <richard@example.org>"), "{out}");
+    for rcpt in [
+        "<john@example.net>",
+        "<ann@example.net>",
+        "<bo@example.net>",
+    ] {
+        assert!(out.contains(&format!("RCPT     {rcpt}")), "{rcpt} in {out}");
+    }
+    assert!(!out.contains("(Doe"), "{out}");
+    served.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_without_brackets_are_sent_in_them_with_a_note() {
+    let served =
+        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let message = file("brackets", b"Subject: s\r\n\r\nHi.\r\n");
+    let (code, out, err) = run(
+        &served.spec,
+        &message,
+        &["--rcpt", "b@example.net", "--from", "a@example.org"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("RCPT     <b@example.net>"), "{out}");
+    assert!(out.contains("MAIL     <a@example.org>"), "{out}");
+    assert_eq!(
+        err,
+        "milterkit: note: --from a@example.org is sent as <a@example.org>\n\
+         milterkit: note: --rcpt b@example.net is sent as <b@example.net>\n"
+    );
+    served.stop().await.unwrap();
+}
+
+#[test]
+fn bytes_that_are_not_a_message_are_refused_naming_the_file() {
+    let random = file("random", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR");
+    // Refused before connecting: the socket does not matter.
+    let (code, out, err) = milterkit(&[
+        "run",
+        "unix:/nonexistent",
+        random.to_str().unwrap(),
+        "--rcpt",
+        "<b@example.net>",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        err,
+        format!(
+            "milterkit: the message {} is not an RFC 5322 message (header fields, an empty \
+             line, the body): line 1 is not a header field (Name: value): \"\u{fffd}PNG\"\n",
+            random.display()
+        )
+    );
+}
