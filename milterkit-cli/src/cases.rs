@@ -38,9 +38,10 @@ Case file (TOML); every key but `name`, `rcpt` and one of `message`/`message_fil
   client_port = 40000
   helo = "mx.example.com"
   macros.CONNECT = { j = "mail.example.org" }         # CONNECT HELO MAIL RCPT DATA EOH EOM
-  macros.MAIL = { "{auth_authen}" = "alice" }
-  message = """                                       # or message_file = "mail.eml" (relative
-  Subject: hello                                      #    to the case file)
+  macros.MAIL = { auth_type = "LOGIN" }
+  # The message, inline, or message_file = "mail.eml" (relative to the case file).
+  message = """
+  Subject: hello
 
   Hi.
   """

@@ -277,3 +277,19 @@ fn the_libmilter_cases_pass_against_the_c_milter() {
         "discard"
     );
 }
+
+#[test]
+fn the_help_shows_the_case_format_and_exit_statuses() {
+    let (code, out, _) = milterkit(&["test", "--help"]);
+    assert_eq!(code, 0);
+    for line in [
+        "  macros.MAIL = { auth_type = \"LOGIN\" }",
+        "  [message.expect]",
+        "    { add_header = \"X-Policy\", value = \"checked\" },   #  each of these, among others)",
+        "Exit status: 0 every message passed, 1 a message failed (or its milter could not be reached),",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+    let (code, _, err) = milterkit(&["test"]);
+    assert_eq!(code, 2, "no file is a usage error: {err}");
+}
