@@ -116,6 +116,12 @@ def contestants(build):
             [os.path.join(RELEASE, "bench_milter"), "--current-thread"],
             "milterkit-1t (the same binary with --current-thread: one thread, as the ceiling)",
         ),
+        "milterkit-pc": (
+            [os.path.join(RELEASE, "bench_milter"), "--per-core"],
+            "milterkit-pc (the same binary with --per-core: one current_thread runtime per core, "
+            "Serve::with_threads; one task accepts and hands each connection to the thread with "
+            "the fewest)",
+        ),
         "libmilter": (
             [os.path.join(build, "libmilter_bench")],
             "libmilter (Debian's libmilter 8.17, bench/c/libmilter_bench.c, gcc -O2; Debian builds "
@@ -298,7 +304,15 @@ def run_suite(cfg, workdir):
     found = contestants(BUILD)
     names = [
         n
-        for n in ("milterkit", "milterkit-1t", "libmilter", "ceiling", "tokio-floor", "pymilter")
+        for n in (
+            "milterkit",
+            "milterkit-1t",
+            "milterkit-pc",
+            "libmilter",
+            "ceiling",
+            "tokio-floor",
+            "pymilter",
+        )
         if n in found
     ]
     log(f"== contestants: {', '.join(names)}")
@@ -340,7 +354,11 @@ def check_behaviour(servers, names, results, workdir):
     reference = None
     for n in names:
         seen = behaviour(servers[n]["unix"].spec, msgfile)
-        results["contestants"][n]["agreement"] = seen["agreement"]["summary"]
+        a = seen["agreement"]
+        results["contestants"][n]["agreement"] = (
+            f"version {a['version']}, actions {a['actions'] or 'none'}, "
+            f"protocol {a['protocol'] or 'none'}"
+        )
         same = {k: seen[k] for k in ("steps", "modifications", "delivered")}
         if reference is None:
             reference = same

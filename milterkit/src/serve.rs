@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::listener::Listener;
+use crate::listener::{Listener, Stream};
 #[cfg(feature = "metrics")]
 use crate::metrics::Metrics;
 use crate::shutdown::{Shutdown, Signal, Subscription};
@@ -60,6 +60,10 @@ pub struct Config {
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub metrics: Option<Metrics>,
 }
+
+/// The number of the last connection accepted, by any server of the process: what the
+/// `milter_conn` span's `id` says.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// After the grace period, how long connections still waiting on their MTA are given before
 /// they are closed.
@@ -138,6 +142,7 @@ where
         factory,
         config: Config::default(),
         signal: std::future::pending(),
+        threads: 1,
     }
 }
 
@@ -148,6 +153,8 @@ pub struct Serve<F, S> {
     factory: F,
     config: Config,
     signal: S,
+    /// Threads serving (this one and `threads - 1` more): [`Serve::with_threads`].
+    threads: usize,
 }
 
 impl<F, S> std::fmt::Debug for Serve<F, S> {
@@ -173,12 +180,38 @@ impl<F, S> Serve<F, S> {
             factory: self.factory,
             config: self.config,
             signal,
+            threads: self.threads,
         }
     }
 
     /// Uses `config` instead of [`Config::default`].
     pub fn with_config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Serves on `threads` threads: the task awaiting this future, and `threads - 1` more, each
+    /// with a `current_thread` tokio runtime of its own, all accepting from the same listener. A
+    /// connection stays on the thread that accepted it, so its wake-ups never cross threads: one
+    /// thread's efficiency (the least CPU per message, measured in BENCHMARKS.md), on every core.
+    /// [`Config::max_connections`] is shared out among them; the shutdown reaches them all.
+    /// Handlers that compute for long should use `tokio::task::spawn_blocking`, as on any
+    /// `current_thread` runtime: they hold up their thread's other connections meanwhile.
+    ///
+    /// ```no_run
+    /// # use milterkit::Milter;
+    /// # #[derive(Default)] struct Noop;
+    /// # impl Milter for Noop { type Message = (); }
+    /// #[tokio::main(flavor = "current_thread")]
+    /// async fn main() -> milterkit::Result<()> {
+    ///     let listener = milterkit::bind("inet:7357@127.0.0.1").await?;
+    ///     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    ///     milterkit::serve(listener, Noop::default).with_threads(cores).await?;
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
         self
     }
 }
@@ -220,6 +253,120 @@ impl<C: Future<Output = Result<(), Error>>> Future for Served<C> {
     }
 }
 
+/// A connection accepted by the serving task for another thread: its socket out of the
+/// accepting runtime, its span, its place among the connections.
+struct Handoff {
+    socket: StdStream,
+    span: tracing::Span,
+    permit: OwnedSemaphorePermit,
+}
+
+enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl StdStream {
+    fn of(stream: Stream) -> std::io::Result<StdStream> {
+        Ok(match stream {
+            Stream::Tcp(s) => StdStream::Tcp(s.into_std()?),
+            Stream::Unix(s) => StdStream::Unix(s.into_std()?),
+        })
+    }
+
+    /// Registers it with the current runtime.
+    fn stream(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            StdStream::Tcp(s) => Stream::Tcp(tokio::net::TcpStream::from_std(s)?),
+            StdStream::Unix(s) => Stream::Unix(tokio::net::UnixStream::from_std(s)?),
+        })
+    }
+}
+
+/// A thread serving connections the serving task hands it, on a `current_thread` runtime of its
+/// own ([`Serve::with_threads`]).
+struct Worker {
+    jobs: tokio::sync::mpsc::UnboundedSender<Handoff>,
+    /// Its connections open now: new ones go to the thread with the fewest.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Worker {
+    fn start<M, F>(
+        i: usize,
+        factory: Arc<F>,
+        config: Arc<Config>,
+        state: &Signal,
+    ) -> std::io::Result<Worker>
+    where
+        M: Milter,
+        F: Fn() -> M + Send + Sync + 'static,
+    {
+        let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (count, state) = (open.clone(), state.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("milter-{i}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut tasks = JoinSet::new();
+                    while let Some(Handoff {
+                        socket,
+                        span,
+                        permit,
+                    }) = queue.recv().await
+                    {
+                        while tasks.try_join_next().is_some() {}
+                        let stream = match socket.stream() {
+                            Ok(s) => s,
+                            Err(e) => {
+                                warn!(parent: &span, error = %e, "cannot take the connection over");
+                                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                                continue;
+                            }
+                        };
+                        let Some(milter) = make(&*factory, &span) else {
+                            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            continue;
+                        };
+                        let count = count.clone();
+                        let conn = conn::run(stream, milter, config.clone(), state.subscribe());
+                        let served = Served {
+                            conn,
+                            _permit: permit,
+                        };
+                        tasks.spawn(
+                            async move {
+                                served.await;
+                                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    while tasks.join_next().await.is_some() {}
+                });
+                let _ = finished.send(());
+            })?;
+        Ok(Worker { jobs, open, done })
+    }
+}
+
+/// A milter from the factory, or `None` (logged) when it panics.
+fn make<M, F: Fn() -> M>(factory: &F, span: &tracing::Span) -> Option<M> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(factory)) {
+        Ok(m) => Some(m),
+        Err(_) => {
+            warn!(parent: span, "the milter factory panicked; connection dropped");
+            None
+        }
+    }
+}
+
 async fn run<M, F, S>(serve: Serve<F, S>) -> Result<(), Error>
 where
     M: Milter,
@@ -231,17 +378,23 @@ where
         factory,
         config,
         signal,
+        threads,
     } = serve;
     let config = Arc::new(config);
+    let factory = Arc::new(factory);
     let state = Signal::default();
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut workers = Vec::new();
+    for i in 1..threads {
+        workers.push(Worker::start(i, factory.clone(), config.clone(), &state)?);
+    }
+    let local_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let mut signal = pin!(signal);
-    let mut next_id: u64 = 0;
     let mut backoff = Duration::from_millis(5);
     match listener.local_spec() {
-        Ok(spec) => info!(listen = %spec, "serving"),
-        Err(_) => info!("serving"),
+        Ok(spec) => info!(listen = %spec, threads, "serving"),
+        Err(_) => info!(threads, "serving"),
     }
     loop {
         while tasks.try_join_next().is_some() {}
@@ -269,39 +422,95 @@ where
                 continue;
             }
         };
-        next_id += 1;
-        let span = tracing::info_span!("milter_conn", id = next_id, peer = %peer);
-        let milter = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&factory)) {
-            Ok(m) => m,
-            Err(_) => {
-                warn!(parent: &span, "the milter factory panicked; connection dropped");
-                continue;
-            }
-        };
+        // One numbering for every thread and server of the process.
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let span = tracing::info_span!("milter_conn", id, peer = %peer);
         span.in_scope(|| debug!("connected"));
+        // The thread with the fewest open connections takes it (this one on a tie).
+        let load =
+            |open: &std::sync::atomic::AtomicUsize| open.load(std::sync::atomic::Ordering::Relaxed);
+        let target = workers
+            .iter()
+            .filter(|w| load(&w.open) < load(&local_open))
+            .min_by_key(|w| load(&w.open));
+        if let Some(worker) = target {
+            match StdStream::of(stream) {
+                Ok(socket) => {
+                    worker
+                        .open
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let job = Handoff {
+                        socket,
+                        span,
+                        permit,
+                    };
+                    if worker.jobs.send(job).is_err() {
+                        worker
+                            .open
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        warn!("a serving thread is gone; connection dropped");
+                    }
+                }
+                Err(e) => warn!(parent: &span, error = %e, "cannot hand the connection over"),
+            }
+            continue;
+        }
+        let Some(milter) = make(&*factory, &span) else {
+            continue;
+        };
+        let served = Served {
+            conn: conn::run(stream, milter, config.clone(), state.subscribe()),
+            _permit: permit,
+        };
+        if workers.is_empty() {
+            // One thread: no count to keep (and the task no larger than the connection).
+            tasks.spawn(served.instrument(span));
+            continue;
+        }
+        local_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open = local_open.clone();
         tasks.spawn(
-            Served {
-                conn: conn::run(stream, milter, config.clone(), state.subscribe()),
-                _permit: permit,
+            async move {
+                served.await;
+                open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
             .instrument(span),
         );
     }
     drop(listener);
     while tasks.try_join_next().is_some() {}
-    info!(open = tasks.len(), "shutting down");
+    let mut done = Vec::new();
+    for w in workers {
+        // Closing its queue lets the thread end once its connections have.
+        drop(w.jobs);
+        done.push(w.done);
+    }
+    info!(
+        open = config.max_connections.max(1) - limit.available_permits(),
+        "shutting down"
+    );
     state.send(Shutdown::Draining);
+    let all_done = async {
+        while tasks.join_next().await.is_some() {}
+        for d in &mut done {
+            let _ = d.await;
+        }
+    };
+    let mut all_done = pin!(all_done);
     for (next, wait) in [
         (Shutdown::Closing, config.grace_period),
         (Shutdown::Abandon, LAST_CALL),
     ] {
-        let all_done = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(wait, all_done).await.is_ok() {
+        if tokio::time::timeout(wait, all_done.as_mut()).await.is_ok() {
             return Ok(());
         }
-        info!(open = tasks.len(), state = ?next, "shutdown: connections still open");
+        info!(
+            open = config.max_connections.max(1) - limit.available_permits(),
+            state = ?next,
+            "shutdown: connections still open"
+        );
         state.send(next);
     }
-    while tasks.join_next().await.is_some() {}
+    all_done.await;
     Ok(())
 }

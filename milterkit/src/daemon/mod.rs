@@ -586,7 +586,9 @@ mod tests {
 
     #[test]
     fn defaults_are_configs() {
-        let _env = ENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _env = ENV
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let matches = Daemon::new("milter")
             .command()
             .try_get_matches_from(["milter", "--socket", "inet:1@127.0.0.1"])
@@ -621,12 +623,17 @@ mod tests {
         assert!(envs.iter().all(|e| e.starts_with("TAGGER_")), "{envs:?}");
         assert!(envs.contains(&"TAGGER_SOCKET".to_owned()));
         // The environment feeds the flags under the chosen prefix only.
-        let _env = ENV.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _env = ENV
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         std::env::set_var("TAGGER_MAX_CONNECTIONS", "7");
         std::env::set_var("MILTERKIT_MAX_CONNECTIONS", "9");
         let matches = daemon.command().try_get_matches_from(["tagger"]).unwrap();
         assert_eq!(Options::from_matches(&matches).unwrap().max_connections, 7);
-        let plain = Daemon::new("x").command().try_get_matches_from(["x"]).unwrap();
+        let plain = Daemon::new("x")
+            .command()
+            .try_get_matches_from(["x"])
+            .unwrap();
         assert_eq!(Options::from_matches(&plain).unwrap().max_connections, 9);
         std::env::remove_var("TAGGER_MAX_CONNECTIONS");
         std::env::remove_var("MILTERKIT_MAX_CONNECTIONS");
