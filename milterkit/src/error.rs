@@ -3,7 +3,7 @@
 use std::{fmt, io};
 
 use milterkit_proto::{MisuseError, ProtocolError, Stage};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What a handler returns on failure: any error, boxed. `?` works on every error type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -162,7 +162,8 @@ impl Error {
         let reason = Causes(self);
         match self {
             Error::Protocol(_) | Error::Timeout(_) => warn!(error = %reason, "connection closed"),
-            Error::Io(_) => info!(error = %reason, "connection ended"),
+            // A peer that hangs up or resets: routine for an MTA, not worth more than debug.
+            Error::Io(_) => debug!(error = %reason, "connection ended"),
             _ => info!(error = %reason, "connection closed"),
         }
     }

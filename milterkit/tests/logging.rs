@@ -91,6 +91,18 @@ async fn the_connection_span_names_its_id_and_peer_and_failures_are_logged() {
     raw.write_all(&wire).await.unwrap();
     let mut answers = Vec::new();
     raw.read_to_end(&mut answers).await.unwrap();
+    // A peer that resets the connection in the middle of a frame: one line, at debug.
+    let mut reset = tokio::net::TcpStream::connect((host, port.parse::<u16>().unwrap()))
+        .await
+        .unwrap();
+    let mut half = bytes::BytesMut::new();
+    Command::Optneg(Offer::default()).encode(&mut half);
+    reset.write_all(&half[..5]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    #[allow(deprecated)] // SO_LINGER 0: the close sends RST, as a crashed peer's would
+    reset.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+    drop(reset);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
@@ -104,6 +116,12 @@ async fn the_connection_span_names_its_id_and_peer_and_failures_are_logged() {
         closed[0].contains("error=protocol error: command 'L' out of order after UNKNOWN"),
         "{log}"
     );
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("milter_conn{id=3") && l.contains("connection"))
+        .collect();
+    assert_eq!(ended.len(), 1, "{log}");
+    assert!(ended[0].contains("DEBUG") && ended[0].contains("connection ended"), "{log}");
     assert!(log.contains("milter_conn{id=1 peer=127.0.0.1:"), "{log}");
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("handler failed; fail-safe reply"), "{log}");
