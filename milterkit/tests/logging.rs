@@ -121,7 +121,10 @@ async fn the_connection_span_names_its_id_and_peer_and_failures_are_logged() {
         .filter(|l| l.contains("milter_conn{id=3") && l.contains("connection"))
         .collect();
     assert_eq!(ended.len(), 1, "{log}");
-    assert!(ended[0].contains("DEBUG") && ended[0].contains("connection ended"), "{log}");
+    assert!(
+        ended[0].contains("DEBUG") && ended[0].contains("connection ended"),
+        "{log}"
+    );
     assert!(log.contains("milter_conn{id=1 peer=127.0.0.1:"), "{log}");
     assert!(log.contains("WARN"), "{log}");
     assert!(log.contains("handler failed; fail-safe reply"), "{log}");
