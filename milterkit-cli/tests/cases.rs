@@ -4,19 +4,14 @@
 //! elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use serde_json::Value;
-use testkit::free_port;
 
-#[path = "../src/demo_milter.rs"]
-mod demo_milter;
 mod support;
 
-use support::milterkit;
+use support::c_milter::c_milter;
+use support::{milterkit, milterkit_off_runtime, serve_policy};
 
 fn case(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,23 +22,12 @@ fn case(name: &str) -> String {
         .to_owned()
 }
 
-/// Runs `milterkit test ARGS…` on a blocking thread (the milter is served on the runtime's).
-async fn test(args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = std::iter::once("test")
-        .chain(args.iter().copied())
-        .map(str::to_owned)
-        .collect();
-    tokio::task::spawn_blocking(move || milterkit(&args))
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_cases_pass_against_the_example_policy_milter() {
-    let served =
-        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let served = serve_policy().await;
     let policy = case("policy.toml");
-    let (code, out, err) = test(&["--socket", &served.spec, &policy]).await;
+    let (code, out, err) =
+        milterkit_off_runtime(&["test", "--socket", &served.spec, &policy]).await;
     assert_eq!(code, 0, "{out}\n{err}");
     for line in [
         format!("{policy} (postfix, {})", served.spec),
@@ -57,7 +41,8 @@ async fn the_policy_cases_pass_against_the_example_policy_milter() {
         assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
     }
 
-    let (code, out, err) = test(&["--socket", &served.spec, "--json", &policy]).await;
+    let (code, out, err) =
+        milterkit_off_runtime(&["test", "--socket", &served.spec, "--json", &policy]).await;
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -83,10 +68,9 @@ async fn the_policy_cases_pass_against_the_example_policy_milter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_expectation_fails_with_a_readable_diff() {
-    let served =
-        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let served = serve_policy().await;
     let wrong = case("wrong-expectation.toml");
-    let (code, out, err) = test(&["--socket", &served.spec, &wrong]).await;
+    let (code, out, err) = milterkit_off_runtime(&["test", "--socket", &served.spec, &wrong]).await;
     assert_eq!(code, 1, "a failed case exits 1: {out}\n{err}");
     let expected = format!(
         "{wrong} (postfix, {spec})
@@ -105,7 +89,8 @@ async fn a_wrong_expectation_fails_with_a_readable_diff() {
     );
     assert_eq!(out, expected);
 
-    let (code, out, _) = test(&["--socket", &served.spec, "--json", &wrong]).await;
+    let (code, out, _) =
+        milterkit_off_runtime(&["test", "--socket", &served.spec, "--json", &wrong]).await;
     assert_eq!(code, 1);
     let v: Value = serde_json::from_str(&out).unwrap();
     let failures = &v["files"][0]["messages"][0]["failures"];
@@ -176,71 +161,6 @@ fn unusable_case_files_exit_2_naming_the_file_and_line() {
         out.contains("error: cannot connect to inet:1@127.0.0.1"),
         "{out}"
     );
-}
-
-/// True if `what` is there; otherwise fails under CI and says loudly that the test is skipped.
-fn require(what: &str, present: bool) -> bool {
-    if present {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is missing: the test command must install it (scripts/test.sh)");
-    }
-    eprintln!("\n!!!!!! SKIPPED: {what} is missing; run scripts/test.sh to install it !!!!!!\n");
-    false
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Builds and starts the C milter of testdata/c/allactions.c; returns its socket spec.
-fn c_milter() -> Option<(String, Running)> {
-    let gcc = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("gcc").is_file()));
-    let ok = require("gcc", gcc)
-        && require(
-            "libmilter-dev",
-            Path::new("/usr/include/libmilter/mfapi.h").is_file(),
-        );
-    if !ok {
-        return None;
-    }
-    let bin: PathBuf = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("allactions-cases-{}", std::process::id()));
-    let status = Command::new("gcc")
-        .args(["-Wall", "-O2", "-o"])
-        .arg(&bin)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/c/allactions.c"))
-        .args(["-lmilter", "-lpthread"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "the C milter does not build");
-    let port = free_port();
-    let spec = format!("inet:{port}@127.0.0.1");
-    let mut child = Command::new(&bin)
-        .arg(&spec)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the milter exited early: {status}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the milter did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some((spec, Running(child)))
 }
 
 #[test]

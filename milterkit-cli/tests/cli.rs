@@ -3,28 +3,24 @@
 
 use serde_json::Value;
 
-#[path = "../src/demo_milter.rs"]
-mod demo_milter;
 mod support;
 
-use support::milterkit;
+use support::{milterkit, milterkit_off_runtime, serve_policy};
 
 #[test]
 fn the_demo_shows_decisions_modifications_and_a_diff_for_both_samples() {
     let (code, out, err) = milterkit(&["demo"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("=== newsletter.eml ==="), "{out}");
-    assert!(out.contains("=== lottery.eml ==="), "{out}");
-    assert!(out.contains("RCPT     <carol@old.example>"), "{out}");
-    assert!(out.contains("reply 550 5.1.6 recipient has moved"), "{out}");
-    assert!(
-        out.contains("+ X-Policy: checked; 1 recipient(s) refused"),
-        "{out}"
-    );
-    assert!(
-        out.contains("held in quarantine: subject mentions lottery"),
-        "{out}"
-    );
+    for shown in [
+        "=== newsletter.eml ===",
+        "=== lottery.eml ===",
+        "RCPT     <carol@old.example>",
+        "reply 550 5.1.6 recipient has moved",
+        "+ X-Policy: checked; 1 recipient(s) refused",
+        "held in quarantine: subject mentions lottery",
+    ] {
+        assert!(out.contains(shown), "no {shown:?} in:\n{out}");
+    }
     assert!(!out.contains("\x1b["), "no colour when not a terminal");
 }
 
@@ -85,25 +81,20 @@ fn help_examples_stay_whole_on_a_narrow_terminal() {
     }
 }
 
-/// Runs `milterkit bench SPEC ARGS…` on a blocking thread (the milter is served on the runtime's).
-async fn bench(spec: &str, args: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = ["bench", spec]
-        .iter()
-        .chain(args)
-        .map(|a| a.to_string())
-        .collect();
-    tokio::task::spawn_blocking(move || milterkit(&args))
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_throughput_and_latency_of_a_milter() {
-    let served =
-        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let served = serve_policy().await;
     let spec = &served.spec;
-    let (code, out, err) =
-        bench(spec, &["--connections", "4", "--messages", "300", "--json"]).await;
+    let (code, out, err) = milterkit_off_runtime(&[
+        "bench",
+        spec,
+        "--connections",
+        "4",
+        "--messages",
+        "300",
+        "--json",
+    ])
+    .await;
     assert_eq!(code, 0, "{out}\n{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["messages"], 300);
@@ -114,17 +105,16 @@ async fn bench_reports_throughput_and_latency_of_a_milter() {
     assert!(lat["p50"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
     assert!(lat["p99"].as_f64().unwrap() <= lat["max"].as_f64().unwrap());
     // Connection churn: one message per connection.
-    let (code, out, _) = bench(
+    let (code, out, _) = milterkit_off_runtime(&[
+        "bench",
         spec,
-        &[
-            "--connections",
-            "2",
-            "--messages",
-            "50",
-            "--per-connection",
-            "1",
-        ],
-    )
+        "--connections",
+        "2",
+        "--messages",
+        "50",
+        "--per-connection",
+        "1",
+    ])
     .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.starts_with("50 messages in"), "{out}");

@@ -4,11 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-#[path = "../src/demo_milter.rs"]
-mod demo_milter;
 mod support;
 
-use support::milterkit;
+use support::{milterkit, milterkit_off_runtime, serve_policy};
 
 /// Writes `bytes` to a scratch file.
 fn file(name: &str, bytes: &[u8]) -> PathBuf {
@@ -17,23 +15,15 @@ fn file(name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
-/// Runs `milterkit run SPEC FILE ARGS…` on a blocking thread (the milter is served on the
+/// Runs `milterkit run SPEC FILE MORE…` on a blocking thread (the milter is served on the
 /// runtime's).
 async fn run(spec: &str, file: &Path, more: &[&str]) -> (i32, String, String) {
-    let args: Vec<String> = ["run", spec, file.to_str().unwrap()]
-        .iter()
-        .chain(more)
-        .map(|a| a.to_string())
-        .collect();
-    tokio::task::spawn_blocking(move || milterkit(&args))
-        .await
-        .unwrap()
+    milterkit_off_runtime(&[&["run", spec, file.to_str().unwrap()][..], more].concat()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipients_and_sender_come_from_the_header_fields_as_addresses() {
-    let served =
-        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let served = serve_policy().await;
     let message = file(
         "comment",
         b"From: \"Roe, Richard\" <richard@example.org>\r\n\
@@ -57,8 +47,7 @@ async fn recipients_and_sender_come_from_the_header_fields_as_addresses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_without_brackets_are_sent_in_them_with_a_note() {
-    let served =
-        demo_milter::Served::start(milterkit::bind("inet:0@127.0.0.1").await.unwrap()).unwrap();
+    let served = serve_policy().await;
     let message = file("brackets", b"Subject: s\r\n\r\nHi.\r\n");
     let (code, out, err) = run(
         &served.spec,

@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -52,17 +52,20 @@ fn silent() -> (String, TcpListener) {
     )
 }
 
-fn run(spec: &str, file: &Path, more: &[&str]) -> (i32, String, String) {
+/// `milterkit run SPEC FILE MORE…` on a small message (in the scratch folder `name`), which
+/// must exit 1; its standard error.
+fn run_fails(name: &str, spec: &str, more: &[&str]) -> String {
+    let file = message_file(name);
     let mut args = vec!["run", spec, file.to_str().unwrap()];
     args.extend(more);
-    milterkit(&args)
+    let (code, out, err) = milterkit(&args);
+    assert_eq!(code, 1, "{out}{err}");
+    err
 }
 
 #[test]
 fn a_missing_unix_socket_is_named() {
-    let file = message_file("missing-unix");
-    let (code, out, err) = run("unix:/nonexistent/milter.sock", &file, &[]);
-    assert_eq!(code, 1, "{out}{err}");
+    let err = run_fails("missing-unix", "unix:/nonexistent/milter.sock", &[]);
     assert_eq!(
         err,
         "milterkit: cannot connect to the milter at unix:/nonexistent/milter.sock\n  \
@@ -72,10 +75,8 @@ fn a_missing_unix_socket_is_named() {
 
 #[test]
 fn a_closed_tcp_port_is_named() {
-    let file = message_file("closed-port");
     let spec = format!("inet:{}@127.0.0.1", closed_port());
-    let (code, _, err) = run(&spec, &file, &[]);
-    assert_eq!(code, 1);
+    let err = run_fails("closed-port", &spec, &[]);
     assert_eq!(
         err,
         format!(
@@ -87,9 +88,7 @@ fn a_closed_tcp_port_is_named() {
 
 #[test]
 fn a_bad_spec_is_named_and_the_client_side_does_not_say_bind() {
-    let file = message_file("bad-spec");
-    let (code, _, err) = run("inet:localhost", &file, &[]);
-    assert_eq!(code, 1);
+    let err = run_fails("bad-spec", "inet:localhost", &[]);
     assert_eq!(
         err,
         "milterkit: invalid socket specification \"inet:localhost\": unknown port \"localhost\" \
@@ -121,9 +120,7 @@ fn an_smtp_server_is_recognised() {
         let _ = s.write_all(b"220 mx.example.net ESMTP Postfix\r\n");
         let _ = s.read_to_end(&mut Vec::new());
     });
-    let file = message_file("smtp");
-    let (code, _, err) = run(&spec, &file, &[]);
-    assert_eq!(code, 1);
+    let err = run_fails("smtp", &spec, &[]);
     assert_eq!(
         err,
         format!(
@@ -140,9 +137,7 @@ fn an_http_server_is_recognised() {
         let _ = s.read(&mut [0; 64]);
         let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n");
     });
-    let file = message_file("http");
-    let (code, _, err) = run(&spec, &file, &[]);
-    assert_eq!(code, 1);
+    let err = run_fails("http", &spec, &[]);
     assert!(
         err.contains("caused by: this looks like an HTTP server, not a milter"),
         "{err}"
@@ -152,11 +147,9 @@ fn an_http_server_is_recognised() {
 #[test]
 fn run_gives_up_on_a_silent_milter_after_the_timeout() {
     let (spec, _listener) = silent();
-    let file = message_file("silent-run");
     let start = Instant::now();
-    let (code, _, err) = run(&spec, &file, &["--timeout", "1"]);
+    let err = run_fails("silent-run", &spec, &["--timeout", "1"]);
     let took = start.elapsed();
-    assert_eq!(code, 1);
     assert_eq!(
         err,
         format!(

@@ -3,10 +3,8 @@
 //! missing one is a failure under `CI=true` and a loud skip elsewhere.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use milterkit::mta::{Client, Connection, Profile, Transaction, Verdict};
 use milterkit::{Decision, Modification, Stage};
@@ -15,89 +13,8 @@ use testkit::free_port;
 
 mod support;
 
+use support::c_milter::{c_milter, on_path, require, wait_for_port, Running};
 use support::milterkit;
-
-/// True if `what` is there; otherwise fails under CI and says loudly that the test is skipped.
-fn require(what: &str, present: bool) -> bool {
-    if present {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is missing: the test command must install it (scripts/test.sh)");
-    }
-    eprintln!("\n!!!!!! SKIPPED: {what} is missing; run scripts/test.sh to install it !!!!!!\n");
-    false
-}
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
-        || Path::new("/usr/sbin").join(bin).is_file()
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16, child: &mut Child) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the milter exited early: {status}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the milter did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Builds and starts the C milter of testdata/c/allactions.c; returns its socket spec.
-fn c_milter() -> Option<(String, Running)> {
-    let ok = require("gcc", on_path("gcc"))
-        && require(
-            "libmilter-dev",
-            Path::new("/usr/include/libmilter/mfapi.h").is_file(),
-        );
-    if !ok {
-        return None;
-    }
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let bin = BUILT.get_or_init(|| {
-        let bin = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("allactions-{}", std::process::id()));
-        let status = Command::new("gcc")
-            .args(["-Wall", "-O2", "-o"])
-            .arg(&bin)
-            .arg(repo().join("testdata/c/allactions.c"))
-            .args(["-lmilter", "-lpthread"])
-            .status()
-            .unwrap();
-        assert!(status.success(), "the C milter does not build");
-        bin
-    });
-    let port = free_port();
-    let spec = format!("inet:{port}@127.0.0.1");
-    let mut child = Command::new(bin)
-        .arg(&spec)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut child);
-    Some((spec, Running(child)))
-}
 
 const MESSAGE: &str = "From: Alice <alice@example.org>\r\nTo: Bob <bob@example.net>\r\nSubject: hello\r\nX-Remove: please\r\nDate: Mon, 30 Nov 2026 10:00:00 +0000\r\nMessage-ID: <m1@example.org>\r\n\r\nOriginal body.\r\n";
 

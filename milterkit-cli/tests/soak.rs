@@ -12,11 +12,9 @@ use std::time::Duration;
 use serde_json::Value;
 use testkit::rss_kib;
 
-#[path = "../src/demo_milter.rs"]
-mod demo_milter;
 mod support;
 
-use support::milterkit;
+use support::{demo_milter, milterkit};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
