@@ -727,37 +727,49 @@ fn verdict_name(v: Option<&Verdict>) -> &'static str {
     }
 }
 
-fn decision_words(d: &Decision) -> String {
-    match d {
-        Decision::Reply(r) => format!("reply {}", r.to_string().replace("\r\n", " / ")),
-        other => other.name().to_owned(),
-    }
-}
-
 fn step_words(decision: Option<&Decision>, sent: Sent) -> String {
     match (decision, sent) {
-        (Some(d), _) => decision_words(d),
+        (Some(d), _) => crate::report::decision_text(d),
         (None, Sent::Skipped) => "skipped".into(),
         (None, Sent::NoReply) => "no reply".into(),
         (None, _) => "none".into(),
     }
 }
 
-/// Every expectation `e` has that `out` does not meet.
-fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
-    let mut f = Vec::new();
-    let mut fail = |check: String, expected: String, actual: String, diff: Vec<String>| {
-        f.push(Failure {
+/// The failures found so far.
+#[derive(Default)]
+struct Failures(Vec<Failure>);
+
+impl Failures {
+    fn fail(&mut self, check: String, expected: String, actual: String, diff: Vec<String>) {
+        self.0.push(Failure {
             check,
             expected,
             actual,
             diff,
         });
-    };
+    }
+
+    /// A failure of `check`, with a line diff, if the lists `want` and `actual` differ.
+    fn lists(&mut self, check: &str, want: &[String], actual: &[String]) {
+        if want != actual {
+            self.fail(
+                check.into(),
+                list_text(want),
+                list_text(actual),
+                line_diff(want, actual),
+            );
+        }
+    }
+}
+
+/// Every expectation `e` has that `out` does not meet.
+fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
+    let mut f = Failures::default();
     let verdict = verdict_name(out.verdict.as_ref());
     if let Some(v) = e.verdict {
         if v.name() != verdict {
-            fail("verdict".into(), v.name().into(), verdict.into(), vec![]);
+            f.fail("verdict".into(), v.name().into(), verdict.into(), vec![]);
         }
     }
     let reply = match &out.verdict {
@@ -770,12 +782,12 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
     );
     if let Some(want) = &e.reply {
         if reply.is_none() || *want != reply_text {
-            fail("reply".into(), want.clone(), reply_text.clone(), vec![]);
+            f.fail("reply".into(), want.clone(), reply_text.clone(), vec![]);
         }
     }
     if let Some(code) = e.reply_code {
         if reply.map(|r| r.code()) != Some(code) {
-            fail("reply code".into(), code.to_string(), reply_text, vec![]);
+            f.fail("reply code".into(), code.to_string(), reply_text, vec![]);
         }
     }
     for (stage, want) in &e.decisions {
@@ -800,7 +812,7 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
             } else {
                 vec![]
             };
-            fail(
+            f.fail(
                 format!("decisions at {stage}"),
                 list_text(&expected),
                 actual_text,
@@ -810,14 +822,9 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
     }
     if let Some((exact, want)) = &e.modifications {
         let actual = actual_modifications(&out.modifications);
-        if *exact && *want != actual {
-            fail(
-                "modifications".into(),
-                list_text(want),
-                list_text(&actual),
-                line_diff(want, &actual),
-            );
-        } else if !exact {
+        if *exact {
+            f.lists("modifications", want, &actual);
+        } else {
             let missing: Vec<String> = want
                 .iter()
                 .filter(|m| !actual.contains(m))
@@ -826,7 +833,7 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
             if !missing.is_empty() {
                 let mut diff: Vec<String> = actual.iter().map(|l| format!("  {l}")).collect();
                 diff.extend(missing.iter().map(|l| format!("- {l}")));
-                fail(
+                f.fail(
                     "modifications (include)".into(),
                     list_text(&missing),
                     list_text(&actual),
@@ -837,14 +844,7 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
     }
     if let Some(want) = &e.refused {
         let actual: Vec<String> = out.refused.iter().map(|(r, _)| escaped(r)).collect();
-        if *want != actual {
-            fail(
-                "refused recipients".into(),
-                list_text(want),
-                list_text(&actual),
-                line_diff(want, &actual),
-            );
-        }
+        f.lists("refused recipients", want, &actual);
     }
     let not_delivered = || format!("not delivered (verdict {verdict})");
     let envelope = |env: &milterkit::proto::Envelope| {
@@ -860,12 +860,12 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
             .as_ref()
             .map_or_else(not_delivered, |d| envelope(&d.sender));
         if *want != actual {
-            fail("delivered sender".into(), want.clone(), actual, vec![]);
+            f.fail("delivered sender".into(), want.clone(), actual, vec![]);
         }
     }
     if let Some(want) = &e.recipients {
         match &out.delivery {
-            None => fail(
+            None => f.fail(
                 "delivered recipients".into(),
                 list_text(want),
                 not_delivered(),
@@ -873,14 +873,7 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
             ),
             Some(d) => {
                 let actual: Vec<String> = d.recipients.iter().map(envelope).collect();
-                if *want != actual {
-                    fail(
-                        "delivered recipients".into(),
-                        list_text(want),
-                        list_text(&actual),
-                        line_diff(want, &actual),
-                    );
-                }
+                f.lists("delivered recipients", want, &actual);
             }
         }
     }
@@ -895,7 +888,7 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
             HeaderExpect::Value(v) => format!("{:?}", v.trim()),
         };
         let Some(m) = &delivered else {
-            fail(format!("header {name}"), expected, not_delivered(), vec![]);
+            f.fail(format!("header {name}"), expected, not_delivered(), vec![]);
             continue;
         };
         let values: Vec<String> = m
@@ -918,12 +911,12 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
-            fail(format!("header {name}"), expected, actual, vec![]);
+            f.fail(format!("header {name}"), expected, actual, vec![]);
         }
     }
     if let Some(want) = &e.body {
         match &delivered {
-            None => fail(
+            None => f.fail(
                 "body".into(),
                 escaped(want.as_bytes()),
                 not_delivered(),
@@ -935,7 +928,7 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
                 if actual != want {
                     let a: Vec<&str> = want.lines().collect();
                     let b: Vec<&str> = actual.lines().collect();
-                    fail(
+                    f.fail(
                         "body".into(),
                         escaped(want.as_bytes()),
                         escaped(actual.as_bytes()),
@@ -945,7 +938,7 @@ fn check(e: &Expect, out: &Outcome) -> Vec<Failure> {
             }
         }
     }
-    f
+    f.0
 }
 
 // ---------------------------------------------------------------------------------------------
