@@ -5,11 +5,12 @@
 use std::io::IsTerminal;
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "daemon", derive(clap::ValueEnum))]
 pub enum LogFormat {
     /// One line per event, spans as `name{field=value}` prefixes; no timestamps when standard
-    /// error goes to the journal (`JOURNAL_STREAM` set), colour only on a terminal.
+    /// error goes to the journal (`JOURNAL_STREAM` set), colour only on a terminal. The default.
+    #[default]
     Plain,
     /// One JSON object per line with `timestamp`, `level`, `fields`, `target`, `span` and `spans`.
     Json,

@@ -124,9 +124,10 @@ pub enum DaemonError {
 }
 
 /// The decision [`Options::fail_safe`] names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum FailSafe {
     /// 4xx: the client retries later (the default: no mail is lost or wrongly accepted).
+    #[default]
     Tempfail,
     /// 5xx: the client gives up.
     Reject,
@@ -197,23 +198,13 @@ pub struct Options {
     #[arg(long, env = "MILTERKIT_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
     pub grace_period: Duration,
     /// The decision sent when a handler fails, panics or runs past its deadline.
-    #[arg(
-        long,
-        env = "MILTERKIT_FAIL_SAFE",
-        value_enum,
-        default_value = "tempfail"
-    )]
+    #[arg(long, env = "MILTERKIT_FAIL_SAFE", value_enum, default_value_t)]
     pub fail_safe: FailSafe,
     /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
     #[arg(long, env = "MILTERKIT_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Log line format.
-    #[arg(
-        long,
-        env = "MILTERKIT_LOG_FORMAT",
-        value_enum,
-        default_value = "plain"
-    )]
+    #[arg(long, env = "MILTERKIT_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
     /// What to log, in `RUST_LOG` syntax (`info`, `debug`, `milterkit=debug,warn`). Default:
     /// `RUST_LOG` if set, else `info`.
