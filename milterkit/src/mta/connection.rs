@@ -141,6 +141,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         self
     }
 
+    /// Leaves [`Outcome::delivery`] empty: the resulting message is not put together after each
+    /// transaction (a copy of the whole message), which a load test does not look at.
+    pub fn without_delivery(mut self) -> Self {
+        self.driver.no_delivery = true;
+        self
+    }
+
     /// Runs one transaction; several may run on one connection.
     pub async fn run(&mut self, tx: &Transaction) -> Result<Outcome, Error> {
         let mut driver = std::mem::take(&mut self.driver);
@@ -259,7 +266,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
     /// (libmilter ignores it in most states).
     pub async fn quit_nc(&mut self) -> Result<Answer, Error> {
         let answer = self.exchange(Command::QuitNc).await?;
-        self.driver = Driver::default();
+        self.driver.new_session();
         Ok(answer)
     }
 

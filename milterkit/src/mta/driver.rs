@@ -79,6 +79,12 @@ pub(crate) struct Driver {
     pub(crate) queue_ids: u32,
     /// Messages that reached end of message on this connection.
     completed: u32,
+    /// Leave [`Outcome::delivery`] empty ([`Connection::without_delivery`]).
+    pub(crate) no_delivery: bool,
+    /// The last message sent, split, and its body with CRLF line ends: a load test sends the
+    /// same `Bytes` again and again. `Bytes` never change, so the same storage and length are
+    /// the same message.
+    parsed: Option<(Bytes, Message, Bytes)>,
 }
 
 /// Whether a transaction goes on after a command.
@@ -88,6 +94,33 @@ enum Next {
 }
 
 impl Driver {
+    /// `raw` split into headers and body, and the body with CRLF line ends: from the last
+    /// transaction when it sent the same bytes.
+    fn parsed(&mut self, raw: &Bytes) -> (Message, Bytes) {
+        match &self.parsed {
+            Some((last, message, body))
+                if last.as_ptr() == raw.as_ptr() && last.len() == raw.len() =>
+            {
+                (message.clone(), body.clone())
+            }
+            _ => {
+                let message = Message::parse(raw.clone());
+                let body = message.body_crlf();
+                self.parsed = Some((raw.clone(), message.clone(), body.clone()));
+                (message, body)
+            }
+        }
+    }
+
+    /// Forgets the session (after QUIT_NC), keeping the settings.
+    pub(crate) fn new_session(&mut self) {
+        *self = Driver {
+            no_delivery: self.no_delivery,
+            parsed: self.parsed.take(),
+            ..Driver::default()
+        };
+    }
+
     /// Runs one transaction as the profile's MTA would.
     pub(crate) async fn run<L: Link>(
         &mut self,
@@ -109,7 +142,7 @@ impl Driver {
             });
         }
         out.agreement = link.agreement().cloned();
-        if out.verdict == Some(Verdict::Accept) {
+        if out.verdict == Some(Verdict::Accept) && !self.no_delivery {
             let rules = profile.mta;
             let recipients: Vec<Envelope> = tx
                 .recipients
@@ -202,7 +235,7 @@ impl Driver {
             });
             return self.end(link, profile, out).await;
         }
-        let message = Message::parse(tx.message.clone());
+        let (message, body) = self.parsed(&tx.message);
         v.msg_id = message
             .headers
             .iter()
@@ -226,7 +259,7 @@ impl Driver {
         if let Next::Stop = self.command(link, v, out, Command::Eoh).await? {
             return self.end(link, profile, out).await;
         }
-        let mut body = message.body_crlf();
+        let mut body = body;
         while !body.is_empty() {
             let chunk = body.split_to(body.len().min(milterkit_proto::frame::MILTER_CHUNK_SIZE));
             if let Next::Stop = self.command(link, v, out, Command::Body(chunk)).await? {
