@@ -74,4 +74,10 @@ python=python3
 [ -x /usr/bin/python3 ] && python=/usr/bin/python3   # Debian's: the one python3-milter is for
 "$python" bench/bench.py $smoke
 # The whole-message layer against the raw API (milterkit::filter), same machine, same load tool.
-exec "$python" bench/filter.py $smoke
+"$python" bench/filter.py $smoke
+# The milter's cost to real Postfix (root, Postfix and libmilter-dev from scripts/test.sh).
+if [ -n "$smoke" ]; then
+  cargo run --release --locked -q -p interop --bin postfix-bench -- --messages 40 --rounds 1
+else
+  cargo run --release --locked -q -p interop --bin postfix-bench -- --write
+fi
