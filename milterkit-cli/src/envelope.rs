@@ -44,6 +44,14 @@ pub(crate) fn check_message(message: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// The message after an mbox separator line (`From sender@example.org Mon Dec  7 10:00:00
+/// 2026`), if it starts with one.
+pub(crate) fn without_mbox_separator(message: &[u8]) -> Option<&[u8]> {
+    let rest = message.strip_prefix(b"From ")?;
+    let end = rest.iter().position(|&c| c == b'\n')?;
+    Some(&rest[end + 1..])
+}
+
 /// The start of a line, for an error message.
 fn snippet(line: &[u8]) -> String {
     let text: String = String::from_utf8_lossy(line).chars().take(60).collect();
@@ -103,6 +111,17 @@ pub(crate) fn bracketed(given: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_mbox_separator_line_is_left_out() {
+        let m = b"From alice@example.org Mon Dec  7 10:00:00 2026\nSubject: x\n\nhi\n";
+        assert_eq!(
+            super::without_mbox_separator(m),
+            Some(&b"Subject: x\n\nhi\n"[..])
+        );
+        assert_eq!(super::without_mbox_separator(b"From: a@example.org\n\n"), None);
+        assert!(super::check_message(super::without_mbox_separator(m).unwrap()).is_ok());
+    }
+
     use super::*;
 
     #[test]

@@ -313,6 +313,15 @@ async fn run(args: RunArgs) -> Result<u8, milterkit::BoxError> {
             buf
         }
     };
+    // An mbox file's separator line ("From sender date"), as mail clients save messages: not
+    // part of the message (Postfix's sendmail command drops it too).
+    let message = match envelope::without_mbox_separator(&message) {
+        Some(rest) => {
+            eprintln!("milterkit: note: the first line is an mbox \"From \" line; it is not sent");
+            rest.to_vec()
+        }
+        None => message,
+    };
     envelope::check_message(&message).map_err(|reason| CliError::NotAMessage {
         what: match &args.message {
             Some(p) => p.display().to_string(),
