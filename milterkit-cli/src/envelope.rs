@@ -118,7 +118,10 @@ mod tests {
             super::without_mbox_separator(m),
             Some(&b"Subject: x\n\nhi\n"[..])
         );
-        assert_eq!(super::without_mbox_separator(b"From: a@example.org\n\n"), None);
+        assert_eq!(
+            super::without_mbox_separator(b"From: a@example.org\n\n"),
+            None
+        );
         assert!(super::check_message(super::without_mbox_separator(m).unwrap()).is_ok());
     }
 
