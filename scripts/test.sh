@@ -12,6 +12,8 @@ PACKAGES="$PACKAGES postfix swaks m4 libdb5.3 libldap-2.5-0 liblockfile1 libnsl2
 PACKAGES="$PACKAGES miltertest"
 # systemd-socket-activate and systemd-analyze, for the daemon tests (socket activation, units).
 PACKAGES="$PACKAGES systemd"
+# The rate-limit example's Redis (ratelimit/): the tests start private redis-server instances.
+PACKAGES="$PACKAGES redis-server"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -549,6 +549,21 @@ impl MilterServer {
         MilterServer::serve(transport, config, factory, journal)
     }
 
+    /// Binds the socket and serves the milters `factory` makes with
+    /// [`MilterServer::default_config`], no journal: for milters other than [`TestMilter`].
+    pub fn serving<M, F>(transport: Transport, factory: F) -> Result<MilterServer>
+    where
+        M: milterkit::Milter,
+        F: Fn() -> M + Send + Sync + 'static,
+    {
+        MilterServer::serve(
+            transport,
+            MilterServer::default_config(),
+            factory,
+            Journal::default(),
+        )
+    }
+
     /// Binds the socket and starts serving the milters `factory` makes, with `config`, on a
     /// thread and runtime of their own; [`MilterServer::journal`] is `journal`.
     pub fn serve<M, F>(

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use interop::milter::{Journal, MilterServer};
+use interop::milter::MilterServer;
 use interop::{Mta, Rig, Running, Sink, Transport, DELIVERY_TIMEOUT};
 use milterkit::filter::{Filter, Filtered, Options, Transaction};
 use milterkit::{Actions, Decision, Result};
@@ -86,13 +86,7 @@ fn every_edit(mta: Mta, transport: Transport, (): ()) {
     let seen = edited.clone();
     let milter = Filtered::new(EveryEdit(seen), Options::default());
     let sink = Sink::start().unwrap();
-    let server = MilterServer::serve(
-        transport,
-        MilterServer::default_config(),
-        move || milter.clone(),
-        Journal::default(),
-    )
-    .unwrap();
+    let server = MilterServer::serving(transport, move || milter.clone()).unwrap();
     let running = Running::start(mta, &server, sink.port()).unwrap();
     let rig = Rig {
         mta: running,

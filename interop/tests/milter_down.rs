@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use interop::{Mta, Postfix, RunDir, Sendmail, Sink};
+use interop::{Mta, Postfix, RunDir, Sendmail, Sink, Transport};
 
 const FROM: &str = "alice@example.org";
 const BOB: &str = "bob@example.net";
@@ -85,11 +85,11 @@ fn refusal(r: &interop::SmtpResult) -> u16 {
         .unwrap_or(0)
 }
 
-fn tempfails(mta: Mta, tcp: bool) {
+fn tempfails(mta: Mta, transport: Transport, (): ()) {
     if !interop::require(interop::tools_of(mta)) {
         return;
     }
-    let (r, delivered) = through(mta, tcp, "tempfail");
+    let (r, delivered) = through(mta, transport == Transport::Tcp, "tempfail");
     assert!(!r.accepted(), "{r}");
     // Both refuse the session at MAIL, with their stock temporary texts.
     assert_eq!(refusal(&r), 451, "{r}");
@@ -114,24 +114,8 @@ fn postfix_accepts_unfiltered(tcp: bool) {
     );
 }
 
-#[test]
-fn postfix_tempfails_when_the_milter_is_down_over_tcp() {
-    tempfails(Mta::Postfix, true);
-}
-
-#[test]
-fn postfix_tempfails_when_the_milter_is_down_over_a_unix_socket() {
-    tempfails(Mta::Postfix, false);
-}
-
-#[test]
-fn sendmail_with_f_t_tempfails_when_the_milter_is_down_over_tcp() {
-    tempfails(Mta::Sendmail, true);
-}
-
-#[test]
-fn sendmail_with_f_t_tempfails_when_the_milter_is_down_over_a_unix_socket() {
-    tempfails(Mta::Sendmail, false);
+interop::tests_on_each_mta_and_transport! {
+    tempfails: tempfails_when_the_milter_is_down => (),
 }
 
 #[test]

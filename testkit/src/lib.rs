@@ -232,3 +232,53 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A private redis-server (Debian's) on a free port of 127.0.0.1, without persistence; killed
+/// when dropped.
+pub struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    /// Starts one and waits until it listens; `None` (after a loud SKIPPED line) when
+    /// redis-server is not installed, which fails the test under `CI`.
+    pub fn start() -> Option<Redis> {
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(binary) = binary else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is missing (scripts/test.sh installs it)"
+            );
+            eprintln!("SKIPPED: redis-server is not installed (scripts/test.sh installs it)");
+            return None;
+        };
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Redis { child, port })
+    }
+
+    /// Its URL, `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}

@@ -5,23 +5,8 @@
 //! Run: `cargo run --release -p milterkit-bench -- [--current-thread] unix:/tmp/bench.sock`; it stops
 //! on SIGINT or SIGTERM.
 
-use milterkit::{Actions, Decision, Eom, Milter, Result, Stages};
-
-/// Does nothing but stamp the message; one value per MTA connection.
-#[derive(Default)]
-struct Bench;
-
-impl Milter for Bench {
-    type Message = ();
-    // Every stage is handled (and so answered), as in the C contestants.
-    const STAGES: Stages = Stages::all();
-    const ACTIONS: Actions = Actions::ADD_HEADER;
-
-    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
-        eom.add_header("X-Bench", "1")?;
-        Ok(Decision::Continue)
-    }
-}
+use milterkit::Result;
+use milterkit_bench::Bench;
 
 /// `bench_milter [--current-thread | --per-core] SPEC`: a multi-thread runtime (what
 /// `#[tokio::main]` gives); with `--current-thread` one thread, as the ceiling has; with

@@ -12,24 +12,9 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use interop::milter::{Journal, MilterServer};
+use interop::milter::MilterServer;
 use interop::{Postfix, RunDir, Sink, Transport};
-use milterkit::{Actions, Decision, Eom, Milter, Stages};
-
-/// The benchmark milter, as bench/milter/src/main.rs and the C contestant.
-#[derive(Default)]
-struct Bench;
-
-impl Milter for Bench {
-    type Message = ();
-    const STAGES: Stages = Stages::all();
-    const ACTIONS: Actions = Actions::ADD_HEADER;
-
-    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> milterkit::Result<Decision> {
-        eom.add_header("X-Bench", "1")?;
-        Ok(Decision::Continue)
-    }
-}
+use milterkit_bench::Bench;
 
 const SETUPS: [&str; 5] = [
     "no milter",
@@ -70,12 +55,7 @@ fn milter(setup: &str, c_binary: &std::path::Path) -> interop::Result<(Served, S
         Transport::Unix
     };
     if setup.starts_with("milterkit") {
-        let server = MilterServer::serve(
-            transport,
-            MilterServer::default_config(),
-            Bench::default,
-            Journal::default(),
-        )?;
+        let server = MilterServer::serving(transport, Bench::default)?;
         let spec = server.postfix_spec();
         return Ok((Served::Kit { _server: server }, spec));
     }

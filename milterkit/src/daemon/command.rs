@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use super::Options;
+use crate::metrics::Metrics;
 use crate::Milter;
 
 /// A milter's whole `main` under its own name: the program name, version and description
@@ -29,6 +30,7 @@ pub struct Daemon {
     version: Option<String>,
     about: Option<String>,
     env_prefix: String,
+    metrics: Option<Metrics>,
 }
 
 impl Daemon {
@@ -39,6 +41,7 @@ impl Daemon {
             version: None,
             about: None,
             env_prefix: "MILTERKIT".to_owned(),
+            metrics: None,
         }
     }
 
@@ -58,6 +61,13 @@ impl Daemon {
     /// `--socket` is also `MY_MILTER_SOCKET`.
     pub fn env_prefix(mut self, prefix: impl Into<String>) -> Daemon {
         self.env_prefix = prefix.into();
+        self
+    }
+
+    /// The metrics the `--metrics` endpoint serves ([`Options::with_metrics`]): with counters
+    /// of the milter's own in their registry.
+    pub fn metrics(mut self, metrics: Metrics) -> Daemon {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -102,7 +112,10 @@ impl Daemon {
     {
         let matches = self.command().get_matches();
         match Options::from_matches(&matches) {
-            Ok(options) => options.run(factory),
+            Ok(options) => match self.metrics {
+                Some(metrics) => options.with_metrics(metrics).run(factory),
+                None => options.run(factory),
+            },
             Err(e) => e.exit(),
         }
     }

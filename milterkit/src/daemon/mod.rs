@@ -215,9 +215,20 @@ pub struct Options {
     /// compute much.
     #[arg(long, env = "MILTERKIT_THREADS")]
     pub threads: Option<usize>,
+    /// The metrics the endpoint serves: [`Options::with_metrics`].
+    #[arg(skip)]
+    own_metrics: Option<Metrics>,
 }
 
 impl Options {
+    /// Serves `metrics` on the `--metrics` endpoint instead of a fresh set: made with
+    /// [`Metrics::with_registry`] from a registry holding the milter's own counters, the
+    /// endpoint shows them beside milterkit's.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Options {
+        self.own_metrics = Some(metrics);
+        self
+    }
+
     /// The options in `matches` of a [`Daemon::command`] (or of a parser with [`Options`]
     /// flattened in).
     pub fn from_matches(matches: &clap::ArgMatches) -> Result<Options, clap::Error> {
@@ -319,7 +330,7 @@ impl Options {
             let http = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| DaemonError::Metrics { addr, source })?;
-            let metrics = Metrics::new();
+            let metrics = self.own_metrics.clone().unwrap_or_default();
             info!(addr = %http.local_addr().unwrap_or(addr), "metrics endpoint");
             tokio::spawn(metrics.clone().serve(http));
             config.metrics = Some(metrics);

@@ -12,5 +12,6 @@ mod memory;
 mod metrics;
 mod order;
 mod profiles;
+mod reuse;
 mod shutdown;
 mod sockets;

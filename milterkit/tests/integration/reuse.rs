@@ -1,7 +1,6 @@
 //! The MTA side sends the same transaction again without splitting it again, never confuses two
 //! messages of the same size, and leaves the delivery out when asked (what `milterkit bench`
 //! does).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::IntoFuture;
 
