@@ -12,8 +12,9 @@ PACKAGES="$PACKAGES postfix swaks m4 libdb5.3 libldap-2.5-0 liblockfile1 libnsl2
 PACKAGES="$PACKAGES miltertest"
 # systemd-socket-activate and systemd-analyze, for the daemon tests (socket activation, units).
 PACKAGES="$PACKAGES systemd"
-# The rate-limit example's Redis (ratelimit/): the tests start private redis-server instances.
-PACKAGES="$PACKAGES redis-server"
+# The rate-limit example's Redis (ratelimit/) and the failover test's balancer: the tests start
+# private redis-server and haproxy instances.
+PACKAGES="$PACKAGES redis-server haproxy"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -92,6 +92,16 @@ pub fn message_head(subject: &str, id: &str) -> String {
     )
 }
 
+/// Message `n` of a series: Subject `LABEL N`, Message-ID `<LABEL-N@example.org>`, a one-line
+/// body (with [`message_head`]'s other fields).
+pub fn numbered_message(label: &str, n: usize) -> Vec<u8> {
+    format!(
+        "{}\r\nMessage {n}.\r\n",
+        message_head(&format!("{label} {n}"), &format!("{label}-{n}"))
+    )
+    .into_bytes()
+}
+
 /// Declares the tests of a scenario file once for each MTA and transport, in the modules
 /// `postfix_tcp`, `postfix_unix`, `sendmail_tcp` and `sendmail_unix`:
 /// `tests_on_each_mta_and_transport! { run: test_name => argument, … }` makes each

@@ -61,11 +61,13 @@ pub enum Tool {
     Unshare,
     /// OpenDKIM's `miltertest` (package `miltertest`), which plays an MTA from a Lua script.
     Miltertest,
+    /// HAProxy (package `haproxy`), the TCP balancer of the failover test.
+    Haproxy,
 }
 
 impl Tool {
     /// Every tool.
-    pub const ALL: [Tool; 8] = [
+    pub const ALL: [Tool; 9] = [
         Tool::Postfix,
         Tool::Sendmail,
         Tool::SendmailCf,
@@ -74,6 +76,7 @@ impl Tool {
         Tool::Swaks,
         Tool::Unshare,
         Tool::Miltertest,
+        Tool::Haproxy,
     ];
 
     /// What provides it, for messages.
@@ -89,6 +92,7 @@ impl Tool {
             Tool::Swaks => "swaks",
             Tool::Unshare => "unshare (util-linux) run as root",
             Tool::Miltertest => "miltertest (apt-get install miltertest)",
+            Tool::Haproxy => "haproxy (apt-get install haproxy)",
         }
     }
 
@@ -146,6 +150,7 @@ impl Tool {
             Tool::Swaks => runs("swaks", &["--version"]),
             Tool::Unshare => runs("unshare", &["-m", "-u", "--propagation", "private", "true"]),
             Tool::Miltertest => file("/usr/bin/miltertest"),
+            Tool::Haproxy => file("/usr/sbin/haproxy"),
         }
     }
 }

@@ -12,13 +12,7 @@ use interop::{Mta, Postfix, Sink, Transport, DELIVERY_TIMEOUT};
 use milterkit_ratelimit::{Counters, OnRedisDown, RateLimit, Settings};
 use testkit::Redis;
 
-fn message(n: usize) -> Vec<u8> {
-    format!(
-        "{}\r\nMessage {n}.\r\n",
-        interop::message_head(&format!("rate {n}"), &format!("rate-{n}"))
-    )
-    .into_bytes()
-}
+const BOB: &str = "bob@example.net";
 
 #[test]
 fn two_instances_behind_two_postfixes_count_one_sender_together() {
@@ -34,6 +28,7 @@ fn two_instances_behind_two_postfixes_count_one_sender_together() {
         prefix: "interop".into(),
         on_redis_down: OnRedisDown::Tempfail,
         redis_timeout: Duration::from_secs(2),
+        stamp: true,
     };
     let sink = Sink::start().unwrap();
     let mut postfixes = Vec::new();
@@ -47,8 +42,8 @@ fn two_instances_behind_two_postfixes_count_one_sender_together() {
     let mut mail_codes = Vec::new();
     for n in 0..5 {
         let port = postfixes[n % 2].port();
-        let r = interop::send(port, "alice@example.org", &["bob@example.net"], &message(n))
-            .expect("SMTP dialogue");
+        let msg = interop::numbered_message("rate", n);
+        let r = interop::send(port, "alice@example.org", &[BOB], &msg).expect("SMTP dialogue");
         mail_codes.push(r.mail.code);
         if n >= 3 {
             assert_eq!(
@@ -63,8 +58,8 @@ fn two_instances_behind_two_postfixes_count_one_sender_together() {
     let r = interop::send(
         postfixes[1].port(),
         "carol@example.org",
-        &["bob@example.net"],
-        &message(9),
+        &[BOB],
+        &interop::numbered_message("rate", 9),
     )
     .expect("SMTP dialogue");
     assert!(r.accepted(), "{r}");
@@ -74,12 +69,14 @@ fn two_instances_behind_two_postfixes_count_one_sender_together() {
         4,
         "exactly four delivered"
     );
-    let mut subjects: Vec<String> = delivered
-        .iter()
-        .filter_map(|m| m.header("Subject"))
-        .collect();
-    subjects.sort();
-    assert_eq!(subjects, ["rate 0", "rate 1", "rate 2", "rate 9"]);
+    let sorted = |name: &str| {
+        let mut v: Vec<String> = delivered.iter().filter_map(|m| m.header(name)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted("Subject"), ["rate 0", "rate 1", "rate 2", "rate 9"]);
+    // Each stamped with its sender's count, taken across both instances.
+    assert_eq!(sorted("X-Rate-Count"), ["1/3", "1/3", "2/3", "3/3"]);
     assert_eq!(counters.limited.get(), 2);
     assert_eq!(counters.redis_failures.get(), 0);
 }

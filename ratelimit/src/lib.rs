@@ -17,10 +17,12 @@
 //! (no mail passes unchecked) or [`OnRedisDown::Accept`] (mail flows unchecked); either way a
 //! warning is logged and `ratelimit_redis_failures_total` counts it on the metrics endpoint.
 
+pub mod daemon;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use milterkit::filter::{DecideAt, Filter, Options, Transaction};
-use milterkit::{Decision, Reply, Result};
+use milterkit::{Actions, Decision, Reply, Result};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use redis::aio::ConnectionManager;
@@ -52,6 +54,9 @@ pub struct Settings {
     pub on_redis_down: OnRedisDown,
     /// The longest wait for Redis, connecting included.
     pub redis_timeout: Duration,
+    /// Stamp each message it let through with `X-Rate-Count: N/LIMIT` (its sender's count in
+    /// the window): shows in the delivered mail that the limit was checked.
+    pub stamp: bool,
 }
 
 impl Default for Settings {
@@ -63,6 +68,7 @@ impl Default for Settings {
             prefix: "milterkit".into(),
             on_redis_down: OnRedisDown::Tempfail,
             redis_timeout: Duration::from_secs(2),
+            stamp: false,
         }
     }
 }
@@ -153,6 +159,9 @@ impl RateLimit {
 }
 
 impl Filter for RateLimit {
+    // For the optional stamp.
+    const ACTIONS: Actions = Actions::ADD_HEADER;
+
     async fn decide(&self, tx: &mut Transaction<'_>) -> Result<Decision> {
         let Some(sender) = tx.sender().filter(|s| !s.is_null()) else {
             return Ok(Decision::Continue);
@@ -188,6 +197,9 @@ impl Filter for RateLimit {
                     self.settings.limit
                 ),
             )?));
+        }
+        if self.settings.stamp {
+            tx.add_header("X-Rate-Count", format!("{count}/{}", self.settings.limit))?;
         }
         Ok(Decision::Continue)
     }

@@ -19,6 +19,7 @@ fn settings(url: String, limit: u64, on_down: OnRedisDown) -> Settings {
         prefix: "test".into(),
         on_redis_down: on_down,
         redis_timeout: Duration::from_secs(1),
+        stamp: false,
     }
 }
 

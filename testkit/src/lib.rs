@@ -233,18 +233,35 @@ impl Drop for Daemon {
     }
 }
 
+/// A child process killed (and reaped) when dropped, however the test ends.
+#[derive(Debug)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits (up to 10 s) until something listens on `port` of 127.0.0.1; `what` names it in the
+/// failure.
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A private redis-server (Debian's) on a free port of 127.0.0.1, without persistence; killed
 /// when dropped.
 pub struct Redis {
-    child: Child,
+    _child: KillOnDrop,
     port: u16,
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Redis {
@@ -269,12 +286,12 @@ impl Redis {
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Redis { child, port })
+        let child = KillOnDrop(child);
+        wait_for_port(port, "redis-server");
+        Some(Redis {
+            _child: child,
+            port,
+        })
     }
 
     /// Its URL, `redis://127.0.0.1:PORT/`.
