@@ -2,8 +2,10 @@
 //! the MTA's failure setting does with the mail (issue #19, item 3; docs/scaling.md). Postfix with
 //! `milter_default_action = tempfail` (its default) refuses the session with 4xx and delivers
 //! nothing; with `accept` it delivers the mail unfiltered. Sendmail with `F=T` (the interop
-//! configuration) refuses with 4xx. Nothing is lost: a 4xx makes the client keep the message and
-//! try again. Needs root; the packages come from scripts/test.sh.
+//! configuration) refuses with 4xx. A milter that takes the connection and never answers is given
+//! up after Postfix's `milter_command_timeout` (seen; its documentation says
+//! `milter_connect_timeout` covers the negotiation too). Nothing is lost: a 4xx makes the client keep the
+//! message and try again. Needs root; the packages come from scripts/test.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -122,4 +124,41 @@ interop::tests_on_each_mta_and_transport! {
 fn postfix_with_milter_default_action_accept_delivers_unfiltered_when_the_milter_is_down() {
     postfix_accepts_unfiltered(true);
     postfix_accepts_unfiltered(false);
+}
+
+#[test]
+fn postfix_gives_up_on_a_silent_milter_after_milter_command_timeout_not_connect_timeout() {
+    if !interop::require(interop::tools_of(Mta::Postfix)) {
+        return;
+    }
+    let port = interop::free_port().unwrap();
+    let sink = Sink::start().unwrap();
+    let postfix = Postfix::start_with(
+        &format!("inet:127.0.0.1:{port}"),
+        sink.port(),
+        &[
+            ("milter_connect_timeout", "1s"),
+            ("milter_command_timeout", "3s"),
+        ],
+    )
+    .unwrap();
+    // Only now a "milter" that takes connections and never answers the negotiation (Postfix's
+    // start-up probe would have waited on it).
+    let silent = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let held = std::thread::spawn(move || silent.accept().map(|(conn, _)| conn));
+    let started = Instant::now();
+    let r = interop::send(postfix.port(), FROM, &[BOB], &message()).expect("SMTP dialogue");
+    let took = started.elapsed();
+    assert_eq!(r.mail.code, 451, "{r}");
+    // Seen with Postfix 3.7: the wait for the negotiation's answer is milter_command_timeout's
+    // (3 s here), not milter_connect_timeout's (1 s), which bounds connect() alone.
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(15),
+        "answered after {took:?}"
+    );
+    assert!(sink.settle(Duration::from_millis(500)).is_empty());
+    assert!(
+        held.join().unwrap().is_ok(),
+        "Postfix connected to the silent milter"
+    );
 }
