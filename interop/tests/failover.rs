@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -269,7 +270,9 @@ fn no_message_is_lost_or_let_through_unfiltered_when_an_instance_dies_or_stops_u
         .copied()
         .filter(|id| !seen.contains_key(&format!("<failover-{id}@example.org>")))
         .collect();
-    eprintln!(
+    // Straight to stderr, past the test harness's capture: CI's log shows it.
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "failover: sent {MESSAGES}, accepted {}, refused by the limit {limited}, deferred to \
          the client (4xx) {deferred}, delivered {}, queued {queued}, lost {}",
         accepted_ids.len(),
