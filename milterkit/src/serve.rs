@@ -2,6 +2,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -238,6 +239,25 @@ pin_project_lite::pin_project! {
         #[pin]
         conn: C,
         _permit: OwnedSemaphorePermit,
+        // With several threads: counted among its thread's open connections.
+        _open: Option<Open>,
+    }
+}
+
+/// A connection counted among its thread's open ones ([`Serve::with_threads`]) while this lives,
+/// however it ends.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -259,6 +279,7 @@ struct Handoff {
     socket: StdStream,
     span: tracing::Span,
     permit: OwnedSemaphorePermit,
+    open: Open,
 }
 
 enum StdStream {
@@ -288,7 +309,7 @@ impl StdStream {
 struct Worker {
     jobs: tokio::sync::mpsc::UnboundedSender<Handoff>,
     /// Its connections open now: new ones go to the thread with the fewest.
-    open: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<AtomicUsize>,
     done: tokio::sync::oneshot::Receiver<()>,
 }
 
@@ -305,8 +326,8 @@ impl Worker {
     {
         let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
         let (finished, done) = tokio::sync::oneshot::channel();
-        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (count, state) = (open.clone(), state.clone());
+        let open = Arc::new(AtomicUsize::new(0));
+        let state = state.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -315,10 +336,12 @@ impl Worker {
             .spawn(move || {
                 runtime.block_on(async move {
                     let mut tasks = JoinSet::new();
+                    // A job dropped on the way takes its count with it (`Open`).
                     while let Some(Handoff {
                         socket,
                         span,
                         permit,
+                        open,
                     }) = queue.recv().await
                     {
                         while tasks.try_join_next().is_some() {}
@@ -326,27 +349,18 @@ impl Worker {
                             Ok(s) => s,
                             Err(e) => {
                                 warn!(parent: &span, error = %e, "cannot take the connection over");
-                                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                                 continue;
                             }
                         };
                         let Some(milter) = make(&*factory, &span) else {
-                            count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             continue;
                         };
-                        let count = count.clone();
-                        let conn = conn::run(stream, milter, config.clone(), state.subscribe());
                         let served = Served {
-                            conn,
+                            conn: conn::run(stream, milter, config.clone(), state.subscribe()),
                             _permit: permit,
+                            _open: Some(open),
                         };
-                        tasks.spawn(
-                            async move {
-                                served.await;
-                                count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                            .instrument(span),
-                        );
+                        tasks.spawn(served.instrument(span));
                     }
                     while tasks.join_next().await.is_some() {}
                 });
@@ -388,7 +402,7 @@ where
     for i in 1..threads {
         workers.push(Worker::start(i, factory.clone(), config.clone(), &state)?);
     }
-    let local_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let local_open = Arc::new(AtomicUsize::new(0));
     let mut tasks = JoinSet::new();
     let mut signal = pin!(signal);
     let mut backoff = Duration::from_millis(5);
@@ -423,12 +437,11 @@ where
             }
         };
         // One numbering for every thread and server of the process.
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) + 1;
         let span = tracing::info_span!("milter_conn", id, peer = %peer);
         span.in_scope(|| debug!("connected"));
         // The thread with the fewest open connections takes it (this one on a tie).
-        let load =
-            |open: &std::sync::atomic::AtomicUsize| open.load(std::sync::atomic::Ordering::Relaxed);
+        let load = |open: &AtomicUsize| open.load(Ordering::Relaxed);
         let target = workers
             .iter()
             .filter(|w| load(&w.open) < load(&local_open))
@@ -436,18 +449,13 @@ where
         if let Some(worker) = target {
             match StdStream::of(stream) {
                 Ok(socket) => {
-                    worker
-                        .open
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let job = Handoff {
                         socket,
                         span,
                         permit,
+                        open: Open::new(&worker.open),
                     };
                     if worker.jobs.send(job).is_err() {
-                        worker
-                            .open
-                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                         warn!("a serving thread is gone; connection dropped");
                     }
                 }
@@ -461,21 +469,10 @@ where
         let served = Served {
             conn: conn::run(stream, milter, config.clone(), state.subscribe()),
             _permit: permit,
+            // One thread: no count to keep.
+            _open: (!workers.is_empty()).then(|| Open::new(&local_open)),
         };
-        if workers.is_empty() {
-            // One thread: no count to keep (and the task no larger than the connection).
-            tasks.spawn(served.instrument(span));
-            continue;
-        }
-        local_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let open = local_open.clone();
-        tasks.spawn(
-            async move {
-                served.await;
-                open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            .instrument(span),
-        );
+        tasks.spawn(served.instrument(span));
     }
     drop(listener);
     while tasks.try_join_next().is_some() {}

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use milterkit_proto::command::{Connect, Envelope, Family};
@@ -84,7 +85,7 @@ pub(crate) struct Driver {
     /// The last message sent, split, and its body with CRLF line ends: a load test sends the
     /// same `Bytes` again and again. `Bytes` never change, so the same storage and length are
     /// the same message.
-    parsed: Option<(Bytes, Message, Bytes)>,
+    parsed: Option<(Bytes, Arc<Message>, Bytes)>,
 }
 
 /// Whether a transaction goes on after a command.
@@ -96,7 +97,7 @@ enum Next {
 impl Driver {
     /// `raw` split into headers and body, and the body with CRLF line ends: from the last
     /// transaction when it sent the same bytes.
-    fn parsed(&mut self, raw: &Bytes) -> (Message, Bytes) {
+    fn parsed(&mut self, raw: &Bytes) -> (Arc<Message>, Bytes) {
         match &self.parsed {
             Some((last, message, body))
                 if last.as_ptr() == raw.as_ptr() && last.len() == raw.len() =>
@@ -104,7 +105,7 @@ impl Driver {
                 (message.clone(), body.clone())
             }
             _ => {
-                let message = Message::parse(raw.clone());
+                let message = Arc::new(Message::parse(raw.clone()));
                 let body = message.body_crlf();
                 self.parsed = Some((raw.clone(), message.clone(), body.clone()));
                 (message, body)
