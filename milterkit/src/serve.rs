@@ -352,15 +352,10 @@ impl Worker {
                                 continue;
                             }
                         };
-                        let Some(milter) = make(&*factory, &span) else {
-                            continue;
-                        };
-                        let served = Served {
-                            conn: conn::run(stream, milter, config.clone(), state.subscribe()),
-                            _permit: permit,
-                            _open: Some(open),
-                        };
-                        tasks.spawn(served.instrument(span));
+                        let served = (&*factory, &config, &state);
+                        if let Some(task) = task(served, stream, permit, Some(open), span) {
+                            tasks.spawn(task);
+                        }
                     }
                     while tasks.join_next().await.is_some() {}
                 });
@@ -370,15 +365,30 @@ impl Worker {
     }
 }
 
-/// A milter from the factory, or `None` (logged) when it panics.
-fn make<M, F: Fn() -> M>(factory: &F, span: &tracing::Span) -> Option<M> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(factory)) {
-        Ok(m) => Some(m),
-        Err(_) => {
-            warn!(parent: span, "the milter factory panicked; connection dropped");
-            None
-        }
-    }
+/// The task of one accepted connection (`served`: the factory, the config, the shutdown signal):
+/// a milter from the factory, the connection served, its end logged, in the connection's span;
+/// `None` (logged) when the factory panics.
+fn task<M, F>(
+    (factory, config, state): (&F, &Arc<Config>, &Signal),
+    stream: Stream,
+    permit: OwnedSemaphorePermit,
+    open: Option<Open>,
+    span: tracing::Span,
+) -> Option<impl Future<Output = ()> + Send + 'static>
+where
+    M: Milter,
+    F: Fn() -> M,
+{
+    let Ok(milter) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(factory)) else {
+        warn!(parent: &span, "the milter factory panicked; connection dropped");
+        return None;
+    };
+    let served = Served {
+        conn: conn::run(stream, milter, config.clone(), state.subscribe()),
+        _permit: permit,
+        _open: open,
+    };
+    Some(served.instrument(span))
 }
 
 async fn run<M, F, S>(serve: Serve<F, S>) -> Result<(), Error>
@@ -463,16 +473,11 @@ where
             }
             continue;
         }
-        let Some(milter) = make(&*factory, &span) else {
-            continue;
-        };
-        let served = Served {
-            conn: conn::run(stream, milter, config.clone(), state.subscribe()),
-            _permit: permit,
-            // One thread: no count to keep.
-            _open: (!workers.is_empty()).then(|| Open::new(&local_open)),
-        };
-        tasks.spawn(served.instrument(span));
+        // One thread: no count to keep.
+        let open = (!workers.is_empty()).then(|| Open::new(&local_open));
+        if let Some(task) = task((&*factory, &config, &state), stream, permit, open, span) {
+            tasks.spawn(task);
+        }
     }
     drop(listener);
     while tasks.try_join_next().is_some() {}
