@@ -401,6 +401,27 @@ impl Macros {
     pub fn is_empty(&self) -> bool {
         self.slots.iter().all(Slot::is_empty)
     }
+
+    /// The pairs of the last `SMFIC_MACRO` packet kept for the command `code` (`C H M R T N E`),
+    /// as (name as sent, value), in packet order; nothing for other codes. What a milter that
+    /// drives other milters forwards before that command.
+    ///
+    /// ```
+    /// # use milterkit_proto::Macros;
+    /// # use bytes::Bytes;
+    /// let mut m = Macros::default();
+    /// m.set(b'C', vec![(Bytes::from("j"), Bytes::from("mx.example.org"))]);
+    /// m.set(b'M', vec![(Bytes::from("{mail_addr}"), Bytes::from("a@example.org"))]);
+    /// let mail: Vec<_> = m.sent_at(b'M').collect();
+    /// assert_eq!(mail, [(&b"{mail_addr}"[..], &b"a@example.org"[..])]);
+    /// assert_eq!(m.sent_at(b'L').count(), 0);
+    /// ```
+    pub fn sent_at(&self, code: u8) -> impl Iterator<Item = (&[u8], &[u8])> {
+        slot(code)
+            .and_then(|i| self.slots.get(i))
+            .into_iter()
+            .flat_map(Slot::pairs)
+    }
 }
 
 #[cfg(test)]

@@ -192,6 +192,9 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "chain")]
+#[cfg_attr(docsrs, doc(cfg(feature = "chain")))]
+pub mod chain;
 mod conn;
 
 /// The manual: how the protocol works and how milterkit follows it, a page a module (written in

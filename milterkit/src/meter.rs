@@ -107,6 +107,11 @@ impl ModificationCounts {
         }
     }
 
+    /// The `kind` label of `m` (`add_header` …; `other` for a kind this version does not know).
+    pub(crate) fn kind(m: &Modification) -> &'static str {
+        KINDS.get(Self::index(m)).copied().unwrap_or("other")
+    }
+
     /// One more modification of kind `kind` (from [`ModificationCounts::index`]).
     pub(crate) fn bump(&mut self, kind: usize) {
         if let Some(n) = self.0.get_mut(kind) {

@@ -439,7 +439,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 /// `500ms`, `90s`, `5m`, `2h`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);

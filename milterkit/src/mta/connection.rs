@@ -36,7 +36,8 @@ pub struct Connection<IO = Stream> {
     end: LinkEnd,
     profile: Profile,
     driver: Driver,
-    reply_timeout: Duration,
+    /// Longest wait for one reply; the chain sets it per command.
+    pub(crate) reply_timeout: Duration,
     /// True once the milter's first bytes have been seen (and were not an SMTP or HTTP server's).
     heard: bool,
     buf: BytesMut,

@@ -1,0 +1,482 @@
+//! The chain driving milterkit children served on loopback, tested in process through the
+//! harness: merging, macros, leading spaces, evaluation mode, fail-safes, conditions, reconnects
+//! and metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use milterkit::chain::{Chain, ChainMetrics, Child, FailSafe, Mode, Settings};
+use milterkit::mta::{Transaction, Verdict};
+use milterkit::testing::Harness;
+use milterkit::{
+    Actions, Body, Connect, Decision, Eom, Header, Helo, Mail, Milter, Offer, ProtocolFlags,
+    Rcpt, Reply, Request, Result, Stage,
+};
+use tokio::sync::oneshot;
+
+/// A child milter that writes down what it sees and decides as told.
+#[derive(Clone, Default)]
+struct Kid {
+    seen: Arc<Mutex<Vec<String>>>,
+    /// Decisions by stage; at RCPT, by recipient as sent.
+    at: HashMap<Stage, Decision>,
+    rcpt: HashMap<&'static str, Decision>,
+    /// A header added at end of message.
+    add: Option<(&'static str, &'static str)>,
+    /// A replacement body.
+    body: Option<&'static str>,
+    leading_space: bool,
+    /// How long each MAIL takes.
+    slow_mail: Option<Duration>,
+}
+
+impl Kid {
+    fn note(&self, what: String) {
+        self.seen.lock().unwrap().push(what);
+    }
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+    fn decide(&self, stage: Stage) -> Decision {
+        self.at.get(&stage).cloned().unwrap_or(Decision::Continue)
+    }
+}
+
+impl Milter for Kid {
+    type Message = ();
+    const ACTIONS: Actions = Actions::ADD_HEADER.union(Actions::CHANGE_BODY);
+
+    async fn negotiate(&mut self, _: &Offer, request: &mut Request) -> Result<()> {
+        request.options |= ProtocolFlags::SKIP;
+        if self.leading_space {
+            request.options |= ProtocolFlags::HDR_LEADSPC;
+        }
+        Ok(())
+    }
+    async fn connect(&mut self, c: Connect<'_>) -> Result<Decision> {
+        self.note(format!("connect {} j={:?}", c.address(), c.macro_value("j")));
+        Ok(self.decide(Stage::Connect))
+    }
+    async fn helo(&mut self, h: Helo<'_>) -> Result<Decision> {
+        self.note(format!("helo {}", h.name()));
+        Ok(self.decide(Stage::Helo))
+    }
+    async fn mail(&mut self, _: &mut (), m: Mail<'_>) -> Result<Decision> {
+        if let Some(d) = self.slow_mail {
+            tokio::time::sleep(d).await;
+        }
+        let auth = m.macro_value("{auth_authen}");
+        self.note(format!("mail {} auth={auth:?}", m.address()));
+        Ok(self.decide(Stage::Mail))
+    }
+    async fn rcpt(&mut self, _: &mut (), r: Rcpt<'_>) -> Result<Decision> {
+        let addr = r.address().to_string();
+        self.note(format!("rcpt {addr} rcpt_addr={:?}", r.macro_value("{rcpt_addr}")));
+        let d = self.rcpt.get(addr.as_str()).cloned();
+        Ok(d.unwrap_or_else(|| self.decide(Stage::Rcpt)))
+    }
+    async fn header(&mut self, _: &mut (), h: Header<'_>) -> Result<Decision> {
+        self.note(format!("header {}:{}", h.name(), h.value()));
+        Ok(self.decide(Stage::Header))
+    }
+    async fn body(&mut self, _: &mut (), b: Body<'_>) -> Result<Decision> {
+        self.note(format!("body {}", b.chunk().len()));
+        Ok(self.decide(Stage::Body))
+    }
+    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
+        self.note("eom".into());
+        if let Some((name, value)) = self.add {
+            eom.add_header(name, value)?;
+        }
+        if let Some(body) = self.body {
+            eom.replace_body(body)?;
+        }
+        Ok(self.decide(Stage::Eom))
+    }
+    async fn abort(&mut self, _: (), _: milterkit::Abort<'_>) -> Result<()> {
+        self.note("abort".into());
+        Ok(())
+    }
+}
+
+/// A child served on a loopback port until dropped.
+struct Served {
+    spec: String,
+    kid: Kid,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn serve_on(kid: Kid, spec: &str) -> Served {
+    let listener = milterkit::bind(spec).await.unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let factory = {
+        let kid = kid.clone();
+        move || kid.clone()
+    };
+    tokio::spawn(
+        milterkit::serve(listener, factory)
+            .with_graceful_shutdown(async {
+                stopped.await.ok();
+            })
+            .into_future(),
+    );
+    Served {
+        spec,
+        kid,
+        stop: Some(stop),
+    }
+}
+
+async fn serve(kid: Kid) -> Served {
+    serve_on(kid, "inet:0@127.0.0.1").await
+}
+
+/// A socket nothing listens on.
+fn nobody() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("inet:{port}@127.0.0.1")
+}
+
+fn settings(children: Vec<Child>) -> Arc<Settings> {
+    Arc::new(Settings::new(children).unwrap())
+}
+
+fn message() -> Transaction {
+    Transaction::new()
+        .from("<alice@example.org>")
+        .to("<bob@example.net>")
+        .to("<carol@example.com>")
+        .with_macro(Stage::Mail, "{auth_authen}", "alice")
+        .message("From: alice@example.org\r\nSubject: hi\r\n\r\nhello\r\n")
+}
+
+fn delivered(out: &milterkit::mta::Outcome) -> String {
+    let d = out.delivery.as_ref().expect("delivered");
+    String::from_utf8_lossy(&d.message).into_owned()
+}
+
+#[tokio::test]
+async fn modifications_merge_in_child_order_and_macros_reach_every_child() {
+    let a = serve(Kid {
+        add: Some(("X-A", "from a")),
+        ..Kid::default()
+    })
+    .await;
+    let b = serve(Kid {
+        add: Some(("X-B", "from b")),
+        ..Kid::default()
+    })
+    .await;
+    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    let msg = delivered(&out);
+    let (xa, xb) = (msg.find("X-A: from a").unwrap(), msg.find("X-B: from b").unwrap());
+    assert!(xa < xb, "child order kept: {msg}");
+    for kid in [&a.kid, &b.kid] {
+        let seen = kid.seen();
+        assert!(seen[0].starts_with("connect 192.0.2.1 j=Some(\"mx.example.org\")"), "{seen:?}");
+        assert!(seen.contains(&"mail <alice@example.org> auth=Some(\"alice\")".to_string()), "{seen:?}");
+        assert!(
+            seen.iter().any(|s| s.starts_with("rcpt <bob@example.net> rcpt_addr=Some(\"bob@example.net\")")),
+            "{seen:?}"
+        );
+        assert!(seen.contains(&"header Subject:hi".to_string()), "{seen:?}");
+        assert_eq!(seen.iter().filter(|s| *s == "eom").count(), 1, "{seen:?}");
+    }
+    h.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_first_refusal_wins_and_later_children_do_not_see_that_command() {
+    let a = serve(Kid {
+        rcpt: HashMap::from([("<bob@example.net>", Decision::Reject)]),
+        ..Kid::default()
+    })
+    .await;
+    let b = serve(Kid::default()).await;
+    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.refused.len(), 1, "{out:?}");
+    assert_eq!(&out.refused[0].0[..], b"<bob@example.net>");
+    assert_eq!(out.verdict, Some(Verdict::Accept), "carol still gets it: {out:?}");
+    let seen_b = b.kid.seen();
+    assert!(!seen_b.iter().any(|s| s.contains("bob@")), "{seen_b:?}");
+    assert!(seen_b.iter().any(|s| s.contains("carol@")), "{seen_b:?}");
+
+    // A message-level refusal ends the message for everyone.
+    let c = serve(Kid {
+        at: HashMap::from([(Stage::Mail, Decision::Reply(Reply::new(550, "5.7.1", "no").unwrap()))]),
+        ..Kid::default()
+    })
+    .await;
+    let d = serve(Kid::default()).await;
+    let s = settings(vec![Child::new("c", &c.spec), Child::new("d", &d.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert!(
+        matches!(out.decision(Stage::Mail), Some(Decision::Reply(r)) if r.code() == 550),
+        "{out:?}"
+    );
+    assert!(!d.kid.seen().iter().any(|s| s.starts_with("mail")), "{:?}", d.kid.seen());
+}
+
+#[tokio::test]
+async fn accept_ends_a_childs_part_and_all_accepting_accepts() {
+    let a = serve(Kid {
+        at: HashMap::from([(Stage::Mail, Decision::Accept)]),
+        add: Some(("X-A", "never")),
+        ..Kid::default()
+    })
+    .await;
+    let b = serve(Kid {
+        add: Some(("X-B", "b")),
+        ..Kid::default()
+    })
+    .await;
+    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    let msg = delivered(&out);
+    assert!(msg.contains("X-B: b") && !msg.contains("X-A"), "{msg}");
+    assert!(!a.kid.seen().iter().any(|s| s.starts_with("header")), "{:?}", a.kid.seen());
+
+    let c = serve(Kid {
+        at: HashMap::from([(Stage::Connect, Decision::Accept)]),
+        ..Kid::default()
+    })
+    .await;
+    let s = settings(vec![Child::new("c", &c.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.decision(Stage::Connect), Some(&Decision::Accept), "{out:?}");
+}
+
+#[tokio::test]
+async fn an_evaluated_child_changes_nothing_and_is_counted() {
+    let judge = serve(Kid {
+        at: HashMap::from([(Stage::Eom, Decision::Reject)]),
+        add: Some(("X-Spam", "yes")),
+        ..Kid::default()
+    })
+    .await;
+    let signer = serve(Kid {
+        add: Some(("X-Signed", "1")),
+        ..Kid::default()
+    })
+    .await;
+    let mut eval = Child::new("judge", &judge.spec);
+    eval.mode = Mode::Evaluate;
+    let s = settings(vec![eval, Child::new("signer", &signer.spec)]);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let exposed = milterkit::metrics::Metrics::with_registry(registry);
+    let mut h = Harness::postfix(Chain::new(s).with_metrics(metrics));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    let msg = delivered(&out);
+    assert!(msg.contains("X-Signed: 1") && !msg.contains("X-Spam"), "{msg}");
+    let text = exposed.encode();
+    for line in [
+        "milter_chain_child_decisions_total{child=\"judge\",stage=\"EOM\",decision=\"reject\",mode=\"evaluate\"} 1",
+        "milter_chain_child_modifications_total{child=\"judge\",kind=\"add_header\",mode=\"evaluate\"} 1",
+        "milter_chain_child_decisions_total{child=\"signer\",stage=\"EOM\",decision=\"continue\",mode=\"enforce\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    assert!(text.contains("milter_chain_child_duration_seconds_count{child=\"signer\",stage=\"RCPT\"} 2"), "{text}");
+}
+
+#[tokio::test]
+async fn a_down_child_gets_its_own_fail_safe() {
+    let up = serve(Kid {
+        add: Some(("X-Up", "1")),
+        ..Kid::default()
+    })
+    .await;
+    // Skip: the message goes on without it.
+    let mut down = Child::new("down", nobody());
+    down.fail_safe = FailSafe::Skip;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let exposed = milterkit::metrics::Metrics::with_registry(registry);
+    let s = settings(vec![down, Child::new("up", &up.spec)]);
+    let mut h = Harness::postfix(Chain::new(s.clone()).with_metrics(metrics));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    assert!(delivered(&out).contains("X-Up: 1"));
+    let text = exposed.encode();
+    assert!(text.contains("milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 1"), "{text}");
+    assert!(text.contains("milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 2"), "negotiation and MAIL: {text}");
+
+    // Tempfail (the default): the message is deferred at MAIL.
+    let s = settings(vec![Child::new("down", nobody()), Child::new("up", &up.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.decision(Stage::Mail), Some(&Decision::Tempfail), "{out:?}");
+
+    // Reject.
+    let mut down = Child::new("down", nobody());
+    down.fail_safe = FailSafe::Reject;
+    let s = settings(vec![down, Child::new("up", &up.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.decision(Stage::Mail), Some(&Decision::Reject), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_slow_child_times_out_into_its_fail_safe_and_the_rest_go_on() {
+    let slow = serve(Kid {
+        slow_mail: Some(Duration::from_secs(3)),
+        add: Some(("X-Slow", "1")),
+        ..Kid::default()
+    })
+    .await;
+    let quick = serve(Kid {
+        add: Some(("X-Quick", "1")),
+        ..Kid::default()
+    })
+    .await;
+    let mut child = Child::new("slow", &slow.spec);
+    child.command_timeout = Duration::from_millis(200);
+    child.fail_safe = FailSafe::Skip;
+    let s = settings(vec![child, Child::new("quick", &quick.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let started = std::time::Instant::now();
+    let out = h.run(&message()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "the chain did not wait for the slow child");
+    let msg = delivered(&out);
+    assert!(msg.contains("X-Quick: 1") && !msg.contains("X-Slow"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_child_that_comes_back_is_used_again_with_connect_and_helo_replayed() {
+    let spec = nobody();
+    let mut down = Child::new("late", &spec);
+    down.fail_safe = FailSafe::Skip;
+    let s = settings(vec![down]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    let late = serve_on(
+        Kid {
+            add: Some(("X-Late", "1")),
+            ..Kid::default()
+        },
+        &spec,
+    )
+    .await;
+    let out = h.run(&message()).await.unwrap();
+    assert!(delivered(&out).contains("X-Late: 1"), "{out:?}");
+    let seen = late.kid.seen();
+    assert!(seen[0].starts_with("connect 192.0.2.1"), "{seen:?}");
+    assert!(seen[1].starts_with("helo "), "{seen:?}");
+}
+
+#[tokio::test]
+async fn conditions_choose_clients_senders_and_recipients() {
+    let local = serve(Kid::default()).await;
+    let outside = serve(Kid::default()).await;
+    let authed = serve(Kid::default()).await;
+    let net = serve(Kid::default()).await;
+    let mut only_local = Child::new("local", &local.spec);
+    only_local.when = toml_when("client = [\"10.0.0.0/8\"]");
+    let mut not_local = Child::new("outside", &outside.spec);
+    not_local.when = toml_when("not_client = [\"10.0.0.0/8\"], authenticated = false");
+    let mut only_authed = Child::new("authed", &authed.spec);
+    only_authed.when = toml_when("authenticated = true");
+    let mut only_net = Child::new("net", &net.spec);
+    only_net.when = toml_when("rcpt_domain = [\"example.net\"]");
+    let s = settings(vec![only_local, not_local, only_authed, only_net]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+
+    assert!(local.kid.seen().is_empty(), "client 192.0.2.1 is not in 10/8: {:?}", local.kid.seen());
+    let seen = outside.kid.seen();
+    assert!(seen[0].starts_with("connect") && !seen.iter().any(|s| s.starts_with("mail")), "alice authenticated: {seen:?}");
+    assert!(authed.kid.seen().iter().any(|s| s.starts_with("header")), "{:?}", authed.kid.seen());
+    let seen = net.kid.seen();
+    assert!(seen.iter().any(|s| s.starts_with("mail <alice@example.org>")), "{seen:?}");
+    assert!(seen.iter().any(|s| s.contains("bob@example.net")), "{seen:?}");
+    assert!(!seen.iter().any(|s| s.contains("carol@example.com")), "{seen:?}");
+
+    // A message with no recipient in its domains: not at all.
+    net.kid.seen.lock().unwrap().clear();
+    let tx = Transaction::new().from("<a@example.org>").to("<c@example.com>").message("S: x\r\n\r\nb\r\n");
+    let out = h.run(&tx).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    let seen = net.kid.seen();
+    assert!(!seen.iter().any(|s| s.starts_with("mail") || s == "eom"), "{seen:?}");
+}
+
+fn toml_when(fields: &str) -> milterkit::chain::When {
+    let text = format!("[[milter]]\nname = \"x\"\nsocket = \"inet:1@127.0.0.1\"\nwhen = {{ {fields} }}\n");
+    Settings::from_toml(&text).unwrap().milters[0].when.clone()
+}
+
+#[tokio::test]
+async fn leading_spaces_follow_each_childs_agreement() {
+    let spaced = serve(Kid {
+        leading_space: true,
+        add: Some(("X-Spaced", "  two")),
+        ..Kid::default()
+    })
+    .await;
+    let plain = serve(Kid {
+        add: Some(("X-Plain", "one")),
+        ..Kid::default()
+    })
+    .await;
+    let s = settings(vec![Child::new("spaced", &spaced.spec), Child::new("plain", &plain.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert!(h.agreement().unwrap().leading_space(), "one child wants it");
+    assert!(spaced.kid.seen().contains(&"header Subject: hi".to_string()), "{:?}", spaced.kid.seen());
+    assert!(plain.kid.seen().contains(&"header Subject:hi".to_string()), "{:?}", plain.kid.seen());
+    let msg = delivered(&out);
+    assert!(msg.contains("X-Spaced:  two\r\n") && msg.contains("X-Plain: one\r\n"), "{msg}");
+}
+
+#[tokio::test]
+async fn the_later_replacement_body_wins_and_skip_waits_for_every_child() {
+    let a = serve(Kid {
+        body: Some("from a\r\n"),
+        at: HashMap::from([(Stage::Body, Decision::Skip)]),
+        ..Kid::default()
+    })
+    .await;
+    let b = serve(Kid {
+        body: Some("from b\r\n"),
+        ..Kid::default()
+    })
+    .await;
+    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let big = format!("Subject: big\r\n\r\n{}", "x".repeat(70_000) + "\r\n");
+    let tx = Transaction::new().from("<a@example.org>").to("<b@example.net>").message(big);
+    let out = h.run(&tx).await.unwrap();
+    assert!(delivered(&out).ends_with("\r\n\r\nfrom b\r\n"), "{}", delivered(&out));
+    assert_eq!(a.kid.seen().iter().filter(|s| s.starts_with("body")).count(), 1, "a skipped");
+    assert_eq!(b.kid.seen().iter().filter(|s| s.starts_with("body")).count(), 2, "b did not");
+    let body_steps: Vec<_> = out.steps.iter().filter(|s| s.stage == Stage::Body).collect();
+    assert!(body_steps.iter().all(|s| s.decision == Some(Decision::Continue)), "{body_steps:?}");
+}
