@@ -3,6 +3,7 @@
 
 mod bench;
 mod cases;
+mod chain;
 mod demo_milter;
 mod diff;
 mod envelope;
@@ -37,6 +38,7 @@ Examples:
   milterkit run inet:127.0.0.1:8891 message.eml --from '<alice@example.org>' --rcpt '<bob@example.net>'
   milterkit run unix:/run/opendkim/opendkim.sock message.eml --profile sendmail --json
   milterkit bench inet:8891@127.0.0.1 --connections 20 --messages 10000
+  milterkit chain --config chain.toml --socket inet:7357@127.0.0.1
 
 Socket specifications: inet:PORT@HOST, inet6:PORT@HOST, inet:HOST:PORT (Postfix), unix:/path, local:/path.";
 
@@ -64,6 +66,12 @@ enum Cmd {
     /// message, with a diff of what was expected and what happened.
     #[command(after_help = cases::FORMAT)]
     Test(cases::TestArgs),
+    /// Serves one milter in front of several: each command goes to every child milter in order,
+    /// decisions and modifications merge as Postfix merges its milters, and each child has its
+    /// own timeouts, fail-safe, evaluation mode and conditions. Takes the flags of any milterkit
+    /// milter (socket, timeouts, metrics, user, logs); SIGHUP reloads the configuration.
+    #[command(after_help = chain::EXAMPLES)]
+    Chain(chain::ChainArgs),
 }
 
 /// Which MTA to imitate.
@@ -178,6 +186,11 @@ fn parse() -> Cli {
 
 fn main() -> ExitCode {
     let cli = parse();
+    let command = match cli.command {
+        // A daemon: its own runtime and log setup.
+        Cmd::Chain(args) => return chain::chain(args),
+        other => other,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -196,7 +209,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
+            Cmd::Chain(_) => unreachable!("served above"),
             Cmd::Demo => demo().await,
             Cmd::Run(args) => run(args).await,
             Cmd::Bench(args) => bench::bench(args).await,

@@ -12,8 +12,8 @@ use milterkit::chain::{Chain, ChainMetrics, Child, FailSafe, Mode, Settings};
 use milterkit::mta::{Transaction, Verdict};
 use milterkit::testing::Harness;
 use milterkit::{
-    Actions, Body, Connect, Decision, Eom, Header, Helo, Mail, Milter, Offer, ProtocolFlags,
-    Rcpt, Reply, Request, Result, Stage,
+    Actions, Body, Connect, Decision, Eom, Header, Helo, Mail, Milter, Offer, ProtocolFlags, Rcpt,
+    Reply, Request, Result, Stage,
 };
 use tokio::sync::oneshot;
 
@@ -57,7 +57,11 @@ impl Milter for Kid {
         Ok(())
     }
     async fn connect(&mut self, c: Connect<'_>) -> Result<Decision> {
-        self.note(format!("connect {} j={:?}", c.address(), c.macro_value("j")));
+        self.note(format!(
+            "connect {} j={:?}",
+            c.address(),
+            c.macro_value("j")
+        ));
         Ok(self.decide(Stage::Connect))
     }
     async fn helo(&mut self, h: Helo<'_>) -> Result<Decision> {
@@ -74,7 +78,10 @@ impl Milter for Kid {
     }
     async fn rcpt(&mut self, _: &mut (), r: Rcpt<'_>) -> Result<Decision> {
         let addr = r.address().to_string();
-        self.note(format!("rcpt {addr} rcpt_addr={:?}", r.macro_value("{rcpt_addr}")));
+        self.note(format!(
+            "rcpt {addr} rcpt_addr={:?}",
+            r.macro_value("{rcpt_addr}")
+        ));
         let d = self.rcpt.get(addr.as_str()).cloned();
         Ok(d.unwrap_or_else(|| self.decide(Stage::Rcpt)))
     }
@@ -188,14 +195,25 @@ async fn modifications_merge_in_child_order_and_macros_reach_every_child() {
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     let msg = delivered(&out);
-    let (xa, xb) = (msg.find("X-A: from a").unwrap(), msg.find("X-B: from b").unwrap());
+    let (xa, xb) = (
+        msg.find("X-A: from a").unwrap(),
+        msg.find("X-B: from b").unwrap(),
+    );
     assert!(xa < xb, "child order kept: {msg}");
     for kid in [&a.kid, &b.kid] {
         let seen = kid.seen();
-        assert!(seen[0].starts_with("connect 192.0.2.1 j=Some(\"mx.example.org\")"), "{seen:?}");
-        assert!(seen.contains(&"mail <alice@example.org> auth=Some(\"alice\")".to_string()), "{seen:?}");
         assert!(
-            seen.iter().any(|s| s.starts_with("rcpt <bob@example.net> rcpt_addr=Some(\"bob@example.net\")")),
+            seen[0].starts_with("connect 192.0.2.1 j=Some(\"mx.example.org\")"),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&"mail <alice@example.org> auth=Some(\"alice\")".to_string()),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().any(
+                |s| s.starts_with("rcpt <bob@example.net> rcpt_addr=Some(\"bob@example.net\")")
+            ),
             "{seen:?}"
         );
         assert!(seen.contains(&"header Subject:hi".to_string()), "{seen:?}");
@@ -217,14 +235,21 @@ async fn the_first_refusal_wins_and_later_children_do_not_see_that_command() {
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.refused.len(), 1, "{out:?}");
     assert_eq!(&out.refused[0].0[..], b"<bob@example.net>");
-    assert_eq!(out.verdict, Some(Verdict::Accept), "carol still gets it: {out:?}");
+    assert_eq!(
+        out.verdict,
+        Some(Verdict::Accept),
+        "carol still gets it: {out:?}"
+    );
     let seen_b = b.kid.seen();
     assert!(!seen_b.iter().any(|s| s.contains("bob@")), "{seen_b:?}");
     assert!(seen_b.iter().any(|s| s.contains("carol@")), "{seen_b:?}");
 
     // A message-level refusal ends the message for everyone.
     let c = serve(Kid {
-        at: HashMap::from([(Stage::Mail, Decision::Reply(Reply::new(550, "5.7.1", "no").unwrap()))]),
+        at: HashMap::from([(
+            Stage::Mail,
+            Decision::Reply(Reply::new(550, "5.7.1", "no").unwrap()),
+        )]),
         ..Kid::default()
     })
     .await;
@@ -236,7 +261,11 @@ async fn the_first_refusal_wins_and_later_children_do_not_see_that_command() {
         matches!(out.decision(Stage::Mail), Some(Decision::Reply(r)) if r.code() == 550),
         "{out:?}"
     );
-    assert!(!d.kid.seen().iter().any(|s| s.starts_with("mail")), "{:?}", d.kid.seen());
+    assert!(
+        !d.kid.seen().iter().any(|s| s.starts_with("mail")),
+        "{:?}",
+        d.kid.seen()
+    );
 }
 
 #[tokio::test]
@@ -257,7 +286,11 @@ async fn accept_ends_a_childs_part_and_all_accepting_accepts() {
     let out = h.run(&message()).await.unwrap();
     let msg = delivered(&out);
     assert!(msg.contains("X-B: b") && !msg.contains("X-A"), "{msg}");
-    assert!(!a.kid.seen().iter().any(|s| s.starts_with("header")), "{:?}", a.kid.seen());
+    assert!(
+        !a.kid.seen().iter().any(|s| s.starts_with("header")),
+        "{:?}",
+        a.kid.seen()
+    );
 
     let c = serve(Kid {
         at: HashMap::from([(Stage::Connect, Decision::Accept)]),
@@ -267,7 +300,11 @@ async fn accept_ends_a_childs_part_and_all_accepting_accepts() {
     let s = settings(vec![Child::new("c", &c.spec)]);
     let mut h = Harness::postfix(Chain::new(s));
     let out = h.run(&message()).await.unwrap();
-    assert_eq!(out.decision(Stage::Connect), Some(&Decision::Accept), "{out:?}");
+    assert_eq!(
+        out.decision(Stage::Connect),
+        Some(&Decision::Accept),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
@@ -293,7 +330,10 @@ async fn an_evaluated_child_changes_nothing_and_is_counted() {
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     let msg = delivered(&out);
-    assert!(msg.contains("X-Signed: 1") && !msg.contains("X-Spam"), "{msg}");
+    assert!(
+        msg.contains("X-Signed: 1") && !msg.contains("X-Spam"),
+        "{msg}"
+    );
     let text = exposed.encode();
     for line in [
         "milter_chain_child_decisions_total{child=\"judge\",stage=\"EOM\",decision=\"reject\",mode=\"evaluate\"} 1",
@@ -302,7 +342,12 @@ async fn an_evaluated_child_changes_nothing_and_is_counted() {
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
-    assert!(text.contains("milter_chain_child_duration_seconds_count{child=\"signer\",stage=\"RCPT\"} 2"), "{text}");
+    assert!(
+        text.contains(
+            "milter_chain_child_duration_seconds_count{child=\"signer\",stage=\"RCPT\"} 2"
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -324,14 +369,27 @@ async fn a_down_child_gets_its_own_fail_safe() {
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     assert!(delivered(&out).contains("X-Up: 1"));
     let text = exposed.encode();
-    assert!(text.contains("milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 1"), "{text}");
-    assert!(text.contains("milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 2"), "negotiation and MAIL: {text}");
+    assert!(
+        text.contains("milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 2"),
+        "negotiation and MAIL: {text}"
+    );
 
     // Tempfail (the default): the message is deferred at MAIL.
-    let s = settings(vec![Child::new("down", nobody()), Child::new("up", &up.spec)]);
+    let s = settings(vec![
+        Child::new("down", nobody()),
+        Child::new("up", &up.spec),
+    ]);
     let mut h = Harness::postfix(Chain::new(s));
     let out = h.run(&message()).await.unwrap();
-    assert_eq!(out.decision(Stage::Mail), Some(&Decision::Tempfail), "{out:?}");
+    assert_eq!(
+        out.decision(Stage::Mail),
+        Some(&Decision::Tempfail),
+        "{out:?}"
+    );
 
     // Reject.
     let mut down = Child::new("down", nobody());
@@ -339,7 +397,11 @@ async fn a_down_child_gets_its_own_fail_safe() {
     let s = settings(vec![down, Child::new("up", &up.spec)]);
     let mut h = Harness::postfix(Chain::new(s));
     let out = h.run(&message()).await.unwrap();
-    assert_eq!(out.decision(Stage::Mail), Some(&Decision::Reject), "{out:?}");
+    assert_eq!(
+        out.decision(Stage::Mail),
+        Some(&Decision::Reject),
+        "{out:?}"
+    );
 }
 
 #[tokio::test]
@@ -362,9 +424,15 @@ async fn a_slow_child_times_out_into_its_fail_safe_and_the_rest_go_on() {
     let mut h = Harness::postfix(Chain::new(s));
     let started = std::time::Instant::now();
     let out = h.run(&message()).await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(3), "the chain did not wait for the slow child");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the chain did not wait for the slow child"
+    );
     let msg = delivered(&out);
-    assert!(msg.contains("X-Quick: 1") && !msg.contains("X-Slow"), "{msg}");
+    assert!(
+        msg.contains("X-Quick: 1") && !msg.contains("X-Slow"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -410,26 +478,54 @@ async fn conditions_choose_clients_senders_and_recipients() {
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
 
-    assert!(local.kid.seen().is_empty(), "client 192.0.2.1 is not in 10/8: {:?}", local.kid.seen());
+    assert!(
+        local.kid.seen().is_empty(),
+        "client 192.0.2.1 is not in 10/8: {:?}",
+        local.kid.seen()
+    );
     let seen = outside.kid.seen();
-    assert!(seen[0].starts_with("connect") && !seen.iter().any(|s| s.starts_with("mail")), "alice authenticated: {seen:?}");
-    assert!(authed.kid.seen().iter().any(|s| s.starts_with("header")), "{:?}", authed.kid.seen());
+    assert!(
+        seen[0].starts_with("connect") && !seen.iter().any(|s| s.starts_with("mail")),
+        "alice authenticated: {seen:?}"
+    );
+    assert!(
+        authed.kid.seen().iter().any(|s| s.starts_with("header")),
+        "{:?}",
+        authed.kid.seen()
+    );
     let seen = net.kid.seen();
-    assert!(seen.iter().any(|s| s.starts_with("mail <alice@example.org>")), "{seen:?}");
-    assert!(seen.iter().any(|s| s.contains("bob@example.net")), "{seen:?}");
-    assert!(!seen.iter().any(|s| s.contains("carol@example.com")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with("mail <alice@example.org>")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.contains("bob@example.net")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|s| s.contains("carol@example.com")),
+        "{seen:?}"
+    );
 
     // A message with no recipient in its domains: not at all.
     net.kid.seen.lock().unwrap().clear();
-    let tx = Transaction::new().from("<a@example.org>").to("<c@example.com>").message("S: x\r\n\r\nb\r\n");
+    let tx = Transaction::new()
+        .from("<a@example.org>")
+        .to("<c@example.com>")
+        .message("S: x\r\n\r\nb\r\n");
     let out = h.run(&tx).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     let seen = net.kid.seen();
-    assert!(!seen.iter().any(|s| s.starts_with("mail") || s == "eom"), "{seen:?}");
+    assert!(
+        !seen.iter().any(|s| s.starts_with("mail") || s == "eom"),
+        "{seen:?}"
+    );
 }
 
 fn toml_when(fields: &str) -> milterkit::chain::When {
-    let text = format!("[[milter]]\nname = \"x\"\nsocket = \"inet:1@127.0.0.1\"\nwhen = {{ {fields} }}\n");
+    let text =
+        format!("[[milter]]\nname = \"x\"\nsocket = \"inet:1@127.0.0.1\"\nwhen = {{ {fields} }}\n");
     Settings::from_toml(&text).unwrap().milters[0].when.clone()
 }
 
@@ -446,37 +542,138 @@ async fn leading_spaces_follow_each_childs_agreement() {
         ..Kid::default()
     })
     .await;
-    let s = settings(vec![Child::new("spaced", &spaced.spec), Child::new("plain", &plain.spec)]);
+    let s = settings(vec![
+        Child::new("spaced", &spaced.spec),
+        Child::new("plain", &plain.spec),
+    ]);
     let mut h = Harness::postfix(Chain::new(s));
     let out = h.run(&message()).await.unwrap();
     assert!(h.agreement().unwrap().leading_space(), "one child wants it");
-    assert!(spaced.kid.seen().contains(&"header Subject: hi".to_string()), "{:?}", spaced.kid.seen());
-    assert!(plain.kid.seen().contains(&"header Subject:hi".to_string()), "{:?}", plain.kid.seen());
+    assert!(
+        spaced
+            .kid
+            .seen()
+            .contains(&"header Subject: hi".to_string()),
+        "{:?}",
+        spaced.kid.seen()
+    );
+    assert!(
+        plain.kid.seen().contains(&"header Subject:hi".to_string()),
+        "{:?}",
+        plain.kid.seen()
+    );
     let msg = delivered(&out);
-    assert!(msg.contains("X-Spaced:  two\r\n") && msg.contains("X-Plain: one\r\n"), "{msg}");
+    assert!(
+        msg.contains("X-Spaced:  two\r\n") && msg.contains("X-Plain: one\r\n"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
-async fn the_later_replacement_body_wins_and_skip_waits_for_every_child() {
+async fn each_child_sees_the_message_as_the_children_before_it_left_it() {
     let a = serve(Kid {
         body: Some("from a\r\n"),
+        add: Some(("X-A", "first")),
         at: HashMap::from([(Stage::Body, Decision::Skip)]),
         ..Kid::default()
     })
     .await;
     let b = serve(Kid {
-        body: Some("from b\r\n"),
+        add: Some(("X-B", "second")),
         ..Kid::default()
     })
     .await;
-    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
+    let c = serve(Kid {
+        body: Some("from c\r\n"),
+        ..Kid::default()
+    })
+    .await;
+    let s = settings(vec![
+        Child::new("a", &a.spec),
+        Child::new("b", &b.spec),
+        Child::new("c", &c.spec),
+    ]);
     let mut h = Harness::postfix(Chain::new(s));
     let big = format!("Subject: big\r\n\r\n{}", "x".repeat(70_000) + "\r\n");
-    let tx = Transaction::new().from("<a@example.org>").to("<b@example.net>").message(big);
+    let tx = Transaction::new()
+        .from("<a@example.org>")
+        .to("<b@example.net>")
+        .message(big);
     let out = h.run(&tx).await.unwrap();
-    assert!(delivered(&out).ends_with("\r\n\r\nfrom b\r\n"), "{}", delivered(&out));
-    assert_eq!(a.kid.seen().iter().filter(|s| s.starts_with("body")).count(), 1, "a skipped");
-    assert_eq!(b.kid.seen().iter().filter(|s| s.starts_with("body")).count(), 2, "b did not");
-    let body_steps: Vec<_> = out.steps.iter().filter(|s| s.stage == Stage::Body).collect();
-    assert!(body_steps.iter().all(|s| s.decision == Some(Decision::Continue)), "{body_steps:?}");
+    let msg = delivered(&out);
+    assert_eq!(
+        msg,
+        "Subject: big\r\nX-A: first\r\nX-B: second\r\n\r\nfrom c\r\n"
+    );
+    let body_of = |kid: &Kid| -> Vec<String> {
+        kid.seen()
+            .into_iter()
+            .filter(|s| s.starts_with("body"))
+            .collect()
+    };
+    assert_eq!(
+        body_of(&a.kid),
+        ["body 65535"],
+        "a skipped after its first chunk"
+    );
+    assert_eq!(body_of(&b.kid), ["body 8"], "b got a's body");
+    assert!(
+        b.kid.seen().contains(&"header X-A:first".to_string()),
+        "{:?}",
+        b.kid.seen()
+    );
+    let seen_c = c.kid.seen();
+    assert!(
+        seen_c.contains(&"header X-B:second".to_string()),
+        "{seen_c:?}"
+    );
+    // One replacement body went to the MTA, not a's and c's one after the other.
+    let bodies = out
+        .modifications
+        .iter()
+        .filter(|m| matches!(m, milterkit::Modification::ReplaceBody { .. }))
+        .count();
+    assert_eq!(bodies, 1, "{:?}", out.modifications);
+}
+
+/// A child that wants only end of message, as a signer may.
+#[derive(Clone, Default)]
+struct Stamp;
+
+impl Milter for Stamp {
+    type Message = ();
+    const STAGES: milterkit::Stages = milterkit::Stages::EOM;
+    const ACTIONS: Actions = Actions::ADD_HEADER;
+    async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
+        eom.add_header("X-Stamp", "yes")?;
+        Ok(Decision::Continue)
+    }
+}
+
+#[tokio::test]
+async fn children_that_want_only_end_of_message_get_it() {
+    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    tokio::spawn(milterkit::serve(listener, || Stamp).into_future());
+    let s = settings(vec![Child::new("one", &spec), Child::new("two", &spec)]);
+    let mut h = Harness::sendmail(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(
+        delivered(&out).matches("X-Stamp: yes").count(),
+        2,
+        "{out:?}"
+    );
+    let agreed = h.agreement().unwrap();
+    assert!(
+        agreed.sends(Stage::Mail),
+        "the chain needs MAIL to start a message"
+    );
+    assert!(
+        !agreed.expects_reply(Stage::Mail),
+        "but no child wants to answer it"
+    );
+    assert!(
+        !agreed.sends(Stage::Rcpt) && !agreed.sends(Stage::Unknown),
+        "{agreed:?}"
+    );
 }

@@ -154,6 +154,9 @@ impl ChainMetrics {
     /// Counts a configuration reload that worked (`ok`) or did not (`failed`).
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
-        self.inner.reloads.get_or_create(&[("result", result)]).inc();
+        self.inner
+            .reloads
+            .get_or_create(&[("result", result)])
+            .inc();
     }
 }

@@ -10,15 +10,19 @@
 //!
 //! For each MTA connection the chain opens one connection per child and negotiates with it
 //! from what the MTA offered; it then asks the MTA for what its children want together (the
-//! union of their stages and actions, no-reply where none of them replies, their macro lists
-//! plus the MTA's defaults). Every command goes to each child in order, with the macros the MTA
-//! sent for it. Decisions merge as Postfix merges several milters:
+//! union of their stages and actions, no reply where none of them replies, their macro lists
+//! plus the MTA's defaults). It then does what Postfix and Sendmail do with several milters
+//! (seen with both in interop/tests/chain.rs):
+//! - the envelope (CONNECT, HELO, MAIL, RCPT, DATA, UNKNOWN) goes command by command to each
+//!   child in order, with the macros the MTA sent for it;
+//! - the content (header fields, end of headers, body) is kept until end of message and then
+//!   handed to one child after the other, each seeing the message as the children before it
+//!   left it (a signer listed last signs the headers the others added); their modifications go
+//!   to the MTA in child order, one replacement body at most;
 //! - the first reject, tempfail, custom reply or discard of an enforcing child is the chain's,
 //!   and later children do not see that command (at RCPT it refuses that recipient only);
 //! - accept ends that child's part in the message (at CONNECT or HELO, in the connection); when
 //!   every child is out, the chain accepts;
-//! - at end of message the modifications of every enforcing child are sent up in child order
-//!   (each child saw the original message; of two replacement bodies the later child's wins);
 //! - header values travel with or without their leading space as each child negotiated.
 //!
 //! A child that is down, slower than its timeout, or broken gets its own [`FailSafe`]
@@ -46,13 +50,14 @@ mod metrics;
 mod settings;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use milterkit_proto::command::{Connect as ConnectCmd, Envelope};
+use milterkit_proto::message::Message;
 use milterkit_proto::{
-    Actions, Agreement, Command, Decision, MacroStage, Macros, Modification, Offer,
-    ProtocolFlags, Request, Stage, Stages,
+    Actions, Agreement, Command, Decision, MacroStage, Macros, Modification, Offer, ProtocolFlags,
+    Reply, Request, Sent, Stage, Stages,
 };
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -61,6 +66,7 @@ use crate::meter::ModificationCounts;
 use crate::milter::{Abort, Body, Connect, Data, Eoh, Header, Helo, Mail, Rcpt, Unknown};
 use crate::mta::{Connection, Profile};
 use crate::{Eom, Error, Milter, Result};
+use milterkit_proto::frame::MILTER_CHUNK_SIZE;
 
 pub use metrics::ChainMetrics;
 pub use settings::{Child, FailSafe, Mode, MtaName, Net, Settings, SettingsError, When};
@@ -94,6 +100,14 @@ pub struct Chain {
     mail: Option<(Envelope, Pairs)>,
     /// A decision made at a stage the MTA does not wait for, sent at the next one it does.
     pending: Option<Decision>,
+    /// The message's header fields and body, as the MTA sent them, replayed to each child at
+    /// end of message.
+    content: Content,
+    /// The chain's own deadlines for a stage and for end of message (those of the milter
+    /// serving it), of which the children of one stage share nine tenths.
+    deadlines: (Duration, Duration),
+    /// When the current stage's share runs out.
+    deadline: Instant,
 }
 
 /// A child within one MTA connection.
@@ -111,8 +125,6 @@ struct Running {
     in_message: bool,
     /// Its MAIL waits for a recipient in its domains.
     mail_deferred: bool,
-    /// It answered SKIP: no more body chunks for it in this message.
-    skipping_body: bool,
     /// An exchange with it began and did not end (the chain's own handler was cut off at its
     /// deadline): what its connection holds is unknown, so it is dropped.
     busy: bool,
@@ -139,10 +151,27 @@ enum Merged {
 enum Scope {
     /// CONNECT, HELO, UNKNOWN: every child still in the session.
     Session,
-    /// DATA … EOM: children that got MAIL and are still in the message.
+    /// DATA, EOM: children that got MAIL and are still in the message.
     Message,
-    /// BODY: as `Message`, less those that answered SKIP.
-    Body,
+}
+
+/// The message as the MTA sent it: header fields put back as lines, then the body.
+#[derive(Debug, Default)]
+struct Content {
+    /// `Name:value` lines (CRLF), the blank line once EOH came, then the body.
+    raw: Vec<u8>,
+    /// The EOH macros.
+    eoh: Pairs,
+    /// Bigger than the settings allow: no more is kept.
+    too_large: bool,
+}
+
+/// What a child made of the message replayed to it.
+enum Replayed {
+    /// Its end-of-message decision and modifications.
+    Eom(Decision, Vec<Modification>),
+    /// It decided before end of message (accept, reject, tempfail, discard, a reply).
+    Early(Decision),
 }
 
 fn pairs(macros: &Macros, code: u8) -> Pairs {
@@ -161,16 +190,6 @@ fn failure(e: &Error) -> Failure {
     Failure {
         kind,
         detail: e.to_string(),
-    }
-}
-
-/// A header value for a child, from the MTA's, where the two sides agreed leading spaces
-/// differently: without `SMFIP_HDR_LEADSPC` the MTA drops one leading space.
-fn header_for_child(value: &[u8], chain_space: bool, child_space: bool) -> Bytes {
-    match (chain_space, child_space) {
-        (true, false) => Bytes::copy_from_slice(value.strip_prefix(b" ").unwrap_or(value)),
-        (false, true) => [b" ", value].concat().into(),
-        _ => Bytes::copy_from_slice(value),
     }
 }
 
@@ -224,7 +243,35 @@ impl Chain {
             helo: None,
             mail: None,
             pending: None,
+            content: Content::default(),
+            deadlines: {
+                let config = crate::Config::default();
+                (config.handler_timeout, config.eom_timeout)
+            },
+            deadline: Instant::now(),
         }
+    }
+
+    /// Shares out the deadlines of the milter serving the chain ([`Config::handler_timeout`]
+    /// and [`Config::eom_timeout`](crate::Config::eom_timeout); the defaults are
+    /// [`Config`]'s): the children asked at one stage get nine tenths of it together, so that a
+    /// child running past the rest gets its own fail-safe, not the chain's.
+    ///
+    /// [`Config`]: crate::Config
+    /// [`Config::handler_timeout`]: crate::Config::handler_timeout
+    pub fn with_deadlines(mut self, handler: Duration, eom: Duration) -> Chain {
+        self.deadlines = (handler, eom);
+        self
+    }
+
+    /// A stage begins: the children's share of its deadline starts now.
+    fn begin(&mut self, stage: Stage) {
+        let whole = if stage == Stage::Eom {
+            self.deadlines.1
+        } else {
+            self.deadlines.0
+        };
+        self.deadline = Instant::now() + whole.mul_f64(0.9);
     }
 
     /// Counts into `metrics` (see [`ChainMetrics`]).
@@ -263,29 +310,42 @@ impl Chain {
         }
     }
 
-    /// Sends `macros` and `cmd` to child `i` and waits for its answer; a failure drops its
-    /// connection.
+    /// Sends `macros` and `cmd` to child `i` and waits for its answer: its decision and, at end
+    /// of message, its modifications. The wait ends at the child's timeout or at the chain's
+    /// own deadline for the stage, whichever comes first; a failure drops the connection.
     async fn exchange(
         &mut self,
         i: usize,
         stage: Stage,
         macros: &Pairs,
         cmd: Command,
-    ) -> std::result::Result<Option<Decision>, Failure> {
+    ) -> std::result::Result<(Option<Decision>, Vec<Modification>), Failure> {
         let started = Instant::now();
-        let result = self.exchange_inner(i, stage, macros, cmd).await;
+        let child = &self.settings.milters[self.children[i].index];
+        let remaining = self.deadline.saturating_duration_since(started);
+        // At end of message the child's own timeout is per reply (its progress restarts it).
+        let limit = if stage == Stage::Eom {
+            remaining
+        } else {
+            remaining.min(child.command_timeout)
+        };
+        let result = tokio::time::timeout(limit, self.exchange_inner(i, stage, macros, cmd))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure {
+                    kind: "timeout",
+                    detail: format!("no reply to {stage} within {limit:?}"),
+                })
+            });
         let name = &self.settings.milters[self.children[i].index].name;
         if let Some(m) = &self.metrics {
             m.duration(name, stage.name(), started.elapsed());
         }
-        match result {
-            Ok(answer) => Ok(answer),
-            Err(f) => {
-                self.children[i].conn = None;
-                self.note_error(i, &f);
-                Err(f)
-            }
+        if let Err(f) = &result {
+            self.children[i].conn = None;
+            self.note_error(i, f);
         }
+        result
     }
 
     async fn exchange_inner(
@@ -294,7 +354,7 @@ impl Chain {
         stage: Stage,
         macros: &Pairs,
         cmd: Command,
-    ) -> std::result::Result<Option<Decision>, Failure> {
+    ) -> std::result::Result<(Option<Decision>, Vec<Modification>), Failure> {
         let running = &mut self.children[i];
         if running.busy {
             running.busy = false;
@@ -317,18 +377,19 @@ impl Chain {
         }
         let answer = conn.send(cmd).await.map_err(|e| failure(&e))?;
         running.busy = false;
+        let waited = matches!(answer.sent, Some(Sent::AwaitingReply(_)));
         match (answer.decision, answer.closed) {
-            (None, Some(reason)) => Err(Failure {
+            (None, Some(reason)) if waited || stage == Stage::Eom => Err(Failure {
                 kind: "closed",
                 detail: reason,
             }),
             (decision, closed) => {
                 if closed.is_some() {
-                    // It answered, then hung up: the answer stands, the connection does not.
+                    // It answered (or owed no answer), then hung up: the connection is gone.
                     running.conn = None;
                 }
                 debug!(child = %self.settings.milters[running.index].name, %stage, decision = decision.as_ref().map(Decision::name), "child answered");
-                Ok(decision)
+                Ok((decision, answer.modifications))
             }
         }
     }
@@ -366,7 +427,6 @@ impl Chain {
         match scope {
             Scope::Session => !r.out_of_session,
             Scope::Message => r.in_message && !r.out_of_message,
-            Scope::Body => r.in_message && !r.out_of_message && !r.skipping_body,
         }
     }
 
@@ -379,24 +439,18 @@ impl Chain {
         cmd: Command,
     ) -> Option<Decision> {
         let decision = match self.exchange(i, stage, macros, cmd).await {
-            Ok(d) => d.unwrap_or(Decision::Continue),
+            Ok((d, _)) => d.unwrap_or(Decision::Continue),
             Err(_) => {
                 self.leave(i, stage);
                 return self.fail_safe(i, stage);
             }
         };
+        self.count(i, stage, &decision);
         let settings = self.settings.clone();
         let child = &settings.milters[self.children[i].index];
         let mode = child.mode;
-        if let Some(m) = &self.metrics {
-            m.decision(&child.name, stage.name(), decision.name(), mode.name());
-        }
         match decision {
-            Decision::Continue => None,
-            Decision::Skip => {
-                self.children[i].skipping_body = true;
-                None
-            }
+            Decision::Continue | Decision::Skip => None,
             Decision::Accept => {
                 self.leave(i, stage);
                 None
@@ -467,7 +521,10 @@ impl Chain {
         if waits {
             return decision;
         }
-        if !matches!(decision, Decision::Continue | Decision::Skip | Decision::Accept) {
+        if !matches!(
+            decision,
+            Decision::Continue | Decision::Skip | Decision::Accept
+        ) {
             self.pending.get_or_insert(decision);
         }
         Decision::Continue
@@ -492,13 +549,6 @@ impl Chain {
             }
             Stage::Connect | Stage::Helo | Stage::Mail | Stage::Rcpt => Decision::Accept,
             _ if !any(&|i| self.takes(i, Scope::Message)) => Decision::Accept,
-            Stage::Body if !any(&|i| self.takes(i, Scope::Body)) => {
-                if self.agreement.as_ref().is_some_and(Agreement::skip) {
-                    Decision::Skip
-                } else {
-                    Decision::Continue
-                }
-            }
             _ => Decision::Continue,
         }
     }
@@ -532,13 +582,19 @@ impl Chain {
                 }
             }
             if let Some((connect, macros)) = self.connect.clone() {
-                if let Some(d) = self.ask(i, Stage::Connect, &macros, Command::Connect(connect)).await {
+                if let Some(d) = self
+                    .ask(i, Stage::Connect, &macros, Command::Connect(connect))
+                    .await
+                {
                     return Some(d);
                 }
             }
             if let Some((name, macros)) = self.helo.clone() {
                 if !self.children[i].out_of_session {
-                    if let Some(d) = self.ask(i, Stage::Helo, &macros, Command::Helo { name }).await {
+                    if let Some(d) = self
+                        .ask(i, Stage::Helo, &macros, Command::Helo { name })
+                        .await
+                    {
                         return Some(d);
                     }
                 }
@@ -553,7 +609,8 @@ impl Chain {
         r.mail_deferred = false;
         r.in_message = true;
         let (envelope, macros) = self.mail.clone()?;
-        self.ask(i, Stage::Mail, &macros, Command::Mail(envelope)).await
+        self.ask(i, Stage::Mail, &macros, Command::Mail(envelope))
+            .await
     }
 
     fn end_message(&mut self) {
@@ -561,10 +618,10 @@ impl Chain {
             r.in_message = false;
             r.out_of_message = false;
             r.mail_deferred = false;
-            r.skipping_body = false;
         }
         self.mail = None;
         self.pending = None;
+        self.content = Content::default();
     }
 
     /// The request to the MTA: what the children want together.
@@ -577,14 +634,20 @@ impl Chain {
         // A child that is down may connect again at MAIL: keep everything open for it.
         let any_down = agreements.len() < self.children.len();
         let mut request = Request {
-            // CONNECT and HELO are always asked for: conditions on the client and replays to a
-            // child connected again need them.
-            stages: Stages::CONNECT | Stages::HELO,
-            no_reply: Stages::empty(),
+            // CONNECT, HELO and MAIL are always asked for (without a reply where no child wants
+            // one): conditions on the client and sender, replays to a child connected again, and
+            // the start of each message need them; RCPT where a child has recipient conditions.
+            stages: Stages::CONNECT | Stages::HELO | Stages::MAIL,
+            // Header fields, EOH and body chunks are only kept until end of message: the MTA
+            // need not wait for a reply to them. Header values are kept exact where the MTA can.
+            no_reply: Stages::HEADER | Stages::EOH | Stages::BODY,
             actions: Actions::empty(),
-            options: ProtocolFlags::SKIP,
+            options: ProtocolFlags::HDR_LEADSPC,
             ..Request::default()
         };
+        if self.settings.milters.iter().any(|c| c.when.by_rcpt()) {
+            request.stages |= Stages::RCPT;
+        }
         for a in &agreements {
             request.stages |= a.sent_stages();
             request.actions |= a.actions;
@@ -610,15 +673,15 @@ impl Chain {
                 request.options |= ProtocolFlags::RCPT_REJ;
             }
         }
-        if agreements.iter().any(|a| a.leading_space()) {
-            request.options |= ProtocolFlags::HDR_LEADSPC;
-        }
         // Macro lists: where any child asked for one, its names and the MTA's defaults for the
         // stage (a list replaces the defaults for every milter behind the chain).
         let profile = self.settings.mta.profile();
         for code in 0..7 {
             let stage = MacroStage(code);
-            let lists: Vec<&[u8]> = agreements.iter().filter_map(|a| a.macros.get(stage)).collect();
+            let lists: Vec<&[u8]> = agreements
+                .iter()
+                .filter_map(|a| a.macros.get(stage))
+                .collect();
             if lists.is_empty() {
                 continue;
             }
@@ -636,7 +699,9 @@ impl Chain {
                     names.push(name);
                 }
             }
-            request.macros.set_raw(stage, Bytes::from(names.join(&b' ')));
+            request
+                .macros
+                .set_raw(stage, Bytes::from(names.join(&b' ')));
         }
         request
     }
@@ -681,6 +746,7 @@ impl Milter for Chain {
     }
 
     async fn connect(&mut self, connect: Connect<'_>) -> Result<Decision> {
+        self.begin(Stage::Connect);
         let macros = pairs(connect.macros(), b'C');
         let cmd = connect.connect.clone();
         let ip = cmd.ip();
@@ -705,6 +771,7 @@ impl Milter for Chain {
     }
 
     async fn helo(&mut self, helo: Helo<'_>) -> Result<Decision> {
+        self.begin(Stage::Helo);
         let macros = pairs(helo.macros(), b'H');
         let name = Bytes::copy_from_slice(helo.name);
         self.helo = Some((name.clone(), macros.clone()));
@@ -717,6 +784,7 @@ impl Milter for Chain {
     }
 
     async fn mail(&mut self, _: &mut (), mail: Mail<'_>) -> Result<Decision> {
+        self.begin(Stage::Mail);
         self.end_message();
         let macros = pairs(mail.macros(), b'M');
         let envelope = mail.envelope.clone();
@@ -751,6 +819,7 @@ impl Milter for Chain {
     }
 
     async fn rcpt(&mut self, _: &mut (), rcpt: Rcpt<'_>) -> Result<Decision> {
+        self.begin(Stage::Rcpt);
         let macros = pairs(rcpt.macros(), b'R');
         let envelope = rcpt.envelope.clone();
         for i in 0..self.children.len() {
@@ -778,6 +847,7 @@ impl Milter for Chain {
     }
 
     async fn data(&mut self, _: &mut (), data: Data<'_>) -> Result<Decision> {
+        self.begin(Stage::Data);
         if let Some(d) = self.take_pending(Stage::Data) {
             return Ok(d);
         }
@@ -796,74 +866,74 @@ impl Milter for Chain {
     }
 
     async fn header(&mut self, _: &mut (), header: Header<'_>) -> Result<Decision> {
-        if let Some(d) = self.take_pending(Stage::Header) {
-            return Ok(d);
+        // Kept as a line, as the MTA stores it: with the leading space it dropped, if it did.
+        let exact = self
+            .agreement
+            .as_ref()
+            .is_some_and(Agreement::leading_space);
+        let mut line = header.name.to_vec();
+        line.push(b':');
+        if !exact {
+            line.push(b' ');
         }
-        let chain_space = self.agreement.as_ref().is_some_and(Agreement::leading_space);
-        let name = Bytes::copy_from_slice(header.name);
-        let value = header.value;
-        let merged = self
-            .forward(Stage::Header, Scope::Message, &Pairs::new(), |a| Command::Header {
-                name: name.clone(),
-                value: header_for_child(value, chain_space, a.leading_space()),
-            })
-            .await;
-        Ok(self.answer(Stage::Header, merged))
+        for &c in header.value {
+            match c {
+                b'\n' => line.extend_from_slice(b"\r\n"),
+                c => line.push(c),
+            }
+        }
+        line.extend_from_slice(b"\r\n");
+        self.keep(&line);
+        Ok(Decision::Continue)
     }
 
     async fn eoh(&mut self, _: &mut (), eoh: Eoh<'_>) -> Result<Decision> {
-        if let Some(d) = self.take_pending(Stage::Eoh) {
-            return Ok(d);
-        }
-        let macros = pairs(eoh.macros(), b'N');
-        let merged = self
-            .forward(Stage::Eoh, Scope::Message, &macros, |_| Command::Eoh)
-            .await;
-        Ok(self.answer(Stage::Eoh, merged))
+        self.content.eoh = pairs(eoh.macros(), b'N');
+        self.keep(b"\r\n");
+        Ok(Decision::Continue)
     }
 
     async fn body(&mut self, _: &mut (), body: Body<'_>) -> Result<Decision> {
-        if let Some(d) = self.take_pending(Stage::Body) {
-            return Ok(d);
-        }
-        let chunk = Bytes::copy_from_slice(body.chunk);
-        let merged = self
-            .forward(Stage::Body, Scope::Body, &Pairs::new(), |_| {
-                Command::Body(chunk.clone())
-            })
-            .await;
-        Ok(self.answer(Stage::Body, merged))
+        self.keep(body.chunk);
+        Ok(Decision::Continue)
     }
 
     async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
+        self.begin(Stage::Eom);
         if let Some(d) = self.pending.take() {
             self.finish_message().await;
             return Ok(d);
         }
+        if self.content.too_large {
+            self.finish_message().await;
+            let limit = self.settings.max_message_size;
+            warn!(limit, "message larger than max_message_size; tempfailed");
+            return Ok(Decision::Reply(Reply::new(
+                452,
+                "4.3.4",
+                "message too large for the milter chain",
+            )?));
+        }
         let macros = pairs(eom.macros(), b'E');
         let chain_space = eom.agreement().leading_space();
-        let mut modifications = Vec::new();
-        let mut body: Option<Vec<Bytes>> = None;
+        let mut message = Message::parse(std::mem::take(&mut self.content.raw).into());
+        let mut upward = Vec::new();
+        let mut body_replaced = false;
         let mut decided = None;
         for i in 0..self.children.len() {
             if !self.takes(i, Scope::Message) {
                 continue;
             }
-            let Some(conn) = self.children[i].conn.as_mut() else {
-                continue;
-            };
-            let child_space = conn.agreement().is_some_and(Agreement::leading_space);
-            let child = self.child(i).clone();
             self.children[i].in_message = false;
-            if let Some(conn) = self.children[i].conn.as_mut() {
-                conn.reply_timeout = child.eom_timeout;
-            }
-            let answer = self.eom_exchange(i, &macros).await;
-            if let Some(conn) = self.children[i].conn.as_mut() {
-                conn.reply_timeout = child.command_timeout;
-            }
-            let (decision, mods) = match answer {
-                Ok(answer) => answer,
+            let child = self.child(i).clone();
+            let child_space = self.children[i]
+                .conn
+                .as_ref()
+                .and_then(Connection::agreement)
+                .is_some_and(Agreement::leading_space);
+            let (decision, mods) = match self.replay(i, &message, &macros).await {
+                Ok(Replayed::Eom(d, mods)) => (d, mods),
+                Ok(Replayed::Early(d)) => (d, Vec::new()),
                 Err(_) => match self.fail_safe(i, Stage::Eom) {
                     Some(d) => {
                         decided = Some(d);
@@ -873,47 +943,53 @@ impl Milter for Chain {
                 },
             };
             if let Some(m) = &self.metrics {
-                m.decision(&child.name, "EOM", decision.name(), child.mode.name());
                 for modification in &mods {
-                    m.modification(&child.name, ModificationCounts::kind(modification), child.mode.name());
+                    m.modification(
+                        &child.name,
+                        ModificationCounts::kind(modification),
+                        child.mode.name(),
+                    );
                 }
             }
             if child.mode == Mode::Evaluate {
-                info!(child = %child.name, decision = decision.name(), modifications = mods.len(), "evaluated, not enforced");
+                if decision != Decision::Continue || !mods.is_empty() {
+                    info!(child = %child.name, decision = decision.name(), modifications = mods.len(), "evaluated, not enforced");
+                }
                 continue;
             }
             if !matches!(decision, Decision::Continue | Decision::Accept) {
                 decided = Some(decision);
                 break;
             }
-            let mut replacement = Vec::new();
+            if mods.is_empty() {
+                continue;
+            }
+            // The next child sees the message as this one left it, as behind the MTA itself.
+            let nobody = Envelope::new(Bytes::new());
+            let mta = self.settings.mta.mta();
+            let changed = message.apply(&nobody, &[], &mods, mta, child_space);
+            message = Message::parse(changed.message);
             for m in mods {
                 match m {
-                    Modification::ReplaceBody { chunk } => replacement.push(chunk),
-                    m => modifications.push(header_for_mta(m, chain_space, child_space)),
+                    Modification::ReplaceBody { .. } => body_replaced = true,
+                    m => upward.push(header_for_mta(m, chain_space, child_space)),
                 }
-            }
-            if !replacement.is_empty() {
-                if body.is_some() {
-                    warn!(child = %child.name, "a second child replaced the body: the later replacement wins");
-                }
-                body = Some(replacement);
             }
         }
         self.finish_message().await;
         if let Some(d) = decided {
             return Ok(d);
         }
-        for m in modifications {
+        for m in upward {
             let what = m.name();
             if let Err(e) = eom.modify(m) {
                 warn!(modification = what, error = %e, "a child's modification cannot be sent");
             }
         }
-        for chunk in body.into_iter().flatten() {
-            if let Err(e) = eom.replace_body(chunk) {
+        if body_replaced {
+            // One replacement: the body as the last child to replace it left it.
+            if let Err(e) = eom.replace_body(message.body_crlf()) {
                 warn!(error = %e, "a child's replacement body cannot be sent");
-                break;
             }
         }
         Ok(Decision::Continue)
@@ -925,6 +1001,7 @@ impl Milter for Chain {
     }
 
     async fn unknown(&mut self, unknown: Unknown<'_>) -> Result<Decision> {
+        self.begin(Stage::Unknown);
         let line = Bytes::copy_from_slice(unknown.line);
         let merged = self
             .forward(Stage::Unknown, Scope::Session, &Pairs::new(), |_| {
@@ -944,59 +1021,106 @@ impl Milter for Chain {
 }
 
 impl Chain {
+    /// Adds `bytes` to the message kept for end of message, up to the size the settings allow.
+    fn keep(&mut self, bytes: &[u8]) {
+        let c = &mut self.content;
+        if c.too_large || c.raw.len() + bytes.len() > self.settings.max_message_size {
+            c.too_large = true;
+            c.raw = Vec::new();
+            return;
+        }
+        c.raw.extend_from_slice(bytes);
+    }
+
+    /// Sends child `i` the message as it stands: its header fields, EOH, the body in chunks,
+    /// EOM; a decision before EOM ends it early, SKIP ends the body.
+    async fn replay(
+        &mut self,
+        i: usize,
+        message: &Message,
+        eom: &Pairs,
+    ) -> std::result::Result<Replayed, Failure> {
+        let space = self.children[i]
+            .conn
+            .as_ref()
+            .and_then(Connection::agreement)
+            .is_some_and(Agreement::leading_space);
+        let none = Pairs::new();
+        for h in &message.headers {
+            let cmd = Command::Header {
+                name: h.name.clone(),
+                value: h.value_for_milter(space),
+            };
+            if let Some(d) = self.step(i, Stage::Header, &none, cmd).await? {
+                return Ok(Replayed::Early(d));
+            }
+        }
+        let eoh = std::mem::take(&mut self.content.eoh);
+        let early = self.step(i, Stage::Eoh, &eoh, Command::Eoh).await;
+        self.content.eoh = eoh;
+        if let Some(d) = early? {
+            return Ok(Replayed::Early(d));
+        }
+        let body = message.body_crlf();
+        for start in (0..body.len()).step_by(MILTER_CHUNK_SIZE) {
+            let chunk = body.slice(start..body.len().min(start + MILTER_CHUNK_SIZE));
+            match self
+                .step(i, Stage::Body, &none, Command::Body(chunk))
+                .await?
+            {
+                Some(Decision::Skip) => break,
+                Some(d) => return Ok(Replayed::Early(d)),
+                None => {}
+            }
+        }
+        let eom_cmd = Command::Eom {
+            chunk: Bytes::new(),
+        };
+        let (decision, mods) = self.exchange(i, Stage::Eom, eom, eom_cmd).await?;
+        let decision = decision.unwrap_or(Decision::Continue);
+        self.count(i, Stage::Eom, &decision);
+        Ok(Replayed::Eom(decision, mods))
+    }
+
+    /// One command of a replay: `Some` when the child decided something other than continue.
+    async fn step(
+        &mut self,
+        i: usize,
+        stage: Stage,
+        macros: &Pairs,
+        cmd: Command,
+    ) -> std::result::Result<Option<Decision>, Failure> {
+        let (decision, _) = self.exchange(i, stage, macros, cmd).await?;
+        if let Some(d) = &decision {
+            self.count(i, stage, d);
+        }
+        Ok(decision.filter(|d| *d != Decision::Continue))
+    }
+
+    /// Counts child `i`'s `decision` at `stage`.
+    fn count(&self, i: usize, stage: Stage, decision: &Decision) {
+        if let Some(m) = &self.metrics {
+            let child = self.child(i);
+            m.decision(
+                &child.name,
+                stage.name(),
+                decision.name(),
+                child.mode.name(),
+            );
+        }
+    }
+
     /// A held decision, at a stage the MTA waits at.
     fn take_pending(&mut self, stage: Stage) -> Option<Decision> {
-        let waits = self.agreement.as_ref().is_none_or(|a| a.expects_reply(stage));
+        let waits = self
+            .agreement
+            .as_ref()
+            .is_none_or(|a| a.expects_reply(stage));
         if waits {
             self.pending.take()
         } else {
             None
         }
-    }
-
-    /// End of message with child `i`: its decision and modifications.
-    async fn eom_exchange(
-        &mut self,
-        i: usize,
-        macros: &Pairs,
-    ) -> std::result::Result<(Decision, Vec<Modification>), Failure> {
-        let started = Instant::now();
-        let result = async {
-            let running = &mut self.children[i];
-            let conn = running.conn.as_mut().ok_or(Failure {
-                kind: "connect",
-                detail: "not connected".into(),
-            })?;
-            running.busy = true;
-            if !macros.is_empty() {
-                conn.macros(Stage::Eom, macros.clone())
-                    .await
-                    .map_err(|e| failure(&e))?;
-            }
-            let answer = conn.eom().await.map_err(|e| failure(&e))?;
-            running.busy = false;
-            match (answer.decision, answer.closed) {
-                (Some(d), closed) => {
-                    if closed.is_some() {
-                        running.conn = None;
-                    }
-                    Ok((d, answer.modifications))
-                }
-                (None, reason) => Err(Failure {
-                    kind: "closed",
-                    detail: reason.unwrap_or_else(|| "no reply to EOM".into()),
-                }),
-            }
-        }
-        .await;
-        if let Some(m) = &self.metrics {
-            m.duration(&self.child(i).name, "EOM", started.elapsed());
-        }
-        if let Err(f) = &result {
-            self.children[i].conn = None;
-            self.note_error(i, f);
-        }
-        result
     }
 
     /// The message is over: ABORT to children still in it, and every child's message state

@@ -71,7 +71,7 @@ mod system;
 pub use command::Daemon;
 
 use crate::logging::{init_logging, LogFilterError, LogFormat};
-use system::{drop_privileges, notify, owner_ids, terminated};
+use system::{drop_privileges, hangups, notify, owner_ids, terminated};
 
 /// Why the daemon could not start or stopped in error.
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +218,19 @@ pub struct Options {
     /// The metrics the endpoint serves: [`Options::with_metrics`].
     #[arg(skip)]
     own_metrics: Option<Metrics>,
+    /// What SIGHUP does: [`Options::on_hangup`].
+    #[arg(skip)]
+    hangup: Option<Hangup>,
+}
+
+/// The function [`Options::on_hangup`] runs at each SIGHUP.
+#[derive(Clone)]
+struct Hangup(std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Hangup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hangup")
+    }
 }
 
 impl Options {
@@ -226,6 +239,26 @@ impl Options {
     /// endpoint shows them beside milterkit's.
     pub fn with_metrics(mut self, metrics: Metrics) -> Options {
         self.own_metrics = Some(metrics);
+        self
+    }
+
+    /// Runs `reload` at each SIGHUP while serving (to read a configuration again; connections
+    /// open go on). Without it SIGHUP is left alone, and its default action ends the process.
+    ///
+    /// ```no_run
+    /// # #[derive(Default)] struct MyMilter;
+    /// # impl milterkit::Milter for MyMilter { type Message = (); }
+    /// use clap::Parser;
+    /// #[derive(Parser)]
+    /// struct Cli {
+    ///     #[command(flatten)]
+    ///     milter: milterkit::daemon::Options,
+    /// }
+    /// let options = Cli::parse().milter.on_hangup(|| tracing::info!("reloading"));
+    /// options.run(MyMilter::default);
+    /// ```
+    pub fn on_hangup(mut self, reload: impl Fn() + Send + Sync + 'static) -> Options {
+        self.hangup = Some(Hangup(std::sync::Arc::new(reload)));
         self
     }
 
@@ -357,8 +390,21 @@ impl Options {
                 });
             serving.spawn(serve.into_future());
         }
-        // Listening for SIGTERM before telling systemd we are ready: a stop right after start
-        // is graceful too.
+        // Listening for SIGTERM (and SIGHUP, if asked) before telling systemd we are ready: a
+        // stop or reload right after start is handled too.
+        if let Some(Hangup(reload)) = self.hangup.clone() {
+            match hangups() {
+                Ok(mut hup) => {
+                    tokio::spawn(async move {
+                        while hup.recv().await.is_some() {
+                            info!(signal = "SIGHUP", "reloading");
+                            reload();
+                        }
+                    });
+                }
+                Err(e) => warn!(error = %e, "cannot listen for SIGHUP; reloads are off"),
+            }
+        }
         let signal = terminated();
         tokio::pin!(signal);
         let status = format!("serving on {}", names.join(", "));

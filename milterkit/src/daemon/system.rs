@@ -16,6 +16,11 @@ pub(super) fn notify(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
+/// SIGHUP, as a stream of signals.
+pub(super) fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
 /// Installs the SIGTERM and SIGINT handlers now (inside the runtime) and completes on the first
 /// of them, with the signal's name.
 pub(super) fn terminated() -> impl std::future::Future<Output = &'static str> {
