@@ -33,7 +33,9 @@
 //! socket (`postfix_tcp::…`, `sendmail_unix::…`); `tests/prediction.rs` checks the delivery
 //! that `milterkit::testing::Harness` predicts against what the real MTA delivers (its ignored
 //! tests are known Sendmail disagreements: `-- --ignored` shows them failing);
-//! `tests/swaks.rs` has swaks, not our client, see a custom reply.
+//! `tests/swaks.rs` has swaks, not our client, see a custom reply; `tests/chain.rs` lists
+//! OpenDKIM, the C refmilter and the milterkit milter directly in each MTA (the baseline of a
+//! `milterkit chain` test) and records what each milter sees of the others' edits.
 //!
 //! Everything needs root (the MTAs and the namespaces). `bash scripts/test.sh` installs the
 //! packages and runs the suite; `cargo test -p interop` runs just these tests. Run directories
