@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::util::{free_port, poll, tail, Context, Error, Result, RunDir};
+use crate::util::{free_port, poll, tail, write_file, Context, Error, Result, RunDir};
 
 /// How long [`CMilter::start`] and [`OpenDkim::start`](crate::OpenDkim::start) wait for the milter's socket to answer.
 const READY: Duration = Duration::from_secs(15);
 
 /// A C milter of `interop/c/` that takes `SOCKET LOGFILE [ARGS…]` (as `refmilter` and
 /// `logmilter` do), built into its own [`RunDir`] and listening on `inet:PORT@127.0.0.1`.
-/// Its log file is in the run directory. Killed (and reaped) when dropped; a failing test
+/// It works in the run directory, where its log file and `milter.pid` are (a test process
+/// that dies without dropping it leaves it to the next one's clean-up of stale run
+/// directories). Killed (and reaped) when dropped; a failing test
 /// (panicking thread) gets the tail of its log printed and the directory kept.
 ///
 /// Needs [`Tool::Gcc`](crate::Tool::Gcc) and `libmilter-dev`.
@@ -37,6 +39,7 @@ impl CMilter {
         let out = std::fs::File::create(dir.join("stderr.log")).context("creating stderr.log")?;
         let err = out.try_clone().context("cloning a file handle")?;
         let child = Command::new(&binary)
+            .current_dir(dir.path())
             .arg(format!("inet:{port}@127.0.0.1"))
             .arg(&log)
             .args(args)
@@ -45,6 +48,10 @@ impl CMilter {
             .stderr(err)
             .spawn()
             .context(format!("starting {}", binary.display()))?;
+        // For a later test process to stop it, should this one die before dropping it (the
+        // child works in the run directory, which the reaper checks).
+        let pid_file = dir.join("milter.pid");
+        let written = write_file(&pid_file, format!("{}\n", child.id()));
         let mut milter = CMilter {
             name: name.to_owned(),
             port,
@@ -52,6 +59,7 @@ impl CMilter {
             log,
             dir,
         };
+        written?;
         let output = milter.dir.join("stderr.log");
         wait_listening(&mut milter.child, port, name, &output)?;
         Ok(milter)

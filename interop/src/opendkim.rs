@@ -29,6 +29,8 @@
 //! - `RequireSafeKeys no`: OpenDKIM refuses a key below a world-writable directory (such as
 //!   `/tmp`, where [`base_dir`](crate::util::base_dir) falls back to without root); the key is
 //!   a throwaway.
+//! - `PidFile DIR/opendkim.pid`, the process working in `DIR`: should the test process die
+//!   without dropping it, the next test process's clean-up of stale run directories stops it.
 //! - `Syslog yes`, `LogWhy yes`: OpenDKIM logs only through syslog(3); the `LD_PRELOAD` shim
 //!   Sendmail's log goes through ([`syslog_shim`](crate::sendmail::syslog_shim)) puts the lines
 //!   in `DIR/opendkim.log` ([`OpenDkim::log`]), including why a message was not signed.
@@ -129,10 +131,12 @@ Socket inet:{port}@127.0.0.1
 InternalHosts 127.0.0.1
 Canonicalization {CANONICALIZATION}
 {sign_headers}RequireSafeKeys no
+PidFile {pid}
 Syslog yes
 LogWhy yes
 ",
-                key = key.display()
+                key = key.display(),
+                pid = dir.join("opendkim.pid").display()
             ),
         )?;
         let shim = crate::sendmail::syslog_shim()?;
@@ -140,6 +144,7 @@ LogWhy yes
         let out = std::fs::File::create(&output).context("creating stderr.log")?;
         let err = out.try_clone().context("cloning a file handle")?;
         let child = Command::new("/usr/sbin/opendkim")
+            .current_dir(dir.path())
             .arg("-f")
             .arg("-x")
             .arg(&conf)
