@@ -23,7 +23,9 @@
 //!   `DKIM-Signature` as their first field; the milterkit milter placed before refmilter is
 //!   not sent `X-Ref-Added`, and refmilter after it is sent `X-Interop-Added`; OpenDKIM last
 //!   signs both added fields (its `h=` lists them, `SignHeaders` asking for them). Neither MTA
-//!   sends a milter its own `Received:` field.
+//!   sends a milter its own `Received:` field. The envelope, by contrast, goes command by
+//!   command: Sendmail's log shows `mail` to `test`, `test2`, `test3`, then `rcpt` to each,
+//!   and so on (a milter that asked for no such stage is skipped).
 //! - **Delivered order:** `DKIM-Signature` on top, above the MTA's own `Received:` (OpenDKIM
 //!   inserts it at index 0), then the fields as sent, then the added fields in the order their
 //!   milters ran (`X-Ref-Added, X-Interop-Added` for refmilter before the milterkit milter,
@@ -111,8 +113,8 @@ impl Drop for Children {
 }
 
 impl Children {
-    /// The tools the three and `mta` need (a missing one fails under CI=true, skips loudly
-    /// elsewhere); `None` when skipping.
+    /// Starts the three, once the tools they and `mta` need are there; `None` when one is
+    /// missing outside CI (a loud `SKIPPED`; under CI=true a missing tool fails the test).
     fn start(mta: Mta) -> Option<Children> {
         let mut tools = interop::tools_of(mta).to_vec();
         tools.extend([Tool::Gcc, Tool::OpenDkim, Tool::Dkimpy]);
