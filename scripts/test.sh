@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 PACKAGES="gcc libc6-dev libmilter-dev opendkim opendkim-tools"
 PACKAGES="$PACKAGES postfix swaks m4 libdb5.3 libldap-2.5-0 liblockfile1 libnsl2 libsasl2-2 libssl3 libwrap0"
 PACKAGES="$PACKAGES miltertest"
+# dkimpy for Debian's /usr/bin/python3: interop/tests/chain.rs verifies OpenDKIM's signatures
+# with it, without DNS (interop/src/opendkim.rs).
+PACKAGES="$PACKAGES python3-dkim"
 # systemd-socket-activate and systemd-analyze, for the daemon tests (socket activation, units).
 PACKAGES="$PACKAGES systemd"
 # The rate-limit example's Redis (ratelimit/) and the failover test's balancer: the tests start

@@ -20,6 +20,11 @@
 //! - [`send`] / [`Session`]: an SMTP client that returns every reply it saw.
 //! - [`TestMilter`] / [`MilterServer`]: a milter whose behaviour each message selects (see the
 //!   [`milter`] module), served over TCP or a Unix socket.
+//! - [`OpenDkim`]: a private OpenDKIM signing for `example.org` with a key made for the test,
+//!   and [`opendkim::verify`], which checks a delivered signature without DNS (dkimpy).
+//! - [`CMilter`]: one of the libmilter milters of `interop/c/` (such as `refmilter`) built and
+//!   run on a TCP port; [`MilterSocket`] and [`Running::start_milters`] list several milters
+//!   in one MTA (`tests/chain.rs`).
 //! - [`require`] / [`Tool`]: are the packages there? Under `CI=true` a missing one fails the
 //!   test; elsewhere the test prints `SKIPPED` and returns.
 //! - [`Rig`]: all of it for one test: sink, milter, MTA.
@@ -28,7 +33,9 @@
 //! socket (`postfix_tcp::…`, `sendmail_unix::…`); `tests/prediction.rs` checks the delivery
 //! that `milterkit::testing::Harness` predicts against what the real MTA delivers (its ignored
 //! tests are known Sendmail disagreements: `-- --ignored` shows them failing);
-//! `tests/swaks.rs` has swaks, not our client, see a custom reply.
+//! `tests/swaks.rs` has swaks, not our client, see a custom reply; `tests/chain.rs` lists
+//! OpenDKIM, the C refmilter and the milterkit milter directly in each MTA (the baseline of a
+//! `milterkit chain` test) and records what each milter sees of the others' edits.
 //!
 //! Everything needs root (the MTAs and the namespaces). `bash scripts/test.sh` installs the
 //! packages and runs the suite; `cargo test -p interop` runs just these tests. Run directories
@@ -49,8 +56,10 @@
 //! ```
 
 pub mod capture;
+pub mod cmilter;
 pub mod instance;
 pub mod milter;
+pub mod opendkim;
 pub mod postfix;
 pub mod sendmail;
 pub mod sink;
@@ -60,8 +69,10 @@ pub mod util;
 
 use std::time::Duration;
 
+pub use cmilter::CMilter;
 pub use instance::Instance;
 pub use milter::{Action, Journal, MilterServer, Seen, TestMilter, Transport};
+pub use opendkim::OpenDkim;
 pub use postfix::Postfix;
 pub use sendmail::Sendmail;
 pub use sink::{Message, Sink};
@@ -147,6 +158,37 @@ macro_rules! tests_on_each_mta {
     };
 }
 
+/// A milter an MTA can be pointed at: its socket as each MTA spells it. Implemented by
+/// [`MilterServer`], [`OpenDkim`] and [`CMilter`], so that a test can list several of them in
+/// one MTA ([`Running::start_milters`]).
+pub trait MilterSocket {
+    /// The socket as Postfix spells it in `smtpd_milters`: `inet:127.0.0.1:PORT` or
+    /// `unix:/path`.
+    fn postfix_spec(&self) -> String;
+
+    /// The socket as Sendmail spells it in `INPUT_MAIL_FILTER(…, S=…)`: `inet:PORT@127.0.0.1`
+    /// or `local:/path`.
+    fn sendmail_spec(&self) -> String;
+
+    /// The socket as `mta` spells it.
+    fn spec(&self, mta: Mta) -> String {
+        match mta {
+            Mta::Postfix => self.postfix_spec(),
+            Mta::Sendmail => self.sendmail_spec(),
+        }
+    }
+}
+
+impl MilterSocket for MilterServer {
+    fn postfix_spec(&self) -> String {
+        MilterServer::postfix_spec(self)
+    }
+
+    fn sendmail_spec(&self) -> String {
+        MilterServer::sendmail_spec(self)
+    }
+}
+
 /// The tools an MTA needs.
 pub fn tools_of(mta: Mta) -> &'static [Tool] {
     match mta {
@@ -178,6 +220,22 @@ impl Running {
             Mta::Sendmail => {
                 Running::Sendmail(Sendmail::start(&milter.sendmail_spec(), sink_port)?)
             }
+        })
+    }
+
+    /// Starts `mta` with several milters, called in the order given (Postfix's
+    /// `smtpd_milters = a, b, c`; Sendmail's `INPUT_MAIL_FILTER` lines and
+    /// `confINPUT_MAIL_FILTERS`), relaying to the sink on `sink_port`.
+    pub fn start_milters(
+        mta: Mta,
+        milters: &[&dyn MilterSocket],
+        sink_port: u16,
+    ) -> Result<Running> {
+        let specs: Vec<String> = milters.iter().map(|m| m.spec(mta)).collect();
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        Ok(match mta {
+            Mta::Postfix => Running::Postfix(Postfix::start_milters(&specs, sink_port, &[])?),
+            Mta::Sendmail => Running::Sendmail(Sendmail::start_milters(&specs, sink_port, "")?),
         })
     }
 

@@ -74,8 +74,8 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 ";
 
 /// A private Postfix: its own configuration, queue and log in a [`RunDir`](crate::RunDir), its smtpd on
-/// 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`, the milter in
-/// `smtpd_milters`. Runs in private mount and UTS namespaces (its own `/etc/hosts`,
+/// 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`, the milter (or
+/// milters, in order: [`Postfix::start_milters`]) in `smtpd_milters`. Runs in private mount and UTS namespaces (its own `/etc/hosts`,
 /// `/etc/resolv.conf` and host name). Its port, directory and log are its [`Instance`]'s; stopped
 /// through its master's pid file when dropped; a failing test (panicking thread) gets the tail of
 /// the log printed and the directory kept.
@@ -97,10 +97,24 @@ impl Postfix {
     /// Like [`Postfix::start`], with extra `main.cf` settings (`("name", "value")`) applied
     /// last.
     pub fn start_with(milter: &str, sink_port: u16, extra: &[(&str, &str)]) -> Result<Postfix> {
+        Postfix::start_milters(&[milter], sink_port, extra)
+    }
+
+    /// Like [`Postfix::start_with`], with several milters, called in the order given:
+    /// `smtpd_milters = a, b, c`.
+    pub fn start_milters(
+        milters: &[&str],
+        sink_port: u16,
+        extra: &[(&str, &str)],
+    ) -> Result<Postfix> {
+        if milters.is_empty() {
+            return Err(Error::new("Postfix::start_milters: no milter given"));
+        }
+        let milter = milters.join(", ");
         let mut pf = Postfix {
             instance: Instance::new("Postfix", "Postfix master", "spool/pid/master.pid")?,
         };
-        pf.configure(milter, sink_port, extra)
+        pf.configure(&milter, sink_port, extra)
             .map_err(|e| e.context("configuring Postfix"))?;
         pf.launch().map_err(|e| pf.explain(e))?;
         Ok(pf)

@@ -62,7 +62,8 @@ fn build_shim() -> Result<PathBuf> {
 /// A private Sendmail 8.17 daemon, from the `sendmail-bin` and `sendmail-cf` packages extracted
 /// under [`sendmail_root`]: `sendmail.cf` built with m4 in a [`RunDir`](crate::RunDir),
 /// the daemon on 127.0.0.1 on a free port, every message relayed to `[127.0.0.1]:SINK_PORT`,
-/// the milter as `INPUT_MAIL_FILTER(test, …, F=T)`. It runs in private mount and UTS
+/// the milter as `INPUT_MAIL_FILTER(test, …, F=T)` (several milters: `test`, `test2`, … in
+/// the order given, see [`Sendmail::start_milters`]). It runs in private mount and UTS
 /// namespaces (its own `/etc/hosts`, `/etc/resolv.conf` and fully qualified host name) with the
 /// syslog shim preloaded, so its log lands in a file. Its port, directory and log are its
 /// [`Instance`]'s; stopped through its pid file when dropped; a failing test (panicking thread)
@@ -87,16 +88,26 @@ impl Sendmail {
     /// Like [`Sendmail::start`], with extra lines for the `.mc` file (before the `MAILER`
     /// lines), such as ``define(`confMILTER_MACROS_ENVFROM', `i')dnl``.
     pub fn start_with(milter: &str, sink_port: u16, extra_mc: &str) -> Result<Sendmail> {
+        Sendmail::start_milters(&[milter], sink_port, extra_mc)
+    }
+
+    /// Like [`Sendmail::start_with`], with several milters, called in the order given: one
+    /// `INPUT_MAIL_FILTER` line each (named `test`, `test2`, `test3`, …, all `F=T` with the
+    /// same timeouts) and `confINPUT_MAIL_FILTERS` listing them in that order.
+    pub fn start_milters(milters: &[&str], sink_port: u16, extra_mc: &str) -> Result<Sendmail> {
+        if milters.is_empty() {
+            return Err(Error::new("Sendmail::start_milters: no milter given"));
+        }
         let mut sm = Sendmail {
             instance: Instance::new("Sendmail", "Sendmail daemon", "sendmail.pid")?,
         };
-        sm.configure(milter, sink_port, extra_mc)
+        sm.configure(milters, sink_port, extra_mc)
             .map_err(|e| e.context("configuring Sendmail"))?;
         sm.launch().map_err(|e| sm.explain(e))?;
         Ok(sm)
     }
 
-    fn configure(&self, milter: &str, sink_port: u16, extra_mc: &str) -> Result<()> {
+    fn configure(&self, milters: &[&str], sink_port: u16, extra_mc: &str) -> Result<()> {
         let root = sendmail_root();
         let etc = self.dir.join("etc");
         let mqueue = self.dir.join("mqueue");
@@ -116,6 +127,17 @@ impl Sendmail {
         set_mode(&bin, 0o755)?;
         let d = self.dir.path().display();
         let port = self.port();
+        let names = milter_names(milters.len());
+        let filters: String = names
+            .iter()
+            .zip(milters)
+            .map(|(name, spec)| {
+                format!(
+                    "INPUT_MAIL_FILTER(`{name}', `S={spec}, F=T, T=C:10s;S:30s;R:60s;E:5m')dnl\n"
+                )
+            })
+            .collect();
+        let order = names.join(", ");
         let mc = format!(
             "\
 divert(-1)
@@ -148,7 +170,7 @@ FEATURE(`accept_unqualified_senders')dnl
 FEATURE(`promiscuous_relay')dnl
 FEATURE(`no_default_msa')dnl
 DAEMON_OPTIONS(`Family=inet, Name=MTA, Port={port}, Addr=127.0.0.1')dnl
-INPUT_MAIL_FILTER(`test', `S={milter}, F=T, T=C:10s;S:30s;R:60s;E:5m')dnl
+{filters}define(`confINPUT_MAIL_FILTERS', `{order}')dnl
 {extra_mc}
 MAILER(`local')dnl
 MAILER(`smtp')dnl
@@ -207,6 +229,19 @@ MAILER(`smtp')dnl
             })
             .unwrap_or_default()
     }
+}
+
+/// The `INPUT_MAIL_FILTER` names of `n` milters: `test`, `test2`, `test3`, ….
+pub fn milter_names(n: usize) -> Vec<String> {
+    (1..=n)
+        .map(|i| {
+            if i == 1 {
+                "test".to_owned()
+            } else {
+                format!("test{i}")
+            }
+        })
+        .collect()
 }
 
 impl Deref for Sendmail {

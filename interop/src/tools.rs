@@ -63,11 +63,17 @@ pub enum Tool {
     Miltertest,
     /// HAProxy (package `haproxy`), the TCP balancer of the failover test.
     Haproxy,
+    /// OpenDKIM (package `opendkim`) and its key generator `opendkim-genkey` (package
+    /// `opendkim-tools`), for [`OpenDkim`](crate::OpenDkim).
+    OpenDkim,
+    /// Debian's `python3-dkim` (dkimpy) under `/usr/bin/python3`, which
+    /// [`opendkim::verify`](crate::opendkim::verify) checks signatures with.
+    Dkimpy,
 }
 
 impl Tool {
     /// Every tool.
-    pub const ALL: [Tool; 9] = [
+    pub const ALL: [Tool; 11] = [
         Tool::Postfix,
         Tool::Sendmail,
         Tool::SendmailCf,
@@ -77,6 +83,8 @@ impl Tool {
         Tool::Unshare,
         Tool::Miltertest,
         Tool::Haproxy,
+        Tool::OpenDkim,
+        Tool::Dkimpy,
     ];
 
     /// What provides it, for messages.
@@ -93,6 +101,10 @@ impl Tool {
             Tool::Unshare => "unshare (util-linux) run as root",
             Tool::Miltertest => "miltertest (apt-get install miltertest)",
             Tool::Haproxy => "haproxy (apt-get install haproxy)",
+            Tool::OpenDkim => {
+                "opendkim and opendkim-tools (apt-get install opendkim opendkim-tools)"
+            }
+            Tool::Dkimpy => "python3-dkim for /usr/bin/python3 (apt-get install python3-dkim)",
         }
     }
 
@@ -151,6 +163,11 @@ impl Tool {
             Tool::Unshare => runs("unshare", &["-m", "-u", "--propagation", "private", "true"]),
             Tool::Miltertest => file("/usr/bin/miltertest"),
             Tool::Haproxy => file("/usr/sbin/haproxy"),
+            Tool::OpenDkim => {
+                file("/usr/sbin/opendkim")?;
+                file("/usr/sbin/opendkim-genkey")
+            }
+            Tool::Dkimpy => runs(crate::opendkim::PYTHON, &["-c", "import dkim"]),
         }
     }
 }

@@ -130,13 +130,21 @@ impl Drop for RunDir {
     }
 }
 
-/// Pid files of the daemons a run directory may hold, relative to it.
-const PID_FILES: [&str; 2] = ["spool/pid/master.pid", "sendmail.pid"];
+/// Pid files of the daemons a run directory may hold, relative to it: Postfix's master,
+/// Sendmail, [`OpenDkim`](crate::OpenDkim) and a [`CMilter`](crate::CMilter) (the last two
+/// written by the test, the processes started in their run directory).
+const PID_FILES: [&str; 4] = [
+    "spool/pid/master.pid",
+    "sendmail.pid",
+    "opendkim.pid",
+    "milter.pid",
+];
 
 /// Cleans up after test processes that died before their `Drop` ran (killed by a timeout, say):
 /// in run directories `NAME-PID-N` whose PID is gone, stops the daemons of the pid files, but
 /// only a daemon whose working directory lies inside that run directory (Postfix's master and
-/// Sendmail's daemon both work in their queue directory), so a recycled pid is never hit; and
+/// Sendmail's daemon both work in their queue directory, OpenDKIM and the C milters are
+/// started in theirs), so a recycled pid is never hit; and
 /// removes such directories once they are a day old (failed tests keep theirs for inspection).
 fn reap_stale(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
