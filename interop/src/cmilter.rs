@@ -65,6 +65,12 @@ impl CMilter {
         Ok(milter)
     }
 
+    /// Kills it now (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The TCP port it listens on, on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

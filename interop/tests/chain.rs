@@ -39,6 +39,13 @@
 //! is made per test with `opendkim-genkey`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
+use milterkit::chain::{Chain, ChainMetrics, Settings};
+use milterkit::metrics::Metrics;
+use milterkit::Config;
+use prometheus_client::registry::Registry;
+
 use interop::milter::ADDED_HEADER;
 use interop::opendkim::{Signature, CANONICALIZATION, DOMAIN, SELECTOR};
 use interop::{
@@ -377,4 +384,310 @@ fn postfix_dkim_first_fails_when_a_later_milter_changes_the_subject() {
 #[test]
 fn sendmail_dkim_first_fails_when_a_later_milter_changes_the_subject() {
     signature_breaks_when_a_later_milter_changes_a_signed_field(Mta::Sendmail);
+}
+
+// ---- The same three behind `milterkit::chain` ----
+
+/// A [`Chain`] served by this test process on a TCP port of 127.0.0.1 (a thread and runtime
+/// of its own), counting into its metrics; stopped when dropped.
+struct ChainServer {
+    port: u16,
+    metrics: Metrics,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ChainServer {
+    /// Serves the chain `settings` (TOML).
+    fn start(settings: &str) -> ChainServer {
+        let settings = Arc::new(Settings::from_toml(settings).unwrap());
+        let mut registry = Registry::default();
+        let chain_metrics = ChainMetrics::register(&mut registry);
+        let metrics = Metrics::with_registry(registry);
+        let port = interop::free_port().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, bound) = std::sync::mpsc::channel();
+        let config = Config {
+            metrics: Some(metrics.clone()),
+            ..Config::default()
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = milterkit::bind(&format!("inet:{port}@127.0.0.1"))
+                    .await
+                    .unwrap();
+                ready.send(()).unwrap();
+                let factory =
+                    move || Chain::new(settings.clone()).with_metrics(chain_metrics.clone());
+                milterkit::serve(listener, factory)
+                    .with_config(config)
+                    .with_graceful_shutdown(async {
+                        stopped.await.ok();
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        bound.recv().unwrap();
+        ChainServer {
+            port,
+            metrics,
+            stop: Some(stop),
+        }
+    }
+
+    /// The metrics page: the chain's and the milter's.
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
+impl Drop for ChainServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- chain metrics ----\n{}", self.metrics());
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl MilterSocket for ChainServer {
+    fn postfix_spec(&self) -> String {
+        format!("inet:127.0.0.1:{}", self.port)
+    }
+    fn sendmail_spec(&self) -> String {
+        format!("inet:{}@127.0.0.1", self.port)
+    }
+}
+
+/// The chain's settings for `children` in `order`, each `[[milter]]` table with `extra` lines
+/// added for the child named there (`dkim`, `ref`, `kit`).
+fn chain_settings(mta: Mta, children: &Children, order: Order, extra: &[(Child, &str)]) -> String {
+    let mut text = format!("mta = \"{}\"\n", format!("{mta:?}").to_lowercase());
+    let sockets = children.in_order(order);
+    for (child, socket) in order.iter().zip(sockets) {
+        let name = match child {
+            Child::Dkim => "dkim",
+            Child::Ref => "ref",
+            Child::Kit => "kit",
+        };
+        text += &format!(
+            "[[milter]]\nname = \"{name}\"\nsocket = \"{}\"\n",
+            socket.sendmail_spec()
+        );
+        for (c, lines) in extra {
+            if c == child {
+                text += lines;
+                text += "\n";
+            }
+        }
+    }
+    text
+}
+
+/// The three behind one chain in `mta`, in `order`: the same delivery, the same view for each
+/// child, the same header as when listed directly ([`expected`], which the direct tests hold
+/// the MTAs to).
+fn chain_three_milters(mta: Mta, order: Order) {
+    let Some(children) = Children::start(mta) else {
+        return;
+    };
+    let chain = ChainServer::start(&chain_settings(mta, &children, order, &[]));
+    let sink = Sink::start().unwrap();
+    let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
+    let got = send_and_receive(running.port(), &sink, &message());
+    check_delivered(&got, &children.dkim);
+    let saw = children.saw(&got);
+    let names = got.header_names();
+    let (want_saw, want_names) = expected(order);
+    assert_eq!(
+        saw, want_saw,
+        "what each milter saw behind the chain, {mta:?} {order:?}"
+    );
+    assert_eq!(
+        names, want_names,
+        "the delivered header behind the chain, {mta:?} {order:?}"
+    );
+    let text = chain.metrics();
+    // OpenDKIM accepts at end of message; the other two continue.
+    for (name, decision) in [("dkim", "accept"), ("ref", "continue"), ("kit", "continue")] {
+        let line = format!(
+            "milter_chain_child_decisions_total{{child=\"{name}\",stage=\"EOM\",decision=\"{decision}\",mode=\"enforce\"}} 1"
+        );
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+}
+
+#[test]
+fn postfix_chain_three_milters() {
+    chain_three_milters(Mta::Postfix, DKIM_LAST);
+}
+
+#[test]
+fn postfix_chain_three_milters_dkim_first() {
+    chain_three_milters(Mta::Postfix, DKIM_FIRST);
+}
+
+#[test]
+fn sendmail_chain_three_milters() {
+    chain_three_milters(Mta::Sendmail, DKIM_LAST);
+}
+
+#[test]
+fn sendmail_chain_three_milters_dkim_first() {
+    chain_three_milters(Mta::Sendmail, DKIM_FIRST);
+}
+
+/// Messages sent by four clients at once through the chain (OpenDKIM last); refmilter, with
+/// fail-safe skip, is killed once a third of them are delivered. Every message is accepted and
+/// delivered (none lost), signed and stamped by the milterkit milter; refmilter's field is on
+/// those before the kill only; the chain counted the skips.
+fn child_killed_mid_load(mta: Mta) {
+    let Some(mut children) = Children::start(mta) else {
+        return;
+    };
+    let settings = chain_settings(
+        mta,
+        &children,
+        DKIM_LAST,
+        &[(Child::Ref, "fail_safe = \"skip\"")],
+    );
+    let chain = ChainServer::start(&settings);
+    let sink = Sink::start().unwrap();
+    let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
+    let port = running.port();
+    const CLIENTS: usize = 4;
+    const EACH: usize = 12;
+    let total = CLIENTS * EACH;
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for c in 0..CLIENTS {
+            let accepted = &accepted;
+            s.spawn(move || {
+                for n in 0..EACH {
+                    let data = message_asking("add-header");
+                    let id = "Message-ID: <chain-direct@example.org>";
+                    let text = String::from_utf8(data).unwrap().replacen(
+                        id,
+                        &format!("Message-ID: <load-{c}-{n}@example.org>"),
+                        1,
+                    );
+                    let r = interop::send(port, FROM, &[BOB], text.as_bytes()).unwrap();
+                    assert!(r.accepted(), "message {c}-{n}: {r}");
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+        sink.wait_for(total / 3, DELIVERY_TIMEOUT).unwrap();
+        children.refmilter.kill();
+    });
+    assert_eq!(accepted.into_inner(), total);
+    let got = sink.wait_for(total, DELIVERY_TIMEOUT).unwrap();
+    assert_eq!(got.len(), total, "every message delivered, none lost");
+    std::thread::sleep(interop::QUIET_PERIOD);
+    assert_eq!(sink.messages().len(), total, "and none twice");
+    let with_ref = got
+        .iter()
+        .filter(|m| m.header(REF_ADDED.0).is_some())
+        .count();
+    for m in &got {
+        assert_eq!(
+            m.header_values(ADDED_HEADER.0),
+            [ADDED_HEADER.1],
+            "{}",
+            m.text()
+        );
+        let v = children.dkim.verify(&m.data).unwrap();
+        assert!(v.pass, "{}\n{}", v.details, m.text());
+    }
+    assert!(
+        with_ref >= total / 3 && with_ref < total,
+        "refmilter's field on {with_ref} of {total}"
+    );
+    let text = chain.metrics();
+    let skips = text
+        .lines()
+        .find(|l| {
+            l.starts_with("milter_chain_child_fail_safe_total{child=\"ref\",fail_safe=\"skip\"}")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no skips counted:\n{text}"));
+    assert_eq!(
+        skips,
+        total - with_ref,
+        "one skip per message without refmilter:\n{text}"
+    );
+    for other in ["kit", "dkim"] {
+        let errors = format!("milter_chain_child_errors_total{{child=\"{other}\"");
+        let fail_safe = format!("milter_chain_child_fail_safe_total{{child=\"{other}\"");
+        assert!(
+            !text.contains(&errors) && !text.contains(&fail_safe),
+            "{other}:\n{text}"
+        );
+    }
+    eprintln!("{mta:?}: {total} sent, {total} delivered, {with_ref} with refmilter, {skips} skips");
+}
+
+#[test]
+fn postfix_chain_child_killed_mid_load() {
+    child_killed_mid_load(Mta::Postfix);
+}
+
+#[test]
+fn sendmail_chain_child_killed_mid_load() {
+    child_killed_mid_load(Mta::Sendmail);
+}
+
+/// The milterkit milter in evaluation mode, asked to add its field and tempfail: the message is
+/// delivered without its field, signed by OpenDKIM (which never saw that field), while its
+/// verdict and modification are counted.
+fn evaluated_child_changes_nothing(mta: Mta) {
+    let Some(children) = Children::start(mta) else {
+        return;
+    };
+    let settings = chain_settings(
+        mta,
+        &children,
+        DKIM_LAST,
+        &[(Child::Kit, "mode = \"evaluate\"")],
+    );
+    let chain = ChainServer::start(&settings);
+    let sink = Sink::start().unwrap();
+    let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
+    let got = send_and_receive(
+        running.port(),
+        &sink,
+        &message_asking("add-header tempfail"),
+    );
+    let text = got.text();
+    assert!(got.header(ADDED_HEADER.0).is_none(), "{text}");
+    assert_eq!(got.header_values(REF_ADDED.0), [REF_ADDED.1], "{text}");
+    let v = children.dkim.verify(&got.data).unwrap();
+    assert!(v.pass, "{}\n{text}", v.details);
+    assert!(
+        !signature(&got).signs(ADDED_HEADER.0),
+        "OpenDKIM did not see it: {text}"
+    );
+    let metrics = chain.metrics();
+    for line in [
+        "milter_chain_child_decisions_total{child=\"kit\",stage=\"EOM\",decision=\"tempfail\",mode=\"evaluate\"} 1",
+        "milter_chain_child_modifications_total{child=\"kit\",kind=\"add_header\",mode=\"evaluate\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
+
+#[test]
+fn postfix_chain_evaluated_child_changes_nothing() {
+    evaluated_child_changes_nothing(Mta::Postfix);
+}
+
+#[test]
+fn sendmail_chain_evaluated_child_changes_nothing() {
+    evaluated_child_changes_nothing(Mta::Sendmail);
 }

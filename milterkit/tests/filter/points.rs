@@ -247,9 +247,7 @@ fn a_body_past_the_memory_limit_is_spooled_and_reads_back_whole() {
         assert!(tx.body().is_spooled());
         assert_eq!(tx.body().len(), 198_000);
         let bytes = tx.body().to_bytes()?;
-        assert!(bytes
-            .chunks(11)
-            .all(|l| l == &b"123456789\r\n"[..l.len()]));
+        assert!(bytes.chunks(11).all(|l| l == &b"123456789\r\n"[..l.len()]));
         // Read twice, from two readers.
         let (mut a, mut b) = (Vec::new(), Vec::new());
         std::io::Read::read_to_end(&mut tx.body().reader(), &mut a)?;
