@@ -56,6 +56,7 @@
 //! ```
 
 pub mod capture;
+pub mod chain;
 pub mod cmilter;
 pub mod instance;
 pub mod milter;
@@ -69,6 +70,7 @@ pub mod util;
 
 use std::time::Duration;
 
+pub use chain::ChainServer;
 pub use cmilter::CMilter;
 pub use instance::Instance;
 pub use milter::{Action, Journal, MilterServer, Seen, TestMilter, Transport};

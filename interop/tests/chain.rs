@@ -39,18 +39,11 @@
 //! is made per test with `opendkim-genkey`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
-use milterkit::chain::{Chain, ChainMetrics, Settings};
-use milterkit::metrics::Metrics;
-use milterkit::Config;
-use prometheus_client::registry::Registry;
-
 use interop::milter::ADDED_HEADER;
 use interop::opendkim::{Signature, CANONICALIZATION, DOMAIN, SELECTOR};
 use interop::{
-    CMilter, Message, MilterServer, MilterSocket, Mta, OpenDkim, Running, Sink, Tool, Transport,
-    DELIVERY_TIMEOUT,
+    CMilter, ChainServer, Message, MilterServer, MilterSocket, Mta, OpenDkim, Running, Sink, Tool,
+    Transport, DELIVERY_TIMEOUT,
 };
 
 const FROM: &str = "alice@example.org";
@@ -388,83 +381,6 @@ fn sendmail_dkim_first_fails_when_a_later_milter_changes_the_subject() {
 
 // ---- The same three behind `milterkit::chain` ----
 
-/// A [`Chain`] served by this test process on a TCP port of 127.0.0.1 (a thread and runtime
-/// of its own), counting into its metrics; stopped when dropped.
-struct ChainServer {
-    port: u16,
-    metrics: Metrics,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl ChainServer {
-    /// Serves the chain `settings` (TOML).
-    fn start(settings: &str) -> ChainServer {
-        let settings = Arc::new(Settings::from_toml(settings).unwrap());
-        let mut registry = Registry::default();
-        let chain_metrics = ChainMetrics::register(&mut registry);
-        let metrics = Metrics::with_registry(registry);
-        let port = interop::free_port().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready, bound) = std::sync::mpsc::channel();
-        let config = Config {
-            metrics: Some(metrics.clone()),
-            ..Config::default()
-        };
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = milterkit::bind(&format!("inet:{port}@127.0.0.1"))
-                    .await
-                    .unwrap();
-                ready.send(()).unwrap();
-                let factory =
-                    move || Chain::new(settings.clone()).with_metrics(chain_metrics.clone());
-                milterkit::serve(listener, factory)
-                    .with_config(config)
-                    .with_graceful_shutdown(async {
-                        stopped.await.ok();
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
-        bound.recv().unwrap();
-        ChainServer {
-            port,
-            metrics,
-            stop: Some(stop),
-        }
-    }
-
-    /// The metrics page: the chain's and the milter's.
-    fn metrics(&self) -> String {
-        self.metrics.encode()
-    }
-}
-
-impl Drop for ChainServer {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- chain metrics ----\n{}", self.metrics());
-        }
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-impl MilterSocket for ChainServer {
-    fn postfix_spec(&self) -> String {
-        format!("inet:127.0.0.1:{}", self.port)
-    }
-    fn sendmail_spec(&self) -> String {
-        format!("inet:{}@127.0.0.1", self.port)
-    }
-}
-
 /// The chain's settings for `children` in `order`, each `[[milter]]` table with `extra` lines
 /// added for the child named there (`dkim`, `ref`, `kit`).
 fn chain_settings(mta: Mta, children: &Children, order: Order, extra: &[(Child, &str)]) -> String {
@@ -497,7 +413,7 @@ fn chain_three_milters(mta: Mta, order: Order) {
     let Some(children) = Children::start(mta) else {
         return;
     };
-    let chain = ChainServer::start(&chain_settings(mta, &children, order, &[]));
+    let chain = ChainServer::start(&chain_settings(mta, &children, order, &[])).unwrap();
     let sink = Sink::start().unwrap();
     let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
     let got = send_and_receive(running.port(), &sink, &message());
@@ -557,7 +473,7 @@ fn child_killed_mid_load(mta: Mta) {
         DKIM_LAST,
         &[(Child::Ref, "fail_safe = \"skip\"")],
     );
-    let chain = ChainServer::start(&settings);
+    let chain = ChainServer::start(&settings).unwrap();
     let sink = Sink::start().unwrap();
     let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
     let port = running.port();
@@ -656,7 +572,7 @@ fn evaluated_child_changes_nothing(mta: Mta) {
         DKIM_LAST,
         &[(Child::Kit, "mode = \"evaluate\"")],
     );
-    let chain = ChainServer::start(&settings);
+    let chain = ChainServer::start(&settings).unwrap();
     let sink = Sink::start().unwrap();
     let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
     let got = send_and_receive(

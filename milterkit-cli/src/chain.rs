@@ -95,7 +95,12 @@ pub(crate) fn chain(args: ChainArgs) -> ExitCode {
 
 /// One line per child: what `--check` prints.
 fn describe(s: &Settings) -> String {
-    let mut out = format!("{} child milters behind {:?}:\n", s.milters.len(), s.mta);
+    let plural = if s.milters.len() == 1 { "" } else { "s" };
+    let mut out = format!(
+        "{} child milter{plural} behind {:?}:\n",
+        s.milters.len(),
+        s.mta
+    );
     for (i, c) in s.milters.iter().enumerate() {
         out +=
             &format!(

@@ -134,6 +134,7 @@
 //! | `daemon` | yes | [`run!`], [`daemon::Daemon`] and [`daemon::Options`]: a milter's whole `main` (flags and `MILTERKIT_*` variables or a prefix of your own, systemd socket activation and notifications, privilege drop, SIGTERM, a metrics endpoint). Enables `metrics` and `logging` | clap, listenfd, sd-notify, nix, tokio's `signal` and `rt-multi-thread` |
 //! | `filter` | yes | [`filter`]: a filter as one function over the whole message, the edits turned into modifications; the body spooled past a memory limit, a MIME view, RFC 2047 decoding, IDNA-aware domains | tempfile, mail-parser, idna |
 //! | `logging` | with `daemon` | [`logging::init_logging`]: the log subscriber of [`run!`] (plain lines, journald-aware, or JSON) for a `main` of your own | tracing-subscriber |
+//! | `chain` | no | [`chain`]: a milter that drives other milters, each with its own timeouts, fail-safe, evaluation mode, conditions and metrics, configured from TOML (what `milterkit chain` serves). Enables `daemon` | serde, toml |
 //! | `serde` | no | `serde::Serialize` for [`mta::Outcome`] and all it holds (byte strings as text where they are UTF-8, else as bytes: see [`proto::serde_text`]) | serde |
 //! | `metrics` | with `daemon` | [`metrics::Metrics`] and [`Config::metrics`]: Prometheus counters and histograms of a served milter and an HTTP endpoint to scrape them. Without it nothing is counted or timed | prometheus-client |
 //!

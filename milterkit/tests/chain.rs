@@ -31,6 +31,8 @@ struct Kid {
     leading_space: bool,
     /// How long each MAIL takes.
     slow_mail: Option<Duration>,
+    /// How long each end of message takes.
+    slow_eom: Option<Duration>,
 }
 
 impl Kid {
@@ -95,6 +97,9 @@ impl Milter for Kid {
     }
     async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
         self.note("eom".into());
+        if let Some(d) = self.slow_eom {
+            tokio::time::sleep(d).await;
+        }
         if let Some((name, value)) = self.add {
             eom.add_header(name, value)?;
         }
@@ -675,5 +680,133 @@ async fn children_that_want_only_end_of_message_get_it() {
     assert!(
         !agreed.sends(Stage::Rcpt) && !agreed.sends(Stage::Unknown),
         "{agreed:?}"
+    );
+}
+
+#[tokio::test]
+async fn end_of_message_waits_for_the_eom_timeout_not_the_command_timeout() {
+    let slow = serve(Kid {
+        slow_eom: Some(Duration::from_millis(500)),
+        add: Some(("X-Slow", "done")),
+        ..Kid::default()
+    })
+    .await;
+    let mut child = Child::new("slow", &slow.spec);
+    child.command_timeout = Duration::from_millis(100);
+    child.eom_timeout = Duration::from_secs(5);
+    let s = settings(vec![child.clone()]);
+    let mut h = Harness::postfix(Chain::new(s));
+    let out = h.run(&message()).await.unwrap();
+    assert!(delivered(&out).contains("X-Slow: done"), "{out:?}");
+
+    // Past its eom timeout: its fail-safe (tempfail), and the chain answers in time.
+    child.eom_timeout = Duration::from_millis(200);
+    let mut h = Harness::postfix(Chain::new(settings(vec![child])));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(
+        out.decision(Stage::Eom),
+        Some(&Decision::Tempfail),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_child_past_the_chains_own_deadline_gets_its_fail_safe_in_time() {
+    let slow = serve(Kid {
+        slow_mail: Some(Duration::from_secs(3)),
+        ..Kid::default()
+    })
+    .await;
+    let mut child = Child::new("slow", &slow.spec);
+    child.command_timeout = Duration::from_secs(30);
+    child.fail_safe = FailSafe::Reject;
+    let chain = Chain::new(settings(vec![child]))
+        .with_deadlines(Duration::from_millis(500), Duration::from_secs(5));
+    let config = milterkit::Config {
+        handler_timeout: Duration::from_millis(500),
+        ..milterkit::Config::default()
+    };
+    let mut h = Harness::with_config(chain, milterkit::mta::Profile::postfix(), config);
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(
+        out.decision(Stage::Mail),
+        Some(&Decision::Reject),
+        "the child's fail-safe, not the chain's (tempfail): {out:?}"
+    );
+}
+
+/// A child that wants header fields and the body but not end of headers.
+#[derive(Clone, Default)]
+struct NoEoh(Arc<Mutex<Vec<String>>>);
+
+impl Milter for NoEoh {
+    type Message = ();
+    const STAGES: milterkit::Stages = milterkit::Stages::HEADER
+        .union(milterkit::Stages::BODY)
+        .union(milterkit::Stages::EOM);
+    async fn header(&mut self, _: &mut (), h: Header<'_>) -> Result<Decision> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}={}", h.name(), h.value()));
+        Ok(Decision::Continue)
+    }
+    async fn body(&mut self, _: &mut (), b: Body<'_>) -> Result<Decision> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(b.chunk()).into_owned());
+        Ok(Decision::Continue)
+    }
+}
+
+#[tokio::test]
+async fn the_body_stays_apart_from_the_headers_without_end_of_headers() {
+    let seen = NoEoh::default();
+    let listener = milterkit::bind("inet:0@127.0.0.1").await.unwrap();
+    let spec = listener.local_spec().unwrap().to_string();
+    let factory = {
+        let seen = seen.clone();
+        move || seen.clone()
+    };
+    tokio::spawn(milterkit::serve(listener, factory).into_future());
+    let mut h = Harness::postfix(Chain::new(settings(vec![Child::new("n", &spec)])));
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    assert!(!h.agreement().unwrap().sends(Stage::Eoh));
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        ["From=alice@example.org", "Subject=hi", "hello\r\n"]
+    );
+}
+
+#[tokio::test]
+async fn a_message_past_max_message_size_is_tempfailed() {
+    let kid = serve(Kid::default()).await;
+    let text = format!(
+        "max_message_size = 100\n[[milter]]\nname = \"k\"\nsocket = \"{}\"\n",
+        kid.spec
+    );
+    let s = Arc::new(Settings::from_toml(&text).unwrap());
+    let mut h = Harness::postfix(Chain::new(s));
+    let big = Transaction::new()
+        .from("<a@example.org>")
+        .to("<b@example.net>")
+        .message(format!("Subject: x\r\n\r\n{}\r\n", "y".repeat(200)));
+    let out = h.run(&big).await.unwrap();
+    assert!(
+        matches!(out.decision(Stage::Eom), Some(Decision::Reply(r)) if r.code() == 452),
+        "{out:?}"
+    );
+    assert!(
+        !kid.kid.seen().contains(&"eom".to_string()),
+        "{:?}",
+        kid.kid.seen()
+    );
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(
+        out.verdict,
+        Some(Verdict::Accept),
+        "the next message is small: {out:?}"
     );
 }

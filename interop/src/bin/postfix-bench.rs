@@ -5,16 +5,30 @@
 //! setup, in rotating order; the table gives medians and each milter's share of Postfix's
 //! throughput (1 − with / without, paired by round).
 //!
+//! With `--chain` (issue #20) it measures `milterkit chain` instead: 1, 2 and 4 do-nothing
+//! children (the same milterkit milter, over TCP) listed directly in Postfix against the same
+//! children behind one chain.
+//!
 //! Run (as root, after scripts/test.sh installed Postfix and libmilter-dev):
-//! `cargo run --release -p interop --bin postfix-bench -- [--messages N] [--clients N]
+//! `cargo run --release -p interop --bin postfix-bench -- [--chain] [--messages N] [--clients N]
 //! [--rounds N] [--write]`; `--write` puts the table into BENCHMARKS.md.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use interop::milter::MilterServer;
-use interop::{Postfix, RunDir, Sink, Transport};
+use interop::{ChainServer, MilterSocket, Postfix, RunDir, Sink, Transport};
 use milterkit_bench::Bench;
+
+const CHAIN_SETUPS: [&str; 7] = [
+    "no milter",
+    "1 child, direct",
+    "1 child, chain",
+    "2 children, direct",
+    "2 children, chain",
+    "4 children, direct",
+    "4 children, chain",
+];
 
 const SETUPS: [&str; 5] = [
     "no milter",
@@ -36,6 +50,11 @@ enum Served {
     Kit {
         _server: MilterServer,
     },
+    /// Children (milterkit milters), and the chain in front of them if the setup has one.
+    Children {
+        _children: Vec<MilterServer>,
+        _chain: Option<ChainServer>,
+    },
 }
 
 impl Drop for Served {
@@ -54,6 +73,42 @@ fn milter(setup: &str, c_binary: &std::path::Path) -> interop::Result<(Served, S
     } else {
         Transport::Unix
     };
+    if let Some((n, how)) = setup.split_once(" child") {
+        let n: usize = n.parse().unwrap_or(1);
+        let children = (0..n)
+            .map(|_| MilterServer::serving(Transport::Tcp, Bench::default))
+            .collect::<interop::Result<Vec<_>>>()?;
+        if how.ends_with("direct") {
+            let specs: Vec<String> = children.iter().map(|c| c.postfix_spec()).collect();
+            let spec = specs.join(", ");
+            return Ok((
+                Served::Children {
+                    _children: children,
+                    _chain: None,
+                },
+                spec,
+            ));
+        }
+        let settings: String = children
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                format!(
+                    "[[milter]]\nname = \"c{i}\"\nsocket = \"{}\"\n",
+                    c.sendmail_spec()
+                )
+            })
+            .collect();
+        let chain = ChainServer::start(&settings)?;
+        let spec = chain.postfix_spec();
+        return Ok((
+            Served::Children {
+                _children: children,
+                _chain: Some(chain),
+            },
+            spec,
+        ));
+    }
     if setup.starts_with("milterkit") {
         let server = MilterServer::serving(transport, Bench::default)?;
         let spec = server.postfix_spec();
@@ -195,28 +250,33 @@ fn main() -> interop::Result<()> {
             "gcc could not build bench/c/libmilter_bench.c",
         ));
     }
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); SETUPS.len()];
+    let chain = args.iter().any(|a| a == "--chain");
+    let setups: &[&str] = if chain { &CHAIN_SETUPS } else { &SETUPS };
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     for round in 0..rounds {
-        for k in 0..SETUPS.len() {
-            let i = (k + round) % SETUPS.len();
-            let (served, spec) = milter(SETUPS[i], &c_binary)?;
+        for k in 0..setups.len() {
+            let i = (k + round) % setups.len();
+            let (served, spec) = milter(setups[i], &c_binary)?;
             let rate = relay(&spec, messages, clients)?;
             drop(served);
-            eprintln!("round {} {:<16} {rate:>8.0} msg/s", round + 1, SETUPS[i]);
+            eprintln!("round {} {:<20} {rate:>8.0} msg/s", round + 1, setups[i]);
             rates[i].push(rate);
         }
     }
     let base = &rates[0];
+    let flag = if chain { " --chain" } else { "" };
     let mut table = format!(
-        "Run with `cargo run --release -p interop --bin postfix-bench -- --messages {messages} \
+        "Run with `cargo run --release -p interop --bin postfix-bench --{flag} --messages {messages} \
          --clients {clients} --rounds {rounds}`: a private Postfix 3.7 relaying from {clients} \
          SMTP sessions at once to a sink on 127.0.0.1, {messages} small messages a run, every \
          setup in every round (rotating order). The milter's share: 1 − (with it / without), paired \
          by round, median.\n\n\
-         | setup | messages per second (median; runs) | milter's share of Postfix's throughput |\n\
-         |---|---:|---:|\n"
+         | setup | messages per second (median; runs) | milter's share of Postfix's throughput |{}\n\
+         |---|---:|---:|{}\n",
+        if chain { " chain / direct (paired by round, median) |" } else { "" },
+        if chain { "---:|" } else { "" },
     );
-    for (i, setup) in SETUPS.iter().enumerate() {
+    for (i, setup) in setups.iter().enumerate() {
         let runs: Vec<String> = rates[i].iter().map(|r| format!("{r:.0}")).collect();
         let share = if i == 0 {
             "–".to_owned()
@@ -231,8 +291,23 @@ fn main() -> interop::Result<()> {
             // Rounded, without a "-0".
             format!("{:.0} %", (s * 100.0).round() + 0.0)
         };
+        // Chain rows: against the row above, the same children listed directly.
+        let versus = match (chain, setup.ends_with("chain")) {
+            (false, _) => String::new(),
+            (true, false) => " – |".to_owned(),
+            (true, true) => {
+                let r = median(
+                    rates[i]
+                        .iter()
+                        .zip(&rates[i - 1])
+                        .map(|(c, d)| c / d)
+                        .collect(),
+                );
+                format!(" {r:.2}× |")
+            }
+        };
         table.push_str(&format!(
-            "| {setup} | {:.0} ({}) | {share} |\n",
+            "| {setup} | {:.0} ({}) | {share} |{versus}\n",
             median(rates[i].clone()),
             runs.join(", ")
         ));
@@ -242,12 +317,16 @@ fn main() -> interop::Result<()> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
         let doc = std::fs::read_to_string(&path)
             .map_err(|e| interop::Error::new(format!("reading BENCHMARKS.md: {e}")))?;
-        let (begin, end) = ("<!-- postfix:begin -->", "<!-- postfix:end -->");
+        let (begin, end) = if chain {
+            ("<!-- chain:begin -->", "<!-- chain:end -->")
+        } else {
+            ("<!-- postfix:begin -->", "<!-- postfix:end -->")
+        };
         let doc = match (doc.find(begin), doc.find(end)) {
             (Some(a), Some(b)) if a < b => {
                 format!("{}{begin}\n{table}{}", &doc[..a], &doc[b..])
             }
-            _ => format!("{doc}\n## The milter's cost to real Postfix\n\n{begin}\n{table}{end}\n"),
+            _ => format!("{doc}\n## Postfix\n\n{begin}\n{table}{end}\n"),
         };
         std::fs::write(&path, doc)
             .map_err(|e| interop::Error::new(format!("writing BENCHMARKS.md: {e}")))?;

@@ -155,11 +155,13 @@ enum Scope {
     Message,
 }
 
-/// The message as the MTA sent it: header fields put back as lines, then the body.
+/// The message as the MTA sent it: header fields put back as lines, and the body.
 #[derive(Debug, Default)]
 struct Content {
-    /// `Name:value` lines (CRLF), the blank line once EOH came, then the body.
-    raw: Vec<u8>,
+    /// `Name:value` lines (CRLF).
+    headers: Vec<u8>,
+    /// The body chunks, one after the other.
+    body: Vec<u8>,
     /// The EOH macros.
     eoh: Pairs,
     /// Bigger than the settings allow: no more is kept.
@@ -820,6 +822,9 @@ impl Milter for Chain {
 
     async fn rcpt(&mut self, _: &mut (), rcpt: Rcpt<'_>) -> Result<Decision> {
         self.begin(Stage::Rcpt);
+        if let Some(d) = self.take_pending(Stage::Rcpt) {
+            return Ok(d);
+        }
         let macros = pairs(rcpt.macros(), b'R');
         let envelope = rcpt.envelope.clone();
         for i in 0..self.children.len() {
@@ -883,18 +888,17 @@ impl Milter for Chain {
             }
         }
         line.extend_from_slice(b"\r\n");
-        self.keep(&line);
+        self.keep(&line, false);
         Ok(Decision::Continue)
     }
 
     async fn eoh(&mut self, _: &mut (), eoh: Eoh<'_>) -> Result<Decision> {
         self.content.eoh = pairs(eoh.macros(), b'N');
-        self.keep(b"\r\n");
         Ok(Decision::Continue)
     }
 
     async fn body(&mut self, _: &mut (), body: Body<'_>) -> Result<Decision> {
-        self.keep(body.chunk);
+        self.keep(body.chunk, true);
         Ok(Decision::Continue)
     }
 
@@ -916,7 +920,10 @@ impl Milter for Chain {
         }
         let macros = pairs(eom.macros(), b'E');
         let chain_space = eom.agreement().leading_space();
-        let mut message = Message::parse(std::mem::take(&mut self.content.raw).into());
+        let mut raw = std::mem::take(&mut self.content.headers);
+        raw.extend_from_slice(b"\r\n");
+        raw.append(&mut self.content.body);
+        let mut message = Message::parse(raw.into());
         let mut upward = Vec::new();
         let mut body_replaced = false;
         let mut decided = None;
@@ -1021,15 +1028,22 @@ impl Milter for Chain {
 }
 
 impl Chain {
-    /// Adds `bytes` to the message kept for end of message, up to the size the settings allow.
-    fn keep(&mut self, bytes: &[u8]) {
+    /// Adds `bytes` to the header lines or the body kept for end of message, up to the size
+    /// the settings allow.
+    fn keep(&mut self, bytes: &[u8], body: bool) {
         let c = &mut self.content;
-        if c.too_large || c.raw.len() + bytes.len() > self.settings.max_message_size {
+        let size = c.headers.len() + c.body.len() + bytes.len();
+        if c.too_large || size > self.settings.max_message_size {
             c.too_large = true;
-            c.raw = Vec::new();
+            c.headers = Vec::new();
+            c.body = Vec::new();
             return;
         }
-        c.raw.extend_from_slice(bytes);
+        if body {
+            c.body.extend_from_slice(bytes);
+        } else {
+            c.headers.extend_from_slice(bytes);
+        }
     }
 
     /// Sends child `i` the message as it stands: its header fields, EOH, the body in chunks,
@@ -1076,7 +1090,17 @@ impl Chain {
         let eom_cmd = Command::Eom {
             chunk: Bytes::new(),
         };
-        let (decision, mods) = self.exchange(i, Stage::Eom, eom, eom_cmd).await?;
+        // The child's end-of-message timeout is per reply: progress restarts it.
+        let child = &self.settings.milters[self.children[i].index];
+        let (wait, then) = (child.eom_timeout, child.command_timeout);
+        if let Some(conn) = self.children[i].conn.as_mut() {
+            conn.reply_timeout = wait;
+        }
+        let answer = self.exchange(i, Stage::Eom, eom, eom_cmd).await;
+        if let Some(conn) = self.children[i].conn.as_mut() {
+            conn.reply_timeout = then;
+        }
+        let (decision, mods) = answer?;
         let decision = decision.unwrap_or(Decision::Continue);
         self.count(i, Stage::Eom, &decision);
         Ok(Replayed::Eom(decision, mods))
@@ -1110,16 +1134,16 @@ impl Chain {
         }
     }
 
-    /// A held decision, at a stage the MTA waits at.
+    /// A held decision, at a stage the MTA waits at: at RCPT for every recipient, later once.
     fn take_pending(&mut self, stage: Stage) -> Option<Decision> {
         let waits = self
             .agreement
             .as_ref()
             .is_none_or(|a| a.expects_reply(stage));
-        if waits {
-            self.pending.take()
-        } else {
-            None
+        match (waits, stage) {
+            (false, _) => None,
+            (true, Stage::Rcpt) => self.pending.clone(),
+            (true, _) => self.pending.take(),
         }
     }
 
