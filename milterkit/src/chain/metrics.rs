@@ -1,8 +1,11 @@
 //! The chain's metrics, per child milter, beside a served milter's own ([`crate::metrics`]).
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use milterkit_proto::{Decision, Stage};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,6 +48,74 @@ struct Inner {
     fail_safe: Family<Labels2, Counter>,
     errors: Family<Labels2, Counter>,
     reloads: Family<[(&'static str, &'static str); 1], Counter>,
+    /// The handles of each child (by name and mode), made once: a lookup in a family hashes
+    /// its labels (about a fifth of the chain's CPU per message when done per command).
+    children: Mutex<HashMap<(String, &'static str), Arc<ChildMetrics>>>,
+}
+
+/// The stage labels of [`ChildMetrics`]: `Stage::ALL`'s names, then `NEGOTIATE`.
+const STAGES: usize = Stage::ALL.len() + 1;
+/// The decision labels: as `Decision::name`, in this order.
+const DECISIONS: [&str; 8] = [
+    "continue", "accept", "reject", "tempfail", "discard", "skip", "reply", "shutdown",
+];
+
+/// One child's duration histograms and decision counters, looked up once.
+pub(super) struct ChildMetrics {
+    name: String,
+    mode: &'static str,
+    durations: Vec<Histogram>,
+    decisions: Vec<OnceLock<Counter>>,
+    family: Family<Labels4, Counter>,
+}
+
+impl fmt::Debug for ChildMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildMetrics")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn stage_index(stage: Option<Stage>) -> usize {
+    stage
+        .and_then(|s| Stage::ALL.iter().position(|x| *x == s))
+        .unwrap_or(STAGES - 1)
+}
+
+fn stage_name(index: usize) -> &'static str {
+    Stage::ALL.get(index).map_or("NEGOTIATE", |s| s.name())
+}
+
+impl ChildMetrics {
+    /// A command to the child at `stage` (`None`: the negotiation) took `took`.
+    pub(super) fn duration(&self, stage: Option<Stage>, took: Duration) {
+        if let Some(h) = self.durations.get(stage_index(stage)) {
+            h.observe(took.as_secs_f64());
+        }
+    }
+
+    /// The child decided `decision` at `stage`.
+    pub(super) fn decision(&self, stage: Stage, decision: &Decision) {
+        let d = DECISIONS
+            .iter()
+            .position(|n| *n == decision.name())
+            .unwrap_or(0);
+        let s = stage_index(Some(stage));
+        if let Some(slot) = self.decisions.get(s * DECISIONS.len() + d) {
+            slot.get_or_init(|| {
+                self.family
+                    .get_or_create(&[
+                        ("child", self.name.clone()),
+                        ("stage", stage_name(s).to_owned()),
+                        ("decision", DECISIONS[d].to_owned()),
+                        ("mode", self.mode.to_owned()),
+                    ])
+                    .clone()
+            })
+            .inc();
+        }
+    }
 }
 
 impl fmt::Debug for ChainMetrics {
@@ -68,6 +139,7 @@ impl ChainMetrics {
             fail_safe: Family::default(),
             errors: Family::default(),
             reloads: Family::default(),
+            children: Mutex::default(),
         };
         registry.register(
             "milter_chain_child_duration_seconds",
@@ -104,23 +176,36 @@ impl ChainMetrics {
         }
     }
 
-    pub(super) fn duration(&self, child: &str, stage: &'static str, took: Duration) {
-        self.inner
-            .duration
-            .get_or_create(&[("child", child.to_owned()), ("stage", stage.to_owned())])
-            .observe(took.as_secs_f64());
-    }
-
-    pub(super) fn decision(&self, child: &str, stage: &str, decision: &str, mode: &str) {
-        self.inner
-            .decisions
-            .get_or_create(&[
-                ("child", child.to_owned()),
-                ("stage", stage.to_owned()),
-                ("decision", decision.to_owned()),
-                ("mode", mode.to_owned()),
-            ])
-            .inc();
+    /// The handles of the child `name` in `mode`, made at its first connection.
+    pub(super) fn child(&self, name: &str, mode: &'static str) -> Arc<ChildMetrics> {
+        let mut children = self
+            .inner
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        children
+            .entry((name.to_owned(), mode))
+            .or_insert_with(|| {
+                let durations = (0..STAGES)
+                    .map(|s| {
+                        let labels = [
+                            ("child", name.to_owned()),
+                            ("stage", stage_name(s).to_owned()),
+                        ];
+                        self.inner.duration.get_or_create(&labels).clone()
+                    })
+                    .collect();
+                Arc::new(ChildMetrics {
+                    name: name.to_owned(),
+                    mode,
+                    durations,
+                    decisions: (0..STAGES * DECISIONS.len())
+                        .map(|_| OnceLock::new())
+                        .collect(),
+                    family: self.inner.decisions.clone(),
+                })
+            })
+            .clone()
     }
 
     pub(super) fn modification(&self, child: &str, kind: &str, mode: &str) {

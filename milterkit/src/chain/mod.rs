@@ -125,6 +125,8 @@ struct Running {
     in_message: bool,
     /// Its MAIL waits for a recipient in its domains.
     mail_deferred: bool,
+    /// Its metrics, when the chain counts.
+    meter: Option<Arc<metrics::ChildMetrics>>,
     /// An exchange with it began and did not end (the chain's own handler was cut off at its
     /// deadline): what its connection holds is unknown, so it is dropped.
     busy: bool,
@@ -278,6 +280,10 @@ impl Chain {
 
     /// Counts into `metrics` (see [`ChainMetrics`]).
     pub fn with_metrics(mut self, metrics: ChainMetrics) -> Chain {
+        for r in &mut self.children {
+            let child = &self.settings.milters[r.index];
+            r.meter = Some(metrics.child(&child.name, child.mode.name()));
+        }
         self.metrics = Some(metrics);
         self
     }
@@ -339,9 +345,8 @@ impl Chain {
                     detail: format!("no reply to {stage} within {limit:?}"),
                 })
             });
-        let name = &self.settings.milters[self.children[i].index].name;
-        if let Some(m) = &self.metrics {
-            m.duration(name, stage.name(), started.elapsed());
+        if let Some(m) = &self.children[i].meter {
+            m.duration(Some(stage), started.elapsed());
         }
         if let Err(f) = &result {
             self.children[i].conn = None;
@@ -728,8 +733,8 @@ impl Milter for Chain {
             let Ok((i, opened, took)) = joined else {
                 continue;
             };
-            if let Some(m) = &self.metrics {
-                m.duration(&self.child(i).name, "NEGOTIATE", took);
+            if let Some(m) = &self.children[i].meter {
+                m.duration(None, took);
             }
             match opened {
                 Ok(conn) => self.children[i].conn = Some(conn),
@@ -1123,14 +1128,8 @@ impl Chain {
 
     /// Counts child `i`'s `decision` at `stage`.
     fn count(&self, i: usize, stage: Stage, decision: &Decision) {
-        if let Some(m) = &self.metrics {
-            let child = self.child(i);
-            m.decision(
-                &child.name,
-                stage.name(),
-                decision.name(),
-                child.mode.name(),
-            );
+        if let Some(m) = &self.children[i].meter {
+            m.decision(stage, decision);
         }
     }
 
