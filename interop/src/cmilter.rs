@@ -67,8 +67,7 @@ impl CMilter {
 
     /// Kills it now (SIGKILL), as a crash would, and reaps it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 
     /// The TCP port it listens on, on 127.0.0.1.
@@ -90,6 +89,12 @@ impl CMilter {
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
+}
+
+/// Kills `child` (SIGKILL) and reaps it; nothing if it is gone already.
+pub(crate) fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Waits until a TCP connection to 127.0.0.1:`port` succeeds, for at most 15 s; fails early,
@@ -122,20 +127,15 @@ pub(crate) fn wait_listening(
     }
 }
 
-impl crate::MilterSocket for CMilter {
-    fn postfix_spec(&self) -> String {
-        format!("inet:127.0.0.1:{}", self.port)
-    }
-
-    fn sendmail_spec(&self) -> String {
-        format!("inet:{}@127.0.0.1", self.port)
+impl crate::OnLoopback for CMilter {
+    fn port(&self) -> u16 {
+        CMilter::port(self)
     }
 }
 
 impl Drop for CMilter {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cmilter::stop(&mut self.child);
         if std::thread::panicking() {
             let name = &self.name;
             eprintln!(

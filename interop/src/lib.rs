@@ -181,6 +181,22 @@ pub trait MilterSocket {
     }
 }
 
+/// A milter on a TCP port of 127.0.0.1: its [`MilterSocket`] spellings follow from the port.
+pub trait OnLoopback {
+    /// The port.
+    fn port(&self) -> u16;
+}
+
+impl<T: OnLoopback> MilterSocket for T {
+    fn postfix_spec(&self) -> String {
+        format!("inet:127.0.0.1:{}", self.port())
+    }
+
+    fn sendmail_spec(&self) -> String {
+        format!("inet:{}@127.0.0.1", self.port())
+    }
+}
+
 impl MilterSocket for MilterServer {
     fn postfix_spec(&self) -> String {
         MilterServer::postfix_spec(self)

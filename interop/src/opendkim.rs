@@ -199,20 +199,15 @@ LogWhy yes
     }
 }
 
-impl crate::MilterSocket for OpenDkim {
-    fn postfix_spec(&self) -> String {
-        format!("inet:127.0.0.1:{}", self.port)
-    }
-
-    fn sendmail_spec(&self) -> String {
-        format!("inet:{}@127.0.0.1", self.port)
+impl crate::OnLoopback for OpenDkim {
+    fn port(&self) -> u16 {
+        self.port
     }
 }
 
 impl Drop for OpenDkim {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cmilter::stop(&mut self.child);
         if std::thread::panicking() {
             eprintln!(
                 "---- OpenDKIM log ({}), last 40 lines ----\n{}\n{}\n---- end of OpenDKIM log ----",

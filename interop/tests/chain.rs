@@ -80,15 +80,8 @@ const DKIM_LAST: Order = [Child::Ref, Child::Kit, Child::Dkim];
 const DKIM_FIRST: Order = [Child::Dkim, Child::Kit, Child::Ref];
 
 /// The fields of [`message`], in order.
-const SENT: [&str; 7] = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "X-Test",
-    "X-Test-Actions",
-];
+#[rustfmt::skip]
+const SENT: [&str; 7] = ["From", "To", "Subject", "Date", "Message-ID", "X-Test", "X-Test-Actions"];
 
 /// The header field names each child was sent, in the order sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,26 +313,6 @@ fn direct_three_milters(mta: Mta, order: Order) {
     assert_eq!(names, want_names, "the delivered header, {mta:?} {order:?}");
 }
 
-#[test]
-fn postfix_direct_three_milters() {
-    direct_three_milters(Mta::Postfix, DKIM_LAST);
-}
-
-#[test]
-fn postfix_direct_three_milters_dkim_first() {
-    direct_three_milters(Mta::Postfix, DKIM_FIRST);
-}
-
-#[test]
-fn sendmail_direct_three_milters() {
-    direct_three_milters(Mta::Sendmail, DKIM_LAST);
-}
-
-#[test]
-fn sendmail_direct_three_milters_dkim_first() {
-    direct_three_milters(Mta::Sendmail, DKIM_FIRST);
-}
-
 /// OpenDKIM first, then the milterkit milter changing the Subject (a field OpenDKIM signed):
 /// the message arrives with the new Subject and a signature that no longer verifies, on both
 /// MTAs. A signer must come after every milter that edits what it signs.
@@ -369,16 +342,6 @@ fn signature_breaks_when_a_later_milter_changes_a_signed_field(mta: Mta) {
     assert!(v.pass, "with the old Subject back:\n{}", v.details);
 }
 
-#[test]
-fn postfix_dkim_first_fails_when_a_later_milter_changes_the_subject() {
-    signature_breaks_when_a_later_milter_changes_a_signed_field(Mta::Postfix);
-}
-
-#[test]
-fn sendmail_dkim_first_fails_when_a_later_milter_changes_the_subject() {
-    signature_breaks_when_a_later_milter_changes_a_signed_field(Mta::Sendmail);
-}
-
 // ---- The same three behind `milterkit::chain` ----
 
 /// The chain's settings for `children` in `order`, each `[[milter]]` table with `extra` lines
@@ -406,6 +369,20 @@ fn chain_settings(mta: Mta, children: &Children, order: Order, extra: &[(Child, 
     text
 }
 
+/// `mta` relaying to a fresh sink, with only a chain of `children` in `order` (and `extra`
+/// settings) as its milter.
+fn behind_chain(
+    mta: Mta,
+    children: &Children,
+    order: Order,
+    extra: &[(Child, &str)],
+) -> (ChainServer, Sink, Running) {
+    let chain = ChainServer::start(&chain_settings(mta, children, order, extra)).unwrap();
+    let sink = Sink::start().unwrap();
+    let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
+    (chain, sink, running)
+}
+
 /// The three behind one chain in `mta`, in `order`: the same delivery, the same view for each
 /// child, the same header as when listed directly ([`expected`], which the direct tests hold
 /// the MTAs to).
@@ -413,9 +390,7 @@ fn chain_three_milters(mta: Mta, order: Order) {
     let Some(children) = Children::start(mta) else {
         return;
     };
-    let chain = ChainServer::start(&chain_settings(mta, &children, order, &[])).unwrap();
-    let sink = Sink::start().unwrap();
-    let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
+    let (chain, sink, running) = behind_chain(mta, &children, order, &[]);
     let got = send_and_receive(running.port(), &sink, &message());
     check_delivered(&got, &children.dkim);
     let saw = children.saw(&got);
@@ -439,26 +414,6 @@ fn chain_three_milters(mta: Mta, order: Order) {
     }
 }
 
-#[test]
-fn postfix_chain_three_milters() {
-    chain_three_milters(Mta::Postfix, DKIM_LAST);
-}
-
-#[test]
-fn postfix_chain_three_milters_dkim_first() {
-    chain_three_milters(Mta::Postfix, DKIM_FIRST);
-}
-
-#[test]
-fn sendmail_chain_three_milters() {
-    chain_three_milters(Mta::Sendmail, DKIM_LAST);
-}
-
-#[test]
-fn sendmail_chain_three_milters_dkim_first() {
-    chain_three_milters(Mta::Sendmail, DKIM_FIRST);
-}
-
 /// Messages sent by four clients at once through the chain (OpenDKIM last); refmilter, with
 /// fail-safe skip, is killed once a third of them are delivered. Every message is accepted and
 /// delivered (none lost), signed and stamped by the milterkit milter; refmilter's field is on
@@ -467,15 +422,8 @@ fn child_killed_mid_load(mta: Mta) {
     let Some(mut children) = Children::start(mta) else {
         return;
     };
-    let settings = chain_settings(
-        mta,
-        &children,
-        DKIM_LAST,
-        &[(Child::Ref, "fail_safe = \"skip\"")],
-    );
-    let chain = ChainServer::start(&settings).unwrap();
-    let sink = Sink::start().unwrap();
-    let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
+    let skip = [(Child::Ref, "fail_safe = \"skip\"")];
+    let (chain, sink, running) = behind_chain(mta, &children, DKIM_LAST, &skip);
     let port = running.port();
     const CLIENTS: usize = 4;
     const EACH: usize = 12;
@@ -549,16 +497,6 @@ fn child_killed_mid_load(mta: Mta) {
     eprintln!("{mta:?}: {total} sent, {total} delivered, {with_ref} with refmilter, {skips} skips");
 }
 
-#[test]
-fn postfix_chain_child_killed_mid_load() {
-    child_killed_mid_load(Mta::Postfix);
-}
-
-#[test]
-fn sendmail_chain_child_killed_mid_load() {
-    child_killed_mid_load(Mta::Sendmail);
-}
-
 /// The milterkit milter in evaluation mode, asked to add its field and tempfail: the message is
 /// delivered without its field, signed by OpenDKIM (which never saw that field), while its
 /// verdict and modification are counted.
@@ -566,15 +504,8 @@ fn evaluated_child_changes_nothing(mta: Mta) {
     let Some(children) = Children::start(mta) else {
         return;
     };
-    let settings = chain_settings(
-        mta,
-        &children,
-        DKIM_LAST,
-        &[(Child::Kit, "mode = \"evaluate\"")],
-    );
-    let chain = ChainServer::start(&settings).unwrap();
-    let sink = Sink::start().unwrap();
-    let running = Running::start_milters(mta, &[&chain], sink.port()).unwrap();
+    let evaluate = [(Child::Kit, "mode = \"evaluate\"")];
+    let (chain, sink, running) = behind_chain(mta, &children, DKIM_LAST, &evaluate);
     let got = send_and_receive(
         running.port(),
         &sink,
@@ -598,12 +529,26 @@ fn evaluated_child_changes_nothing(mta: Mta) {
     }
 }
 
-#[test]
-fn postfix_chain_evaluated_child_changes_nothing() {
-    evaluated_child_changes_nothing(Mta::Postfix);
+/// Each case as two tests, one behind Postfix and one behind Sendmail.
+macro_rules! on_both_mtas {
+    ($($postfix:ident, $sendmail:ident => $case:ident($($arg:expr),*);)*) => {$(
+        #[test]
+        fn $postfix() {
+            $case(Mta::Postfix, $($arg),*)
+        }
+        #[test]
+        fn $sendmail() {
+            $case(Mta::Sendmail, $($arg),*)
+        }
+    )*};
 }
 
-#[test]
-fn sendmail_chain_evaluated_child_changes_nothing() {
-    evaluated_child_changes_nothing(Mta::Sendmail);
+on_both_mtas! {
+    postfix_direct_three_milters, sendmail_direct_three_milters => direct_three_milters(DKIM_LAST);
+    postfix_direct_three_milters_dkim_first, sendmail_direct_three_milters_dkim_first => direct_three_milters(DKIM_FIRST);
+    postfix_dkim_first_fails_when_a_later_milter_changes_the_subject, sendmail_dkim_first_fails_when_a_later_milter_changes_the_subject => signature_breaks_when_a_later_milter_changes_a_signed_field();
+    postfix_chain_three_milters, sendmail_chain_three_milters => chain_three_milters(DKIM_LAST);
+    postfix_chain_three_milters_dkim_first, sendmail_chain_three_milters_dkim_first => chain_three_milters(DKIM_FIRST);
+    postfix_chain_child_killed_mid_load, sendmail_chain_child_killed_mid_load => child_killed_mid_load();
+    postfix_chain_evaluated_child_changes_nothing, sendmail_chain_evaluated_child_changes_nothing => evaluated_child_changes_nothing();
 }

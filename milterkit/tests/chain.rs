@@ -29,13 +29,33 @@ struct Kid {
     /// A replacement body.
     body: Option<&'static str>,
     leading_space: bool,
-    /// How long each MAIL takes.
-    slow_mail: Option<Duration>,
-    /// How long each end of message takes.
-    slow_eom: Option<Duration>,
+    /// How long MAIL and end of message take.
+    slow: HashMap<Stage, Duration>,
 }
 
 impl Kid {
+    /// A child that adds `name: value` at end of message.
+    fn adding(name: &'static str, value: &'static str) -> Kid {
+        Kid {
+            add: Some((name, value)),
+            ..Kid::default()
+        }
+    }
+    /// This child deciding `decision` at `stage`.
+    fn at(mut self, stage: Stage, decision: Decision) -> Kid {
+        self.at.insert(stage, decision);
+        self
+    }
+    /// This child taking `how_long` at `stage` (MAIL or EOM).
+    fn slow_at(mut self, stage: Stage, how_long: Duration) -> Kid {
+        self.slow.insert(stage, how_long);
+        self
+    }
+    async fn wait(&self, stage: Stage) {
+        if let Some(d) = self.slow.get(&stage) {
+            tokio::time::sleep(*d).await;
+        }
+    }
     fn note(&self, what: String) {
         self.seen.lock().unwrap().push(what);
     }
@@ -71,9 +91,7 @@ impl Milter for Kid {
         Ok(self.decide(Stage::Helo))
     }
     async fn mail(&mut self, _: &mut (), m: Mail<'_>) -> Result<Decision> {
-        if let Some(d) = self.slow_mail {
-            tokio::time::sleep(d).await;
-        }
+        self.wait(Stage::Mail).await;
         let auth = m.macro_value("{auth_authen}");
         self.note(format!("mail {} auth={auth:?}", m.address()));
         Ok(self.decide(Stage::Mail))
@@ -97,9 +115,7 @@ impl Milter for Kid {
     }
     async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
         self.note("eom".into());
-        if let Some(d) = self.slow_eom {
-            tokio::time::sleep(d).await;
-        }
+        self.wait(Stage::Eom).await;
         if let Some((name, value)) = self.add {
             eom.add_header(name, value)?;
         }
@@ -165,6 +181,16 @@ fn nobody() -> String {
     format!("inet:{port}@127.0.0.1")
 }
 
+/// [`message`] through a chain of `children`, as Postfix sends it.
+async fn once(children: Vec<Child>) -> milterkit::mta::Outcome {
+    chain_of(children).run(&message()).await.unwrap()
+}
+
+/// The harness (as Postfix) in front of a chain of `children`.
+fn chain_of(children: Vec<Child>) -> Harness<Chain> {
+    Harness::postfix(Chain::new(settings(children)))
+}
+
 fn settings(children: Vec<Child>) -> Arc<Settings> {
     Arc::new(Settings::new(children).unwrap())
 }
@@ -178,6 +204,12 @@ fn message() -> Transaction {
         .message("From: alice@example.org\r\nSubject: hi\r\n\r\nhello\r\n")
 }
 
+/// The decision `out` got at `stage`.
+fn decision_at(out: &milterkit::mta::Outcome, stage: Stage) -> Decision {
+    let decision = out.decision(stage).cloned();
+    decision.unwrap_or_else(|| panic!("no decision at {stage}: {out:?}"))
+}
+
 fn delivered(out: &milterkit::mta::Outcome) -> String {
     let d = out.delivery.as_ref().expect("delivered");
     String::from_utf8_lossy(&d.message).into_owned()
@@ -185,18 +217,9 @@ fn delivered(out: &milterkit::mta::Outcome) -> String {
 
 #[tokio::test]
 async fn modifications_merge_in_child_order_and_macros_reach_every_child() {
-    let a = serve(Kid {
-        add: Some(("X-A", "from a")),
-        ..Kid::default()
-    })
-    .await;
-    let b = serve(Kid {
-        add: Some(("X-B", "from b")),
-        ..Kid::default()
-    })
-    .await;
-    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
-    let mut h = Harness::postfix(Chain::new(s));
+    let a = serve(Kid::adding("X-A", "from a")).await;
+    let b = serve(Kid::adding("X-B", "from b")).await;
+    let mut h = chain_of(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     let msg = delivered(&out);
@@ -235,8 +258,7 @@ async fn the_first_refusal_wins_and_later_children_do_not_see_that_command() {
     })
     .await;
     let b = serve(Kid::default()).await;
-    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
-    let mut h = Harness::postfix(Chain::new(s));
+    let mut h = chain_of(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.refused.len(), 1, "{out:?}");
     assert_eq!(&out.refused[0].0[..], b"<bob@example.net>");
@@ -259,8 +281,7 @@ async fn the_first_refusal_wins_and_later_children_do_not_see_that_command() {
     })
     .await;
     let d = serve(Kid::default()).await;
-    let s = settings(vec![Child::new("c", &c.spec), Child::new("d", &d.spec)]);
-    let mut h = Harness::postfix(Chain::new(s));
+    let mut h = chain_of(vec![Child::new("c", &c.spec), Child::new("d", &d.spec)]);
     let out = h.run(&message()).await.unwrap();
     assert!(
         matches!(out.decision(Stage::Mail), Some(Decision::Reply(r)) if r.code() == 550),
@@ -275,19 +296,9 @@ async fn the_first_refusal_wins_and_later_children_do_not_see_that_command() {
 
 #[tokio::test]
 async fn accept_ends_a_childs_part_and_all_accepting_accepts() {
-    let a = serve(Kid {
-        at: HashMap::from([(Stage::Mail, Decision::Accept)]),
-        add: Some(("X-A", "never")),
-        ..Kid::default()
-    })
-    .await;
-    let b = serve(Kid {
-        add: Some(("X-B", "b")),
-        ..Kid::default()
-    })
-    .await;
-    let s = settings(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
-    let mut h = Harness::postfix(Chain::new(s));
+    let a = serve(Kid::adding("X-A", "never").at(Stage::Mail, Decision::Accept)).await;
+    let b = serve(Kid::adding("X-B", "b")).await;
+    let mut h = chain_of(vec![Child::new("a", &a.spec), Child::new("b", &b.spec)]);
     let out = h.run(&message()).await.unwrap();
     let msg = delivered(&out);
     assert!(msg.contains("X-B: b") && !msg.contains("X-A"), "{msg}");
@@ -297,34 +308,15 @@ async fn accept_ends_a_childs_part_and_all_accepting_accepts() {
         a.kid.seen()
     );
 
-    let c = serve(Kid {
-        at: HashMap::from([(Stage::Connect, Decision::Accept)]),
-        ..Kid::default()
-    })
-    .await;
-    let s = settings(vec![Child::new("c", &c.spec)]);
-    let mut h = Harness::postfix(Chain::new(s));
-    let out = h.run(&message()).await.unwrap();
-    assert_eq!(
-        out.decision(Stage::Connect),
-        Some(&Decision::Accept),
-        "{out:?}"
-    );
+    let c = serve(Kid::default().at(Stage::Connect, Decision::Accept)).await;
+    let out = once(vec![Child::new("c", &c.spec)]).await;
+    assert_eq!(decision_at(&out, Stage::Connect), Decision::Accept);
 }
 
 #[tokio::test]
 async fn an_evaluated_child_changes_nothing_and_is_counted() {
-    let judge = serve(Kid {
-        at: HashMap::from([(Stage::Eom, Decision::Reject)]),
-        add: Some(("X-Spam", "yes")),
-        ..Kid::default()
-    })
-    .await;
-    let signer = serve(Kid {
-        add: Some(("X-Signed", "1")),
-        ..Kid::default()
-    })
-    .await;
+    let judge = serve(Kid::adding("X-Spam", "yes").at(Stage::Eom, Decision::Reject)).await;
+    let signer = serve(Kid::adding("X-Signed", "1")).await;
     let mut eval = Child::new("judge", &judge.spec);
     eval.mode = Mode::Evaluate;
     let s = settings(vec![eval, Child::new("signer", &signer.spec)]);
@@ -357,11 +349,7 @@ async fn an_evaluated_child_changes_nothing_and_is_counted() {
 
 #[tokio::test]
 async fn a_down_child_gets_its_own_fail_safe() {
-    let up = serve(Kid {
-        add: Some(("X-Up", "1")),
-        ..Kid::default()
-    })
-    .await;
+    let up = serve(Kid::adding("X-Up", "1")).await;
     // Skip: the message goes on without it.
     let mut down = Child::new("down", nobody());
     down.fail_safe = FailSafe::Skip;
@@ -384,49 +372,28 @@ async fn a_down_child_gets_its_own_fail_safe() {
     );
 
     // Tempfail (the default): the message is deferred at MAIL.
-    let s = settings(vec![
+    let out = once(vec![
         Child::new("down", nobody()),
         Child::new("up", &up.spec),
-    ]);
-    let mut h = Harness::postfix(Chain::new(s));
-    let out = h.run(&message()).await.unwrap();
-    assert_eq!(
-        out.decision(Stage::Mail),
-        Some(&Decision::Tempfail),
-        "{out:?}"
-    );
+    ])
+    .await;
+    assert_eq!(decision_at(&out, Stage::Mail), Decision::Tempfail);
 
     // Reject.
     let mut down = Child::new("down", nobody());
     down.fail_safe = FailSafe::Reject;
-    let s = settings(vec![down, Child::new("up", &up.spec)]);
-    let mut h = Harness::postfix(Chain::new(s));
-    let out = h.run(&message()).await.unwrap();
-    assert_eq!(
-        out.decision(Stage::Mail),
-        Some(&Decision::Reject),
-        "{out:?}"
-    );
+    let out = once(vec![down, Child::new("up", &up.spec)]).await;
+    assert_eq!(decision_at(&out, Stage::Mail), Decision::Reject);
 }
 
 #[tokio::test]
 async fn a_slow_child_times_out_into_its_fail_safe_and_the_rest_go_on() {
-    let slow = serve(Kid {
-        slow_mail: Some(Duration::from_secs(3)),
-        add: Some(("X-Slow", "1")),
-        ..Kid::default()
-    })
-    .await;
-    let quick = serve(Kid {
-        add: Some(("X-Quick", "1")),
-        ..Kid::default()
-    })
-    .await;
+    let slow = serve(Kid::adding("X-Slow", "1").slow_at(Stage::Mail, Duration::from_secs(3))).await;
+    let quick = serve(Kid::adding("X-Quick", "1")).await;
     let mut child = Child::new("slow", &slow.spec);
     child.command_timeout = Duration::from_millis(200);
     child.fail_safe = FailSafe::Skip;
-    let s = settings(vec![child, Child::new("quick", &quick.spec)]);
-    let mut h = Harness::postfix(Chain::new(s));
+    let mut h = chain_of(vec![child, Child::new("quick", &quick.spec)]);
     let started = std::time::Instant::now();
     let out = h.run(&message()).await.unwrap();
     assert!(
@@ -445,8 +412,7 @@ async fn a_child_that_comes_back_is_used_again_with_connect_and_helo_replayed() 
     let spec = nobody();
     let mut down = Child::new("late", &spec);
     down.fail_safe = FailSafe::Skip;
-    let s = settings(vec![down]);
-    let mut h = Harness::postfix(Chain::new(s));
+    let mut h = chain_of(vec![down]);
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     let late = serve_on(
@@ -478,8 +444,7 @@ async fn conditions_choose_clients_senders_and_recipients() {
     only_authed.when = toml_when("authenticated = true");
     let mut only_net = Child::new("net", &net.spec);
     only_net.when = toml_when("rcpt_domain = [\"example.net\"]");
-    let s = settings(vec![only_local, not_local, only_authed, only_net]);
-    let mut h = Harness::postfix(Chain::new(s));
+    let mut h = chain_of(vec![only_local, not_local, only_authed, only_net]);
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
 
@@ -542,16 +507,11 @@ async fn leading_spaces_follow_each_childs_agreement() {
         ..Kid::default()
     })
     .await;
-    let plain = serve(Kid {
-        add: Some(("X-Plain", "one")),
-        ..Kid::default()
-    })
-    .await;
-    let s = settings(vec![
+    let plain = serve(Kid::adding("X-Plain", "one")).await;
+    let mut h = chain_of(vec![
         Child::new("spaced", &spaced.spec),
         Child::new("plain", &plain.spec),
     ]);
-    let mut h = Harness::postfix(Chain::new(s));
     let out = h.run(&message()).await.unwrap();
     assert!(h.agreement().unwrap().leading_space(), "one child wants it");
     assert!(
@@ -583,22 +543,17 @@ async fn each_child_sees_the_message_as_the_children_before_it_left_it() {
         ..Kid::default()
     })
     .await;
-    let b = serve(Kid {
-        add: Some(("X-B", "second")),
-        ..Kid::default()
-    })
-    .await;
+    let b = serve(Kid::adding("X-B", "second")).await;
     let c = serve(Kid {
         body: Some("from c\r\n"),
         ..Kid::default()
     })
     .await;
-    let s = settings(vec![
+    let mut h = chain_of(vec![
         Child::new("a", &a.spec),
         Child::new("b", &b.spec),
         Child::new("c", &c.spec),
     ]);
-    let mut h = Harness::postfix(Chain::new(s));
     let big = format!("Subject: big\r\n\r\n{}", "x".repeat(70_000) + "\r\n");
     let tx = Transaction::new()
         .from("<a@example.org>")
@@ -685,38 +640,23 @@ async fn children_that_want_only_end_of_message_get_it() {
 
 #[tokio::test]
 async fn end_of_message_waits_for_the_eom_timeout_not_the_command_timeout() {
-    let slow = serve(Kid {
-        slow_eom: Some(Duration::from_millis(500)),
-        add: Some(("X-Slow", "done")),
-        ..Kid::default()
-    })
-    .await;
+    let slow =
+        serve(Kid::adding("X-Slow", "done").slow_at(Stage::Eom, Duration::from_millis(500))).await;
     let mut child = Child::new("slow", &slow.spec);
     child.command_timeout = Duration::from_millis(100);
     child.eom_timeout = Duration::from_secs(5);
-    let s = settings(vec![child.clone()]);
-    let mut h = Harness::postfix(Chain::new(s));
-    let out = h.run(&message()).await.unwrap();
+    let out = once(vec![child.clone()]).await;
     assert!(delivered(&out).contains("X-Slow: done"), "{out:?}");
 
     // Past its eom timeout: its fail-safe (tempfail), and the chain answers in time.
     child.eom_timeout = Duration::from_millis(200);
-    let mut h = Harness::postfix(Chain::new(settings(vec![child])));
-    let out = h.run(&message()).await.unwrap();
-    assert_eq!(
-        out.decision(Stage::Eom),
-        Some(&Decision::Tempfail),
-        "{out:?}"
-    );
+    let out = once(vec![child]).await;
+    assert_eq!(decision_at(&out, Stage::Eom), Decision::Tempfail);
 }
 
 #[tokio::test]
 async fn a_child_past_the_chains_own_deadline_gets_its_fail_safe_in_time() {
-    let slow = serve(Kid {
-        slow_mail: Some(Duration::from_secs(3)),
-        ..Kid::default()
-    })
-    .await;
+    let slow = serve(Kid::default().slow_at(Stage::Mail, Duration::from_secs(3))).await;
     let mut child = Child::new("slow", &slow.spec);
     child.command_timeout = Duration::from_secs(30);
     child.fail_safe = FailSafe::Reject;
@@ -770,7 +710,7 @@ async fn the_body_stays_apart_from_the_headers_without_end_of_headers() {
         move || seen.clone()
     };
     tokio::spawn(milterkit::serve(listener, factory).into_future());
-    let mut h = Harness::postfix(Chain::new(settings(vec![Child::new("n", &spec)])));
+    let mut h = chain_of(vec![Child::new("n", &spec)]);
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     assert!(!h.agreement().unwrap().sends(Stage::Eoh));

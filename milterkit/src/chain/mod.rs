@@ -228,6 +228,51 @@ fn header_for_mta(m: Modification, chain_space: bool, child_space: bool) -> Modi
     }
 }
 
+/// One exchange with a child: `macros`, then `cmd`, then its answer (none for a command it
+/// skips or does not answer).
+async fn converse(
+    running: &mut Running,
+    stage: Stage,
+    macros: &Pairs,
+    cmd: Command,
+) -> std::result::Result<(Option<Decision>, Vec<Modification>), Failure> {
+    if running.busy {
+        running.busy = false;
+        return Err(Failure {
+            kind: "interrupted",
+            detail: "an earlier exchange was cut off by the chain's handler deadline".into(),
+        });
+    }
+    let Some(conn) = running.conn.as_mut() else {
+        return Err(Failure {
+            kind: "connect",
+            detail: "not connected".into(),
+        });
+    };
+    running.busy = true;
+    if !macros.is_empty() {
+        conn.macros(stage, macros.clone())
+            .await
+            .map_err(|e| failure(&e))?;
+    }
+    let answer = conn.send(cmd).await.map_err(|e| failure(&e))?;
+    running.busy = false;
+    let waited = matches!(answer.sent, Some(Sent::AwaitingReply(_)));
+    match (answer.decision, answer.closed) {
+        (None, Some(reason)) if waited || stage == Stage::Eom => Err(Failure {
+            kind: "closed",
+            detail: reason,
+        }),
+        (decision, closed) => {
+            if closed.is_some() {
+                // It answered (or owed no answer), then hung up: the connection is gone.
+                running.conn = None;
+            }
+            Ok((decision, answer.modifications))
+        }
+    }
+}
+
 impl Chain {
     /// A chain for one MTA connection, driving the children of `settings`.
     pub fn new(settings: Arc<Settings>) -> Chain {
@@ -337,7 +382,8 @@ impl Chain {
         } else {
             remaining.min(child.command_timeout)
         };
-        let result = tokio::time::timeout(limit, self.exchange_inner(i, stage, macros, cmd))
+        let running = &mut self.children[i];
+        let result = tokio::time::timeout(limit, converse(running, stage, macros, cmd))
             .await
             .unwrap_or_else(|_| {
                 Err(Failure {
@@ -348,57 +394,15 @@ impl Chain {
         if let Some(m) = &self.children[i].meter {
             m.duration(Some(stage), started.elapsed());
         }
+        if let Ok((decision, _)) = &result {
+            let name = &self.settings.milters[self.children[i].index].name;
+            debug!(child = %name, %stage, decision = decision.as_ref().map(Decision::name), "child answered");
+        }
         if let Err(f) = &result {
             self.children[i].conn = None;
             self.note_error(i, f);
         }
         result
-    }
-
-    async fn exchange_inner(
-        &mut self,
-        i: usize,
-        stage: Stage,
-        macros: &Pairs,
-        cmd: Command,
-    ) -> std::result::Result<(Option<Decision>, Vec<Modification>), Failure> {
-        let running = &mut self.children[i];
-        if running.busy {
-            running.busy = false;
-            return Err(Failure {
-                kind: "interrupted",
-                detail: "an earlier exchange was cut off by the chain's handler deadline".into(),
-            });
-        }
-        let Some(conn) = running.conn.as_mut() else {
-            return Err(Failure {
-                kind: "connect",
-                detail: "not connected".into(),
-            });
-        };
-        running.busy = true;
-        if !macros.is_empty() {
-            conn.macros(stage, macros.clone())
-                .await
-                .map_err(|e| failure(&e))?;
-        }
-        let answer = conn.send(cmd).await.map_err(|e| failure(&e))?;
-        running.busy = false;
-        let waited = matches!(answer.sent, Some(Sent::AwaitingReply(_)));
-        match (answer.decision, answer.closed) {
-            (None, Some(reason)) if waited || stage == Stage::Eom => Err(Failure {
-                kind: "closed",
-                detail: reason,
-            }),
-            (decision, closed) => {
-                if closed.is_some() {
-                    // It answered (or owed no answer), then hung up: the connection is gone.
-                    running.conn = None;
-                }
-                debug!(child = %self.settings.milters[running.index].name, %stage, decision = decision.as_ref().map(Decision::name), "child answered");
-                Ok((decision, answer.modifications))
-            }
-        }
     }
 
     /// Child `i` failed at `stage`: its fail-safe, if it is enforced, as the chain's decision.
