@@ -81,3 +81,12 @@ if [ -n "$smoke" ]; then
 else
   cargo run --release --locked -q -p interop --bin postfix-bench -- --write
 fi
+# milterkit chain (issue #20): 1, 2, 4 children behind the chain against the same listed directly
+# in Postfix, then the chain's own CPU per message without an MTA.
+if [ -n "$smoke" ]; then
+  cargo run --release --locked -q -p interop --bin postfix-bench -- --chain --messages 40 --rounds 1
+  bash bench/chain.sh 200 1 1
+else
+  cargo run --release --locked -q -p interop --bin postfix-bench -- --chain --write
+  bash bench/chain.sh
+fi
