@@ -750,3 +750,30 @@ async fn a_message_past_max_message_size_is_tempfailed() {
         "the next message is small: {out:?}"
     );
 }
+
+#[tokio::test]
+async fn a_child_that_is_not_a_milter_gets_its_fail_safe() {
+    // An SMTP server where the milter should be.
+    let smtp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let spec = format!("inet:{}@127.0.0.1", smtp.local_addr().unwrap().port());
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut s, _)) = smtp.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"220 mail.example.net ESMTP\r\n").await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let exposed = milterkit::metrics::Metrics::with_registry(registry);
+    let chain = Chain::new(settings(vec![Child::new("smtp", &spec)])).with_metrics(metrics);
+    let out = Harness::postfix(chain).run(&message()).await.unwrap();
+    assert_eq!(decision_at(&out, Stage::Mail), Decision::Tempfail);
+    let text = exposed.encode();
+    assert!(
+        text.contains("milter_chain_child_errors_total{child=\"smtp\",kind=\"connect\"} 2"),
+        "{text}"
+    );
+}

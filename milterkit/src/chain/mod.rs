@@ -762,7 +762,11 @@ impl Milter for Chain {
         let cmd = connect.connect.clone();
         let ip = cmd.ip();
         self.connect = Some((cmd.clone(), macros.clone()));
+        self.helo = None;
         for i in 0..self.children.len() {
+            // A new SMTP session (also after QUIT_NC): what a child decided of the last one
+            // is over.
+            self.children[i].out_of_session = false;
             if !self.child(i).when.admits_client(ip) {
                 debug!(child = %self.child(i).name, client = ?ip, "client condition not met");
                 self.children[i].out_of_session = true;
