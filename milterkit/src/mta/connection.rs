@@ -180,7 +180,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         self.exchange(cmd).await
     }
 
-    /// `SMFIC_MACRO` for the command of `stage`.
+    /// `SMFIC_MACRO` for the command of `stage`; it goes out with the next command, in the same
+    /// write.
     pub async fn macros(
         &mut self,
         stage: Stage,
