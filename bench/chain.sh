@@ -6,9 +6,12 @@
 # Reports messages per second (median of the rounds) and the CPU the chain process spent per
 # message, from /proc (user + system), which is what each child adds to the chain.
 #
-# Usage: bash bench/chain.sh [MESSAGES] [ROUNDS] [CONNECTIONS]   (defaults 5000, 3, 1)
+# Usage: bash bench/chain.sh [--write] [MESSAGES] [ROUNDS] [CONNECTIONS]   (defaults 5000, 3, 1);
+# --write puts the table into BENCHMARKS.md (between the chain-sh markers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+write=""
+if [ "${1:-}" = "--write" ]; then write=yes; shift; fi
 messages=${1:-5000}
 rounds=${2:-3}
 connections=${3:-1}
@@ -64,6 +67,7 @@ declare -A rates cpus
 for round in $(seq "$rounds"); do
   read -r r c < <(run "inet:${children[0]}@127.0.0.1" "${pids[0]}")
   rates[direct]+="$r "; cpus[direct]+="$c "
+  echo "round $round: one child directly: $r msg/s" >&2
   for n in 1 2 4; do
     config="$dir/chain-$n.toml"
     : >"$config"
@@ -80,18 +84,32 @@ for round in $(seq "$rounds"); do
     rates[$n]+="$r "; cpus[$n]+="$c "
     echo "round $round: chain of $n: $r msg/s, $c µs CPU per message in the chain" >&2
   done
-  echo "round $round: one child directly: ${rates[direct]##* } msg/s" >&2
 done
 
-echo "Run with \`bash bench/chain.sh $messages $rounds $connections\`: $connections connection(s), $messages messages of 1 KiB a run, $rounds rounds; medians (runs)."
-echo
-echo "| milter | messages per second | vs one child directly | chain CPU per message (µs) |"
-echo "|---|---:|---:|---:|"
-direct=$(tr ' ' '\n' <<<"${rates[direct]}" | grep . | median)
-echo "| one benchmark milter, directly | $direct (${rates[direct]% }) | 1.00× | – |"
-for n in 1 2 4; do
-  r=$(tr ' ' '\n' <<<"${rates[$n]}" | grep . | median)
-  c=$(tr ' ' '\n' <<<"${cpus[$n]}" | grep . | median)
-  ratio=$(python3 -c "print(f'{$r / $direct:.2f}')")
-  echo "| chain of $n | $r (${rates[$n]% }) | ${ratio}× | $c (${cpus[$n]% }) |"
-done
+table() {
+  echo "Run with \`bash bench/chain.sh $messages $rounds $connections\`: $connections connection(s), $messages messages of 1 KiB a run, $rounds rounds; medians (runs)."
+  echo
+  echo "| milter | messages per second | vs one child directly | chain CPU per message (µs) |"
+  echo "|---|---:|---:|---:|"
+  direct=$(tr ' ' '\n' <<<"${rates[direct]}" | grep . | median)
+  echo "| one benchmark milter, directly | $direct (${rates[direct]% }) | 1.00× | – |"
+  for n in 1 2 4; do
+    r=$(tr ' ' '\n' <<<"${rates[$n]}" | grep . | median)
+    c=$(tr ' ' '\n' <<<"${cpus[$n]}" | grep . | median)
+    ratio=$(python3 -c "print(f'{$r / $direct:.2f}')")
+    echo "| chain of $n | $r (${rates[$n]% }) | ${ratio}× | $c (${cpus[$n]% }) |"
+  done
+}
+
+table
+if [ -n "$write" ]; then
+  table | python3 -c '
+import sys
+table = sys.stdin.read()
+path = "BENCHMARKS.md"
+doc = open(path).read()
+begin, end = "<!-- chain-sh:begin -->", "<!-- chain-sh:end -->"
+a, b = doc.index(begin), doc.index(end)
+open(path, "w").write(doc[:a] + begin + "\n" + table + doc[b:])
+'
+fi

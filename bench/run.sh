@@ -88,5 +88,5 @@ if [ -n "$smoke" ]; then
   bash bench/chain.sh 200 1 1
 else
   cargo run --release --locked -q -p interop --bin postfix-bench -- --chain --write
-  bash bench/chain.sh
+  bash bench/chain.sh --write
 fi
