@@ -1,6 +1,6 @@
 //! What a connection costs in memory: a connection waiting for its MTA holds its session and its
 //! milter, not the futures of its handlers (the command loop, with them, is on the heap only while
-//! commands come).
+//! a message is open or a command is being answered).
 
 use milterkit::{Decision, Milter, Rcpt, Result};
 
