@@ -111,7 +111,7 @@ where
         interval: config.progress_interval,
         write_timeout: config.write_timeout,
     };
-    d.finish(&session, &mut waiter).await;
+    d.finish(&session, config, &mut waiter).await;
     let _ = io.shutdown().await;
 }
 
@@ -225,7 +225,7 @@ where
             interval: config.progress_interval,
             write_timeout: config.write_timeout,
         };
-        let ended = d.turn(session, &mut waiter).await;
+        let ended = d.turn(session, config, &mut waiter).await;
         if session.poll_transmit(out) {
             let written = write_all(io, out, config.write_timeout).await;
             out.clear();
