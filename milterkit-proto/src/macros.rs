@@ -382,7 +382,7 @@ impl Macros {
             return;
         }
         // The later slots are usually empty (packets come in the order of the commands, and
-        // each command clears the later stages), and nothing moves.
+        // each command clears the later stages): then nothing moves.
         let later = if end == self.buf.len() {
             Vec::new()
         } else {
@@ -391,11 +391,12 @@ impl Macros {
         self.buf.truncate(start);
         self.buf.reserve(len + later.len());
         self.wire[i] = write(&mut self.buf) as u32;
-        let new_end = self.buf.len();
-        self.buf.extend_from_slice(&later);
+        // Every later slot's end moves by the same amount (modulo 2^32, where they all fit).
+        let moved = (self.buf.len() as u32).wrapping_sub(end as u32);
         for e in &mut self.ends[i..] {
-            *e = (*e as usize - end + new_end) as u32;
+            *e = e.wrapping_add(moved);
         }
+        self.buf.extend_from_slice(&later);
     }
 
     /// Empties the slots from `from` on.
