@@ -486,3 +486,23 @@ impl<M: Milter> Dispatcher<M> {
         self.message.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[derive(Default)]
+    struct Quiet;
+
+    impl crate::Milter for Quiet {
+        type Message = ();
+    }
+
+    /// Part of every connection's future, idle or not (see `tests/integration/memory.rs`): the
+    /// settings stay in the `Config`, the progress requests in the end-of-message call.
+    #[test]
+    fn the_dispatcher_holds_only_what_lasts_between_commands() {
+        let size = std::mem::size_of::<super::Dispatcher<Quiet>>();
+        // The metrics handle (with the `metrics` feature) comes on top.
+        let meter = std::mem::size_of::<crate::meter::Meter>();
+        assert!(size <= 64 + meter, "Dispatcher grew: {size} bytes");
+    }
+}
