@@ -18,13 +18,14 @@ use crate::{Config, Error, OnWire, Result};
 /// What the driver of a session does while a handler runs: the connection loop sends progress
 /// at end of message; the harness just waits.
 pub(crate) trait Waiter: Send {
-    /// Drives `fut` to completion. An I/O error ends the connection. `progress` is given at end
-    /// of message only: where the handler asks for progress.
+    /// Drives `fut`, the end-of-message or abort handler, to completion; `progress` is where the
+    /// handler asks for progress. An I/O error ends the connection. (The other handlers are
+    /// awaited as they are: nothing is written while they run.)
     /// `fut` is pinned by the caller, so that the handler's future is stored once, in the
     /// caller's state.
     fn wait<F: Future + Send>(
         &mut self,
-        progress: Option<&Progress>,
+        progress: &Progress,
         fut: Pin<&mut F>,
     ) -> impl Future<Output = std::io::Result<F::Output>> + Send;
 }
@@ -35,7 +36,7 @@ pub(crate) struct JustWait;
 impl Waiter for JustWait {
     async fn wait<F: Future + Send>(
         &mut self,
-        _: Option<&Progress>,
+        _: &Progress,
         fut: Pin<&mut F>,
     ) -> std::io::Result<F::Output> {
         Ok(fut.await)
@@ -164,13 +165,13 @@ impl<M: Milter> Dispatcher<M> {
         let macros = macros_owner.macros();
         let milter = &mut self.milter;
         let msg = &mut self.message;
-        // One expansion per handler: each handler's future has its own type, and is pinned in
-        // place (stored once in the connection's future) rather than boxed.
+        // One expansion per handler: each handler's future has its own type, and is awaited in
+        // place (stored once in the command loop's future) rather than boxed; straight, not
+        // through the waiter, which has nothing to do before end of message (one layer of
+        // future less for every command).
         macro_rules! call {
             ($handler:expr) => {
-                waiter
-                    .wait(None, pin!(guarded(deadline, span.clone(), $handler)))
-                    .await
+                guarded(deadline, span.clone(), $handler).await
             };
         }
         let result = match (&event, msg.as_mut()) {
@@ -201,23 +202,20 @@ impl<M: Milter> Dispatcher<M> {
                         span.clone(),
                         milter.eom(m, &mut eom)
                     ));
-                    waiter.wait(Some(&progress), fut).await
+                    waiter.wait(&progress, fut).await
                 };
                 let finished = eom.finish();
                 counts = eom.counts;
                 self.progress_requests += progress.count.into_inner();
                 match (r, finished) {
+                    (Err(io), _) => return Flow::Close(Error::Io(io)),
                     (Ok(Ok(Ok(_))), Err(source)) => {
                         return self.fail(session, config, stage, Error::Misuse { stage, source })
                     }
-                    (r, _) => r,
+                    (Ok(r), _) => r,
                 }
             }
-            _ => Ok(Ok(Ok(Decision::Continue))),
-        };
-        let result = match result {
-            Ok(r) => r,
-            Err(io) => return Flow::Close(Error::Io(io)),
+            _ => Ok(Ok(Decision::Continue)),
         };
         self.meter.handler(stage.name(), started);
         let flow = span.in_scope(|| self.conclude(session, config, stage, result));
@@ -353,10 +351,7 @@ impl<M: Milter> Dispatcher<M> {
                     self.milter.negotiate(&offer, &mut request),
                 );
                 let started = self.meter.start();
-                let result = match waiter.wait(None, pin!(hook)).await {
-                    Ok(r) => r,
-                    Err(io) => return Flow::Close(Error::Io(io)),
-                };
+                let result = hook.await;
                 self.meter.handler("NEGOTIATE", started);
                 let err = match result {
                     Ok(Ok(())) => match session.negotiate(&request) {
@@ -458,7 +453,9 @@ impl<M: Milter> Dispatcher<M> {
             self.milter.abort(message, args),
         );
         let started = self.meter.start();
-        let result = waiter.wait(None, pin!(fut)).await;
+        // Waited for as end of message is: progress goes out on time while it runs.
+        let progress = Progress::default();
+        let result = waiter.wait(&progress, pin!(fut)).await;
         self.meter.handler("ABORT", started);
         match result {
             Ok(Ok(Ok(()))) => {}

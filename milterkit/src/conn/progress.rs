@@ -30,12 +30,9 @@ pub(super) struct ProgressWriter<'a, IO> {
 impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
     async fn wait<F: Future + Send>(
         &mut self,
-        progress: Option<&Progress>,
+        progress: &Progress,
         mut fut: Pin<&mut F>,
     ) -> std::io::Result<F::Output> {
-        let Some(progress) = progress else {
-            return Ok(fut.await);
-        };
         // Progress goes out every `interval` from now, and at once when the handler asks. The
         // ticker and the registration are only made if the handler does not finish at its first
         // poll (most do), and on the heap: they would otherwise make every connection's future
