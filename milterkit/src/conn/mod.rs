@@ -95,7 +95,8 @@ where
 }
 
 /// How long a connection waits before giving back its buffers (never longer than the read
-/// timeout).
+/// timeout). Inlined, as `later`: both run at every wait for input.
+#[inline]
 fn idle_after(config: &Config) -> Duration {
     IDLE_AFTER.min(config.read_timeout)
 }

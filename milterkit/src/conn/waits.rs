@@ -132,6 +132,7 @@ impl<'a> Waits<'a> {
 
 /// `at + wait`, or about thirty years from `at` if that does not fit (a timeout set to
 /// `Duration::MAX` means no timeout).
+#[inline]
 pub(super) fn later(at: Instant, wait: Duration) -> Instant {
     at.checked_add(wait)
         .unwrap_or_else(|| at + Duration::from_secs(30 * 365 * 86_400))
