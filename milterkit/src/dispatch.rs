@@ -135,7 +135,7 @@ impl<M: Milter> Dispatcher<M> {
     ) -> Flow {
         let stage = match event.stage() {
             Some(stage) => stage,
-            None => return self.lifecycle(session, config, event, waiter).await,
+            None => return self.lifecycle(session, event, config, waiter).await,
         };
         if session.awaiting().is_some() {
             if let Some(err) = self.failed.take() {
@@ -334,8 +334,8 @@ impl<M: Milter> Dispatcher<M> {
     async fn lifecycle<W: Waiter>(
         &mut self,
         session: &mut MilterSession,
-        config: &Config,
         event: Event,
+        config: &Config,
         waiter: &mut W,
     ) -> Flow {
         match event {
