@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::{pin, Pin};
-use std::time::Duration;
 
 use milterkit_proto::{Decision, Event, MilterSession, Request, Stage};
 use tracing::field::Empty;
@@ -19,12 +18,13 @@ use crate::{Config, Error, OnWire, Result};
 /// What the driver of a session does while a handler runs: the connection loop sends progress
 /// at end of message; the harness just waits.
 pub(crate) trait Waiter: Send {
-    /// Drives `fut` to completion. An I/O error ends the connection.
+    /// Drives `fut`, the end-of-message or abort handler, to completion; `progress` is where the
+    /// handler asks for progress. An I/O error ends the connection. (The other handlers are
+    /// awaited as they are: nothing is written while they run.)
     /// `fut` is pinned by the caller, so that the handler's future is stored once, in the
-    /// caller's state (it is part of every connection's future, idle or not).
+    /// caller's state.
     fn wait<F: Future + Send>(
         &mut self,
-        stage: Stage,
         progress: &Progress,
         fut: Pin<&mut F>,
     ) -> impl Future<Output = std::io::Result<F::Output>> + Send;
@@ -36,7 +36,6 @@ pub(crate) struct JustWait;
 impl Waiter for JustWait {
     async fn wait<F: Future + Send>(
         &mut self,
-        _: Stage,
         _: &Progress,
         fut: Pin<&mut F>,
     ) -> std::io::Result<F::Output> {
@@ -62,20 +61,22 @@ struct MessageSpan {
     queue_id_known: bool,
 }
 
-/// One milter value and the state the protocol gives it.
+/// One milter value and the state the protocol gives it. Part of every connection's future,
+/// idle or not, so it holds only what lasts between commands: the settings (fail-safe,
+/// deadlines) are read from the [`Config`] each call is given, and what is needed only while a
+/// handler runs (the progress requests of end of message) lives in that call's future.
 pub(crate) struct Dispatcher<M: Milter> {
     pub(crate) milter: M,
     message: Option<M::Message>,
-    /// A handler failed at a stage that owed no reply: the next reply is the fail-safe.
-    failed: Option<Error>,
+    /// A handler failed at a stage that owed no reply: the next reply is the fail-safe. Boxed:
+    /// rare, and an `Error` is larger than everything else here.
+    failed: Option<Box<Error>>,
     /// The shutdown step this connection acted on last (the only copy of it): from `Draining`
     /// connection-level commands get the fail-safe instead of the handlers; from `Closing` the
     /// next reply is the fail-safe, then the connection closes.
     pub(crate) shutdown: Shutdown,
-    fail_safe: Decision,
-    handler_timeout: Duration,
-    eom_timeout: Duration,
-    progress: Progress,
+    /// How many progress packets handlers asked for, all told.
+    progress_requests: u32,
     /// The span of the open message; its `queue_id` is filled in when the MTA sends `i`.
     span: Option<MessageSpan>,
     /// Where handler times, messages, decisions and modifications are counted.
@@ -89,10 +90,7 @@ impl<M: Milter> Dispatcher<M> {
             message: None,
             failed: None,
             shutdown: Shutdown::Running,
-            fail_safe: config.fail_safe.clone(),
-            handler_timeout: config.handler_timeout,
-            eom_timeout: config.eom_timeout,
-            progress: Progress::default(),
+            progress_requests: 0,
             span: None,
             meter: Meter::new(config),
         }
@@ -124,28 +122,27 @@ impl<M: Milter> Dispatcher<M> {
 
     /// How many progress packets handlers asked for.
     pub(crate) fn progress_requests(&self) -> u32 {
-        self.progress
-            .count
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.progress_requests
     }
 
     /// Handles one event from the session; the session's output then holds the answer.
     pub(crate) async fn event<W: Waiter>(
         &mut self,
         session: &mut MilterSession,
+        config: &Config,
         event: Event,
         waiter: &mut W,
     ) -> Flow {
         let stage = match event.stage() {
             Some(stage) => stage,
-            None => return self.lifecycle(session, event, waiter).await,
+            None => return self.lifecycle(session, event, config, waiter).await,
         };
         if session.awaiting().is_some() {
             if let Some(err) = self.failed.take() {
-                return self.fail(session, stage, err);
+                return self.fail(session, config, stage, *err);
             }
             if self.shutdown >= Shutdown::Closing {
-                self.fail_safe(session, stage);
+                self.fail_safe(session, config, stage);
                 return Flow::Close(Error::Shutdown);
             }
             // MAIL has already opened the message in the session; it is still connection level.
@@ -153,7 +150,7 @@ impl<M: Milter> Dispatcher<M> {
                 && (!session.in_message() || stage == Stage::Mail)
             {
                 debug!(%stage, "shutting down: fail-safe instead of the handler");
-                return self.fail_safe(session, stage);
+                return self.fail_safe(session, config, stage);
             }
         }
         if stage.in_message() && self.message.is_none() {
@@ -163,22 +160,18 @@ impl<M: Milter> Dispatcher<M> {
         let started = self.meter.start();
         let mut counts = ModificationCounts::default();
         let span = self.span(stage, session);
-        let deadline = self.handler_timeout;
+        let deadline = config.handler_timeout;
         let macros_owner: &MilterSession = session;
         let macros = macros_owner.macros();
         let milter = &mut self.milter;
         let msg = &mut self.message;
-        // One expansion per handler: each handler's future has its own type, and is pinned in
-        // place (stored once in the connection's future) rather than boxed.
+        // One expansion per handler: each handler's future has its own type, and is awaited in
+        // place (stored once in the command loop's future) rather than boxed; straight, not
+        // through the waiter, which has nothing to do before end of message (one layer of
+        // future less for every command).
         macro_rules! call {
             ($handler:expr) => {
-                waiter
-                    .wait(
-                        stage,
-                        &self.progress,
-                        pin!(guarded(deadline, span.clone(), $handler)),
-                    )
-                    .await
+                guarded(deadline, span.clone(), $handler).await
             };
         }
         let result = match (&event, msg.as_mut()) {
@@ -201,32 +194,31 @@ impl<M: Milter> Dispatcher<M> {
             (Event::Eoh, Some(m)) => call!(milter.eoh(m, Eoh { macros })),
             (Event::Body(chunk), Some(m)) => call!(milter.body(m, Body { chunk, macros })),
             (Event::Eom, Some(m)) => {
-                let mut eom = Eom::new(session, &self.progress);
+                let progress = Progress::default();
+                let mut eom = Eom::new(session, &progress);
                 let r = {
                     let fut = pin!(guarded(
-                        self.eom_timeout,
+                        config.eom_timeout,
                         span.clone(),
                         milter.eom(m, &mut eom)
                     ));
-                    waiter.wait(stage, &self.progress, fut).await
+                    waiter.wait(&progress, fut).await
                 };
                 let finished = eom.finish();
                 counts = eom.counts;
+                self.progress_requests += progress.count.into_inner();
                 match (r, finished) {
+                    (Err(io), _) => return Flow::Close(Error::Io(io)),
                     (Ok(Ok(Ok(_))), Err(source)) => {
-                        return self.fail(session, stage, Error::Misuse { stage, source })
+                        return self.fail(session, config, stage, Error::Misuse { stage, source })
                     }
-                    (r, _) => r,
+                    (Ok(r), _) => r,
                 }
             }
-            _ => Ok(Ok(Ok(Decision::Continue))),
-        };
-        let result = match result {
-            Ok(r) => r,
-            Err(io) => return Flow::Close(Error::Io(io)),
+            _ => Ok(Ok(Decision::Continue)),
         };
         self.meter.handler(stage.name(), started);
-        let flow = span.in_scope(|| self.conclude(session, stage, result));
+        let flow = span.in_scope(|| self.conclude(session, config, stage, result));
         if let (Stage::Eom, Flow::Continue) = (stage, &flow) {
             self.meter.modifications(&counts);
         }
@@ -241,6 +233,7 @@ impl<M: Milter> Dispatcher<M> {
     fn conclude(
         &mut self,
         session: &mut MilterSession,
+        config: &Config,
         stage: Stage,
         result: Result<Result<Decision>, Failure>,
     ) -> Flow {
@@ -256,11 +249,13 @@ impl<M: Milter> Dispatcher<M> {
                     },
                     Err(source) => Error::Handler { stage, source },
                 };
-                return self.fail(session, stage, err);
+                return self.fail(session, config, stage, err);
             }
-            Err(Failure::Panicked) => return self.fail(session, stage, Error::Panicked { stage }),
+            Err(Failure::Panicked) => {
+                return self.fail(session, config, stage, Error::Panicked { stage })
+            }
             Err(Failure::TimedOut) => {
-                return self.fail(session, stage, Error::HandlerTimeout { stage })
+                return self.fail(session, config, stage, Error::HandlerTimeout { stage })
             }
         };
         if session.awaiting().is_none() {
@@ -287,24 +282,30 @@ impl<M: Milter> Dispatcher<M> {
                 self.meter.decision(stage, name);
                 Flow::Continue
             }
-            Err(source) => self.fail(session, stage, Error::Misuse { stage, source }),
+            Err(source) => self.fail(session, config, stage, Error::Misuse { stage, source }),
         }
     }
 
     /// A handler failed: the fail-safe goes out now if a reply is owed (then the connection
     /// closes), or at the next reply otherwise.
-    fn fail(&mut self, session: &mut MilterSession, stage: Stage, err: Error) -> Flow {
+    fn fail(
+        &mut self,
+        session: &mut MilterSession,
+        config: &Config,
+        stage: Stage,
+        err: Error,
+    ) -> Flow {
         if err.on_wire() == OnWire::Nothing {
             return Flow::Close(err);
         }
         if session.awaiting().is_none() {
             warn!(%stage, error = %err, source = ?std::error::Error::source(&err), "handler failed; the next reply is the fail-safe");
-            self.failed = Some(err);
+            self.failed = Some(Box::new(err));
             return Flow::Continue;
         }
         warn!(%stage, error = %err, source = ?std::error::Error::source(&err), "handler failed; fail-safe reply");
         session.discard_modifications();
-        self.fail_safe(session, stage);
+        self.fail_safe(session, config, stage);
         if !session.in_message() {
             self.message = None;
         }
@@ -313,9 +314,9 @@ impl<M: Milter> Dispatcher<M> {
 
     /// Answers the awaited stage with the configured fail-safe decision (tempfail where the
     /// configured one is not allowed).
-    fn fail_safe(&mut self, session: &mut MilterSession, stage: Stage) -> Flow {
-        let mut sent = self.fail_safe.name();
-        if session.decide(self.fail_safe.clone()).is_err() {
+    fn fail_safe(&mut self, session: &mut MilterSession, config: &Config, stage: Stage) -> Flow {
+        let mut sent = config.fail_safe.name();
+        if session.decide(config.fail_safe.clone()).is_err() {
             // Tempfail is allowed at every stage that is answered.
             sent = Decision::Tempfail.name();
             let _ = session.decide(Decision::Tempfail);
@@ -334,6 +335,7 @@ impl<M: Milter> Dispatcher<M> {
         &mut self,
         session: &mut MilterSession,
         event: Event,
+        config: &Config,
         waiter: &mut W,
     ) -> Flow {
         match event {
@@ -344,18 +346,12 @@ impl<M: Milter> Dispatcher<M> {
                     ..Request::default()
                 };
                 let hook = guarded(
-                    self.handler_timeout,
+                    config.handler_timeout,
                     Span::current(),
                     self.milter.negotiate(&offer, &mut request),
                 );
                 let started = self.meter.start();
-                let result = match waiter
-                    .wait(Stage::Connect, &self.progress, pin!(hook))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(io) => return Flow::Close(Error::Io(io)),
-                };
+                let result = hook.await;
                 self.meter.handler("NEGOTIATE", started);
                 let err = match result {
                     Ok(Ok(())) => match session.negotiate(&request) {
@@ -387,12 +383,12 @@ impl<M: Milter> Dispatcher<M> {
                 Flow::Close(err)
             }
             Event::Abort => {
-                self.abort(session, waiter).await;
+                self.abort(session, config, waiter).await;
                 Flow::Continue
             }
             Event::Quit => Flow::Quit,
             Event::QuitNc => {
-                self.close().await;
+                self.close(config).await;
                 self.failed = None;
                 Flow::Continue
             }
@@ -407,6 +403,7 @@ impl<M: Milter> Dispatcher<M> {
     pub(crate) async fn turn<W: Waiter>(
         &mut self,
         session: &mut MilterSession,
+        config: &Config,
         waiter: &mut W,
     ) -> Option<Result<(), Error>> {
         loop {
@@ -415,7 +412,7 @@ impl<M: Milter> Dispatcher<M> {
                 Ok(None) => return None,
                 Err(e) => return Some(Err(Error::Protocol(e))),
             };
-            match self.event(session, event, waiter).await {
+            match self.event(session, config, event, waiter).await {
                 Flow::Continue => {}
                 Flow::Quit => return Some(Ok(())),
                 Flow::Close(e) => return Some(Err(e)),
@@ -425,24 +422,40 @@ impl<M: Milter> Dispatcher<M> {
 
     /// The end of a connection, however it came: the open message aborted, then the close
     /// handler. Call it once.
-    pub(crate) async fn finish<W: Waiter>(&mut self, session: &MilterSession, waiter: &mut W) {
+    pub(crate) async fn finish<W: Waiter>(
+        &mut self,
+        session: &MilterSession,
+        config: &Config,
+        waiter: &mut W,
+    ) {
         if self.has_message() || session.in_message() {
             // On the heap: rare, and its future would make every connection's larger.
-            Box::pin(self.abort(session, waiter)).await;
+            Box::pin(self.abort(session, config, waiter)).await;
         }
-        self.close().await;
+        self.close(config).await;
     }
 
     /// Runs the abort handler for the open message, if any.
-    pub(crate) async fn abort<W: Waiter>(&mut self, session: &MilterSession, waiter: &mut W) {
+    pub(crate) async fn abort<W: Waiter>(
+        &mut self,
+        session: &MilterSession,
+        config: &Config,
+        waiter: &mut W,
+    ) {
         let message = self.message.take().unwrap_or_default();
         let args = Abort {
             macros: session.macros(),
         };
         let span = self.span.take().map_or_else(Span::current, |s| s.span);
-        let fut = guarded(self.handler_timeout, span, self.milter.abort(message, args));
+        let fut = guarded(
+            config.handler_timeout,
+            span,
+            self.milter.abort(message, args),
+        );
         let started = self.meter.start();
-        let result = waiter.wait(Stage::Eom, &self.progress, pin!(fut)).await;
+        // Waited for as end of message is: progress goes out on time while it runs.
+        let progress = Progress::default();
+        let result = waiter.wait(&progress, pin!(fut)).await;
         self.meter.handler("ABORT", started);
         match result {
             Ok(Ok(Ok(()))) => {}
@@ -453,10 +466,10 @@ impl<M: Milter> Dispatcher<M> {
     }
 
     /// Runs the close handler, guarded.
-    pub(crate) async fn close(&mut self) {
+    pub(crate) async fn close(&mut self, config: &Config) {
         self.message = None;
         self.span = None;
-        let close = guarded(self.handler_timeout, Span::current(), self.milter.close());
+        let close = guarded(config.handler_timeout, Span::current(), self.milter.close());
         let started = self.meter.start();
         let result = close.await;
         self.meter.handler("CLOSE", started);
@@ -468,5 +481,25 @@ impl<M: Milter> Dispatcher<M> {
     /// True while a message's state exists.
     pub(crate) fn has_message(&self) -> bool {
         self.message.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Default)]
+    struct Quiet;
+
+    impl crate::Milter for Quiet {
+        type Message = ();
+    }
+
+    /// Part of every connection's future, idle or not (see `tests/integration/memory.rs`): the
+    /// settings stay in the `Config`, the progress requests in the end-of-message call.
+    #[test]
+    fn the_dispatcher_holds_only_what_lasts_between_commands() {
+        let size = std::mem::size_of::<super::Dispatcher<Quiet>>();
+        // The metrics handle (with the `metrics` feature) comes on top.
+        let meter = std::mem::size_of::<crate::meter::Meter>();
+        assert!(size <= 64 + meter, "Dispatcher grew: {size} bytes");
     }
 }

@@ -26,7 +26,7 @@ use crate::{conn, Error, Milter};
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Most connections served at once; further ones wait in the listen backlog. Default 10,000
-    /// (an idle connection costs a few KiB).
+    /// (an idle connection costs about 1.5 KB, `BENCHMARKS.md`).
     pub max_connections: usize,
     /// Longest wait for the MTA's next command. Default 7,210 s, libmilter's `smfi_settimeout`
     /// default; Postfix and Sendmail close idle milter connections long before.

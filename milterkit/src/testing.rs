@@ -42,6 +42,7 @@ pub struct Harness<M: Milter> {
     end: LinkEnd,
     session: MilterSession,
     dispatcher: Dispatcher<M>,
+    config: Config,
     driver: Driver,
     strict: bool,
     /// The close handler ran (it runs once).
@@ -85,6 +86,7 @@ impl<M: Milter> Harness<M> {
                 max_payload: config.max_frame,
             }),
             dispatcher: Dispatcher::new(milter, &config),
+            config,
             profile,
             driver: Driver::default(),
             strict: true,
@@ -122,7 +124,7 @@ impl<M: Milter> Harness<M> {
             driver.quit(&mut self, &profile).await?;
         }
         if !self.close_ran {
-            self.dispatcher.close().await;
+            self.dispatcher.close(&self.config).await;
         }
         Ok(self.dispatcher.milter)
     }
@@ -152,12 +154,18 @@ impl<M: Milter> Harness<M> {
         let progress_before = self.dispatcher.progress_requests();
         self.end.session.poll_transmit(&mut self.wire);
         self.session.handle_input(&self.wire.split());
-        match self.dispatcher.turn(&mut self.session, &mut JustWait).await {
+        match self
+            .dispatcher
+            .turn(&mut self.session, &self.config, &mut JustWait)
+            .await
+        {
             None => {}
             Some(Err(e @ Error::Misuse { .. })) if self.strict => return Err(e),
             Some(end) => {
                 answer.closed = Some(end.map_or_else(|e| e.to_string(), |()| "quit".into()));
-                self.dispatcher.finish(&self.session, &mut JustWait).await;
+                self.dispatcher
+                    .finish(&self.session, &self.config, &mut JustWait)
+                    .await;
                 self.close_ran = true;
             }
         }

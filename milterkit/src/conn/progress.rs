@@ -7,7 +7,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use milterkit_proto::{Response, Stage};
+use milterkit_proto::Response;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::futures::Notified;
 use tokio::time::Instant;
@@ -30,13 +30,9 @@ pub(super) struct ProgressWriter<'a, IO> {
 impl<IO: AsyncWrite + Unpin + Send> Waiter for ProgressWriter<'_, IO> {
     async fn wait<F: Future + Send>(
         &mut self,
-        stage: Stage,
         progress: &Progress,
         mut fut: Pin<&mut F>,
     ) -> std::io::Result<F::Output> {
-        if stage != Stage::Eom {
-            return Ok(fut.await);
-        }
         // Progress goes out every `interval` from now, and at once when the handler asks. The
         // ticker and the registration are only made if the handler does not finish at its first
         // poll (most do), and on the heap: they would otherwise make every connection's future

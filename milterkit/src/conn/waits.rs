@@ -25,7 +25,8 @@ pub(super) enum Wake {
     Shutdown,
     /// Nothing came within the read timeout.
     TimedOut,
-    /// Quiet for `IDLE_AFTER` with nothing buffered: the buffers were given back.
+    /// Quiet for `IDLE_AFTER` with nothing buffered: the buffers were given back (the wait goes
+    /// on).
     Idle,
 }
 
@@ -47,24 +48,26 @@ pub(super) struct Waits<'a> {
     pub(super) timer_waker: Option<Waker>,
     /// When the wait for the next input began; `None` after input came.
     pub(super) started: Option<Instant>,
-    pub(super) shutdown: Subscription,
-    pub(super) read_timeout: Duration,
-    pub(super) idle_after: Duration,
+    pub(super) shutdown: &'a mut Subscription,
 }
 
-impl Waits<'_> {
+impl<'a> Waits<'a> {
     /// Reads once into the session's input (see [`poll_read_input`]). After `IDLE_AFTER` of quiet
     /// with nothing buffered, the buffers are given back (`out` too) and [`Wake::Idle`] returned;
     /// the read timeout counts from the start of the wait through it. A shutdown state other
     /// than `seen` (the step the connection acted on last) ends the wait with [`Wake::Shutdown`].
-    pub(super) async fn read<IO: AsyncRead + Unpin>(
-        &mut self,
-        io: &mut IO,
-        session: &mut MilterSession,
-        out: &mut BytesMut,
+    ///
+    /// A `poll_fn` returned as it is, not an `async fn`, whose future would hold the arguments
+    /// and the closure's references to them both (it is part of every connection's future).
+    pub(super) fn read<'s, IO: AsyncRead + Unpin>(
+        &'s mut self,
+        io: &'s mut IO,
+        session: &'s mut MilterSession,
+        out: &'s mut BytesMut,
+        config: &'s Config,
         seen: Shutdown,
-    ) -> Wake {
-        std::future::poll_fn(|cx| {
+    ) -> impl Future<Output = Wake> + use<'s, 'a, IO> {
+        std::future::poll_fn(move |cx| {
             if let Poll::Ready(r) = poll_read_input(io, session.input_mut(), cx) {
                 self.started = None;
                 return Poll::Ready(Wake::Read(r));
@@ -78,9 +81,9 @@ impl Waits<'_> {
                 let now = Instant::now();
                 let idle = idle_eligible(session, out);
                 let wait = if idle {
-                    self.idle_after
+                    idle_after(config)
                 } else {
-                    self.read_timeout
+                    config.read_timeout
                 };
                 // The timer may ring early (it is then re-armed), never late.
                 let due = later(now, wait);
@@ -104,13 +107,13 @@ impl Waits<'_> {
                 }
                 // The timer rang: see what is due for this read.
                 let now = Instant::now();
-                let deadline = later(start, self.read_timeout);
+                let deadline = later(start, config.read_timeout);
                 if now >= deadline {
                     return Poll::Ready(Wake::TimedOut);
                 }
                 let mut next = deadline;
                 if idle_eligible(session, out) {
-                    let idle_at = later(start, self.idle_after);
+                    let idle_at = later(start, idle_after(config));
                     if now >= idle_at {
                         *session.input_mut() = BytesMut::new();
                         *out = BytesMut::new();
@@ -124,12 +127,12 @@ impl Waits<'_> {
                 self.timer_waker = None;
             }
         })
-        .await
     }
 }
 
 /// `at + wait`, or about thirty years from `at` if that does not fit (a timeout set to
 /// `Duration::MAX` means no timeout).
+#[inline]
 pub(super) fn later(at: Instant, wait: Duration) -> Instant {
     at.checked_add(wait)
         .unwrap_or_else(|| at + Duration::from_secs(30 * 365 * 86_400))
