@@ -474,7 +474,7 @@ impl Macros {
     /// ```
     pub fn sent_at(&self, code: u8) -> impl Iterator<Item = (&[u8], &[u8])> {
         slot(code)
-            .and_then(|i| self.slots.get(i))
+            .map(|i| self.slot(i))
             .into_iter()
             .flat_map(Slot::pairs)
     }
