@@ -657,22 +657,30 @@ async fn end_of_message_waits_for_the_eom_timeout_not_the_command_timeout() {
 #[tokio::test]
 async fn a_child_past_the_chains_own_deadline_gets_its_fail_safe_in_time() {
     let slow = serve(Kid::default().slow_at(Stage::Mail, Duration::from_secs(3))).await;
-    let mut child = Child::new("slow", &slow.spec);
-    child.command_timeout = Duration::from_secs(30);
-    child.fail_safe = FailSafe::Reject;
-    let chain = Chain::new(settings(vec![child]))
-        .with_deadlines(Duration::from_millis(500), Duration::from_secs(5));
-    let config = milterkit::Config {
-        handler_timeout: Duration::from_millis(500),
-        ..milterkit::Config::default()
-    };
-    let mut h = Harness::with_config(chain, milterkit::mta::Profile::postfix(), config);
-    let out = h.run(&message()).await.unwrap();
-    assert_eq!(
-        out.decision(Stage::Mail),
-        Some(&Decision::Reject),
-        "the child's fail-safe, not the chain's (tempfail): {out:?}"
-    );
+    // A socket whose connections the kernel completes and nobody answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_spec = format!("inet:{}@127.0.0.1", silent.local_addr().unwrap().port());
+    for spec in [slow.spec.as_str(), silent_spec.as_str()] {
+        let mut child = Child::new("late", spec);
+        child.connect_timeout = Duration::from_secs(30);
+        child.command_timeout = Duration::from_secs(30);
+        child.fail_safe = FailSafe::Reject;
+        let chain = Chain::new(settings(vec![child]))
+            .with_deadlines(Duration::from_millis(500), Duration::from_secs(5));
+        let config = milterkit::Config {
+            handler_timeout: Duration::from_millis(500),
+            ..milterkit::Config::default()
+        };
+        let mut h = Harness::with_config(chain, milterkit::mta::Profile::postfix(), config);
+        let started = std::time::Instant::now();
+        let out = h.run(&message()).await.unwrap();
+        assert_eq!(
+            out.decision(Stage::Mail),
+            Some(&Decision::Reject),
+            "{spec}: the child's fail-safe, not the chain's (tempfail): {out:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{spec}");
+    }
 }
 
 /// A child that wants header fields and the body but not end of headers.

@@ -349,10 +349,19 @@ impl Chain {
     }
 
     /// Connects to child `i` and negotiates, within its connect timeout.
-    async fn open(child: Child, profile: Profile) -> std::result::Result<Connection, Error> {
-        Connection::open_with_timeout(&child.socket, profile, child.connect_timeout)
-            .await
-            .map(|c| c.with_reply_timeout(child.command_timeout))
+    /// Connects to `child` and negotiates, each within its connect timeout, all within
+    /// `budget` (what is left of the chain's own deadline).
+    async fn open(
+        child: Child,
+        profile: Profile,
+        budget: Duration,
+    ) -> std::result::Result<Connection, Error> {
+        let limit = child.connect_timeout.min(budget);
+        let opening = Connection::open_with_timeout(&child.socket, profile, limit);
+        match tokio::time::timeout(budget, opening).await {
+            Ok(opened) => opened.map(|c| c.with_reply_timeout(child.command_timeout)),
+            Err(_) => Err(Error::Timeout("connecting to a child milter")),
+        }
     }
 
     fn note_error(&self, i: usize, f: &Failure) {
@@ -573,7 +582,8 @@ impl Chain {
                 continue;
             }
             let child = self.child(i).clone();
-            match Chain::open(child.clone(), self.profile()).await {
+            let budget = self.deadline.saturating_duration_since(Instant::now());
+            match Chain::open(child.clone(), self.profile(), budget).await {
                 Ok(conn) => {
                     info!(child = %child.name, "child milter connected again");
                     self.children[i].conn = Some(conn);
@@ -723,6 +733,9 @@ impl Milter for Chain {
 
     async fn negotiate(&mut self, offer: &Offer, request: &mut Request) -> Result<()> {
         self.offer = *offer;
+        // The children are connected to at once, within the chain's deadline for a stage.
+        self.begin(Stage::Connect);
+        let budget = self.deadline.saturating_duration_since(Instant::now());
         let profile = self.profile();
         let mut opening = JoinSet::new();
         for (i, r) in self.children.iter().enumerate() {
@@ -730,7 +743,11 @@ impl Milter for Chain {
             let profile = profile.clone();
             opening.spawn(async move {
                 let started = Instant::now();
-                (i, Chain::open(child, profile).await, started.elapsed())
+                (
+                    i,
+                    Chain::open(child, profile, budget).await,
+                    started.elapsed(),
+                )
             });
         }
         while let Some(joined) = opening.join_next().await {
