@@ -64,6 +64,15 @@ echo "== toolchain"
 cargo --version
 rustc --version
 
+# Lean build artifacts: this script builds the workspace in several feature sets, the published
+# packages and the benchmarks, and a CI machine's disk is not large. Incremental caches are for
+# edit-compile loops, not one run from a fresh clone (they were half of a full run's target/), and
+# line tables keep file:line in panics and backtraces without full debug info. A caller's own
+# setting wins.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+echo "== disk: $(df -h . | awk 'NR==2 {print $4 " free of " $2}')"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -86,6 +95,9 @@ if cargo tree -p milterkit --no-default-features -e normal --prefix none --locke
   exit 1
 fi
 cargo clippy -p milterkit --no-default-features --all-targets --locked -- -D warnings
+# milterkit alone with its default features, as a user's Cargo.toml gets it (the workspace's runs
+# above unify in the features other members turn on, such as the CLI's `chain`).
+cargo clippy -p milterkit --all-targets --locked -- -D warnings
 # Logging setup without the daemon: tracing-subscriber, no clap or systemd crates.
 cargo build -p milterkit --no-default-features --features logging --locked
 if cargo tree -p milterkit --no-default-features --features logging -e normal --prefix none --locked \
@@ -123,6 +135,9 @@ unpacked="${TMPDIR:-/tmp}/milterkit-unpacked-package"
 rm -rf "$unpacked" && mkdir -p "$unpacked"
 tar xzmf "$target_dir"/package/milterkit-proto-*.crate -C "$unpacked"
 (cd "$unpacked"/milterkit-proto-* && CARGO_TARGET_DIR="$target_dir/unpacked" cargo test --locked -q)
+# Its own target folder holds a second build of the dev-dependencies (criterion, proptest): gone
+# before the benchmarks build theirs.
+rm -rf "$target_dir/unpacked" "$unpacked"
 
 # The benchmark suite's smoke run (bench/run.sh; BENCHMARKS.md has the full run's table): every
 # contestant through every workload with tiny settings; fails if any row is missing.

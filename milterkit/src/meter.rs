@@ -108,6 +108,7 @@ impl ModificationCounts {
     }
 
     /// The `kind` label of `m` (`add_header` …; `other` for a kind this version does not know).
+    #[cfg(feature = "chain")]
     pub(crate) fn kind(m: &Modification) -> &'static str {
         KINDS.get(Self::index(m)).copied().unwrap_or("other")
     }
