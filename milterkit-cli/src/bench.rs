@@ -14,7 +14,7 @@ use milterkit::SocketSpec;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::error::{chain, CliError};
+use crate::error::{chain, print, CliError};
 use crate::ProfileName;
 
 /// Arguments of `milterkit bench`.
@@ -291,26 +291,27 @@ pub(crate) async fn bench(args: BenchArgs) -> Result<u8, milterkit::BoxError> {
                 json!({"kind": kind, "count": n, "example": example})
             }).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        println!(
-            "{done} messages in {:.2} s over {} connection(s): {rate:.0} messages/s",
+        let mut text = format!(
+            "{done} messages in {:.2} s over {} connection(s): {rate:.0} messages/s\n",
             elapsed.as_secs_f64(),
             args.connections
         );
-        match latency {
-            Some([p50, p90, p99, max]) => println!(
-                "latency: p50 {p50:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms, max {max:.3} ms"
+        text += &match latency {
+            Some([p50, p90, p99, max]) => format!(
+                "latency: p50 {p50:.3} ms, p90 {p90:.3} ms, p99 {p99:.3} ms, max {max:.3} ms\n"
             ),
-            None => println!("latency: none (no message completed)"),
-        }
-        println!(
-            "verdicts: {} accepted, {} refused; errors: {errors}",
+            None => "latency: none (no message completed)\n".to_owned(),
+        };
+        text += &format!(
+            "verdicts: {} accepted, {} refused; errors: {errors}\n",
             all.accepted, all.refused
         );
         for (kind, (n, example)) in &all.errors.0 {
-            println!("  {n} × {kind}, e.g. {example}");
+            text += &format!("  {n} × {kind}, e.g. {example}\n");
         }
+        print(&text)?;
     }
     Ok(if errors == 0 && done > 0 { 0 } else { 1 })
 }

@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::print;
 use bytes::Bytes;
 use milterkit::mta::{Connection, Outcome, Profile, Transaction, Verdict};
 use milterkit::proto::message::Message;
@@ -1097,9 +1098,9 @@ pub(crate) async fn test(args: TestArgs) -> Result<u8, milterkit::BoxError> {
         });
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print(&(serde_json::to_string_pretty(&report)? + "\n"))?;
     } else {
-        print!("{}", human(&report));
+        print(&human(&report))?;
     }
     Ok(u8::from(report.failed > 0))
 }

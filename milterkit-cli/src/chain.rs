@@ -56,8 +56,13 @@ pub(crate) fn chain(args: ChainArgs) -> ExitCode {
         }
     };
     if args.check {
-        print!("{}", describe(&settings));
-        return ExitCode::SUCCESS;
+        return match crate::error::print(&describe(&settings)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("milterkit chain: {}", crate::error::chain(&e));
+                ExitCode::from(1)
+            }
+        };
     }
     let deadlines = (args.daemon.handler_timeout, args.daemon.eom_timeout);
     let current = Arc::new(RwLock::new(Arc::new(settings)));

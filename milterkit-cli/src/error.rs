@@ -60,6 +60,21 @@ pub(crate) enum CliError {
         #[source]
         source: milterkit::Error,
     },
+    /// Standard output could not be written (not a reader that has gone: see [`print`]).
+    #[error("cannot write to standard output")]
+    WriteStdout(#[source] io::Error),
+}
+
+/// Writes `text` to standard output and flushes it. A reader that has gone (`milterkit run … |
+/// head`) ends the output, not the command: the rest is dropped, and the exit status still tells
+/// the verdict. `print!` would panic there.
+pub(crate) fn print(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(CliError::WriteStdout(e)),
+        _ => Ok(()),
+    }
 }
 
 /// An error and its causes on one line, joined by `: `.

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use milterkit::mta::{Connection, Profile, Transaction, Verdict};
 use milterkit::Stage;
 
-use crate::error::CliError;
+use crate::error::{print, CliError};
 
 /// Drive milters from the command line: see a milter's decisions and modifications, and the
 /// message it would leave behind, without an MTA.
@@ -364,12 +364,12 @@ async fn run(args: RunArgs) -> Result<u8, milterkit::BoxError> {
         })?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report::to_json(&out))?);
+        print(&(serde_json::to_string_pretty(&report::to_json(&out))? + "\n"))?;
     } else {
         let style = report::Style {
             colour: std::io::stdout().is_terminal(),
         };
-        print!("{}", report::human(&out, &message, style));
+        print(&report::human(&out, &message, style))?;
     }
     Ok(exit_code(out.verdict.as_ref()))
 }
@@ -386,11 +386,11 @@ async fn demo() -> Result<u8, milterkit::BoxError> {
     let style = report::Style {
         colour: std::io::stdout().is_terminal(),
     };
-    println!("The example policy milter (as in milterkit/examples/policy.rs) listens on {spec}.");
-    println!(
-        "It refuses recipients at old.example, quarantines subjects that mention \"lottery\","
-    );
-    println!("and stamps every message with X-Policy. Two messages go through it as Postfix would send them.\n");
+    print(&format!(
+        "The example policy milter (as in milterkit/examples/policy.rs) listens on {spec}.\n\
+         It refuses recipients at old.example, quarantines subjects that mention \"lottery\",\n\
+         and stamps every message with X-Policy. Two messages go through it as Postfix would send them.\n\n"
+    ))?;
     for (name, text) in SAMPLES {
         let message = Bytes::from(text.replace('\n', "\r\n"));
         let mut tx = Transaction::new()
@@ -399,12 +399,11 @@ async fn demo() -> Result<u8, milterkit::BoxError> {
         for r in envelope::header_recipients(&message) {
             tx = tx.to(r);
         }
-        println!("=== {name} ===");
+        print(&format!("=== {name} ===\n"))?;
         let mut conn = Connection::open(spec, Profile::postfix()).await?;
         let out = conn.run(&tx).await?;
         conn.quit().await?;
-        print!("{}", report::human(&out, &message, style));
-        println!();
+        print(&(report::human(&out, &message, style) + "\n"))?;
     }
     served.stop().await?;
     Ok(0)

@@ -25,6 +25,22 @@ fn the_demo_shows_decisions_modifications_and_a_diff_for_both_samples() {
 }
 
 #[test]
+fn a_reader_that_goes_away_ends_the_output_not_the_command() {
+    // `milterkit demo | head -1`: the pipe is closed before the demo has written its reports.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_milterkit"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "nothing to say on stderr: {err}");
+}
+
+#[test]
 fn every_subcommand_has_help_with_examples() {
     for sub in [
         &["--help"][..],
