@@ -16,7 +16,8 @@ use crate::Error;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Longest wait for one reply: Postfix's `milter_content_timeout` (300 s), the larger of its two
-/// reply timeouts; `SMFIR_PROGRESS` restarts it.
+/// reply timeouts; `SMFIR_PROGRESS` restarts it. It bounds each write too: a milter that stops
+/// reading (a full socket buffer under a large body) is given up on as a silent one is.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A connection to a milter, driven as the [`Profile`]'s MTA would drive it.
@@ -36,7 +37,7 @@ pub struct Connection<IO = Stream> {
     end: LinkEnd,
     profile: Profile,
     driver: Driver,
-    /// Longest wait for one reply; the chain sets it per command.
+    /// Longest wait for one reply, or for one write to be taken; the chain sets it per command.
     pub(crate) reply_timeout: Duration,
     /// True once the milter's first bytes have been seen (and were not an SMTP or HTTP server's).
     heard: bool,
@@ -136,7 +137,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
         Ok(conn)
     }
 
-    /// Sets the longest wait for one reply (default [`REPLY_TIMEOUT`]).
+    /// Sets the longest wait for one reply, and for the milter to take what is written (default
+    /// [`REPLY_TIMEOUT`]).
     pub fn with_reply_timeout(mut self, limit: Duration) -> Self {
         self.reply_timeout = limit;
         self
@@ -274,7 +276,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Connection<IO> {
 
     async fn flush(&mut self) -> Result<(), Error> {
         if self.end.session.poll_transmit(&mut self.buf) {
-            self.io.write_all(&self.buf).await?;
+            tokio::time::timeout(self.reply_timeout, self.io.write_all(&self.buf))
+                .await
+                .map_err(|_| Error::Timeout("writing to the milter: it is not reading"))??;
             self.buf.clear();
         }
         Ok(())
@@ -584,6 +588,37 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok(Decision::Continue)
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_milter_that_stops_reading_is_given_up_on_after_the_reply_timeout() {
+        let (mta, mut peer) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            // OPTNEG: the MTA's offer back, asking for nothing to be skipped; then no more reads.
+            let mut offer = [0; 17];
+            peer.read_exact(&mut offer).await.unwrap();
+            offer[13..].fill(0);
+            peer.write_all(&offer).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let mut conn = Connection::negotiate(mta, Profile::postfix())
+            .await
+            .unwrap()
+            .with_reply_timeout(Duration::from_secs(5));
+        // A HELO larger than the pipe's buffer: the write cannot complete. A failed write ends
+        // the connection, as the milter closing it would.
+        let start = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(3600), conn.helo(vec![b'h'; 65_000]))
+            .await
+            .expect("given up on well within the hour")
+            .unwrap();
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(
+            answer.closed.as_deref(),
+            Some(
+                "writing to the milter failed: timed out writing to the milter: it is not reading"
+            )
+        );
     }
 
     #[tokio::test(start_paused = true)]
