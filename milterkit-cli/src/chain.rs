@@ -102,24 +102,48 @@ pub(crate) fn chain(args: ChainArgs) -> ExitCode {
 fn describe(s: &Settings) -> String {
     let plural = if s.milters.len() == 1 { "" } else { "s" };
     let mut out = format!(
-        "{} child milter{plural} behind {:?}:\n",
+        "{} child milter{plural} behind {:?}, messages up to {} bytes:\n",
         s.milters.len(),
-        s.mta
+        s.mta,
+        s.max_message_size
     );
     for (i, c) in s.milters.iter().enumerate() {
-        out +=
-            &format!(
-            "  {}. {} at {}: {}, fail-safe {:?}, timeouts connect {:?} command {:?} eom {:?}{}\n",
+        out += &format!(
+            "  {}. {} at {}: mode {}, fail_safe {}, connect_timeout {:?}, command_timeout {:?}, \
+             eom_timeout {:?}\n",
             i + 1,
             c.name,
             c.socket,
             c.mode.name(),
-            c.fail_safe,
+            c.fail_safe.name(),
             c.connect_timeout,
             c.command_timeout,
             c.eom_timeout,
-            if c.when == Default::default() { "" } else { ", with conditions" },
         );
+        let list = |items: Vec<String>| items.join(", ");
+        let w = &c.when;
+        let mut when = Vec::new();
+        if !w.client.is_empty() {
+            when.push(format!(
+                "client {}",
+                list(w.client.iter().map(|n| n.to_string()).collect())
+            ));
+        }
+        if !w.not_client.is_empty() {
+            when.push(format!(
+                "not_client {}",
+                list(w.not_client.iter().map(|n| n.to_string()).collect())
+            ));
+        }
+        if let Some(a) = w.authenticated {
+            when.push(format!("authenticated {a}"));
+        }
+        if !w.rcpt_domain.is_empty() {
+            when.push(format!("rcpt_domain {}", list(w.rcpt_domain.clone())));
+        }
+        if !when.is_empty() {
+            out += &format!("     when {}\n", when.join("; "));
+        }
     }
     out
 }

@@ -31,18 +31,21 @@ fn check_describes_a_good_file_and_names_the_line_of_a_bad_one() {
         &(child("dkim", "inet:8891@127.0.0.1")
             + "fail_safe = \"skip\"\n"
             + &child("spam", "unix:/run/spam.sock")
-            + "mode = \"evaluate\"\ncommand_timeout = \"5s\"\nwhen = { rcpt_domain = [\"example.org\"] }\n"),
+            + "mode = \"evaluate\"\ncommand_timeout = \"5s\"\n"
+            + "when = { rcpt_domain = [\"example.org\"], not_client = [\"10.0.0.0/8\", \"::1\"], \
+               authenticated = false }\n"),
     );
     let (code, out, err) = milterkit(&["chain", "--check", "--config", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("2 child milters behind Postfix"), "{out}");
-    assert!(
-        out.contains("1. dkim at inet:8891@127.0.0.1: enforce, fail-safe Skip"),
-        "{out}"
-    );
-    assert!(
-        out.contains("2. spam at unix:/run/spam.sock: evaluate") && out.contains("with conditions"),
-        "{out}"
+    // In the file's own words: its keys and values.
+    assert_eq!(
+        out,
+        "2 child milters behind Postfix, messages up to 67108864 bytes:\n  \
+         1. dkim at inet:8891@127.0.0.1: mode enforce, fail_safe skip, connect_timeout 5s, \
+         command_timeout 5s, eom_timeout 60s\n  \
+         2. spam at unix:/run/spam.sock: mode evaluate, fail_safe tempfail, connect_timeout 5s, \
+         command_timeout 5s, eom_timeout 60s\n     \
+         when not_client 10.0.0.0/8, ::1/128; authenticated false; rcpt_domain example.org\n"
     );
 
     let bad = config(

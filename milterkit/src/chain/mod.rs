@@ -348,7 +348,6 @@ impl Chain {
         profile
     }
 
-    /// Connects to child `i` and negotiates, within its connect timeout.
     /// Connects to `child` and negotiates, each within its connect timeout, all within
     /// `budget` (what is left of the chain's own deadline).
     async fn open(
@@ -420,10 +419,11 @@ impl Chain {
         if child.mode == Mode::Evaluate {
             return None;
         }
-        let (name, decision) = match child.fail_safe {
-            FailSafe::Skip => ("skip", None),
-            FailSafe::Tempfail => ("tempfail", Some(Decision::Tempfail)),
-            FailSafe::Reject => ("reject", Some(Decision::Reject)),
+        let name = child.fail_safe.name();
+        let decision = match child.fail_safe {
+            FailSafe::Skip => None,
+            FailSafe::Tempfail => Some(Decision::Tempfail),
+            FailSafe::Reject => Some(Decision::Reject),
         };
         info!(child = %child.name, %stage, fail_safe = name, "fail-safe for a child milter");
         if let Some(m) = &self.metrics {

@@ -90,6 +90,17 @@ pub enum FailSafe {
     Skip,
 }
 
+impl FailSafe {
+    /// `tempfail`, `reject` or `skip`, as in the file and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            FailSafe::Tempfail => "tempfail",
+            FailSafe::Reject => "reject",
+            FailSafe::Skip => "skip",
+        }
+    }
+}
+
 /// Whether a child's decisions count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,6 +167,19 @@ impl Net {
         };
         let host_bits = bits - u32::from(self.prefix);
         host_bits >= bits || (net ^ ip) >> host_bits == 0
+    }
+}
+
+/// As written in the file: `192.0.2.0/24`, `2001:db8::/32`.
+///
+/// ```
+/// use milterkit::chain::Net;
+/// let net: Net = "10.1.2.3/8".parse().unwrap();
+/// assert_eq!(net.to_string(), "10.1.2.3/8");
+/// ```
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
