@@ -7,7 +7,8 @@
 //!   with `tempfail-mail` with [`MAIL_TEMPFAIL_CODE`] [`MAIL_TEMPFAIL_LINES`];
 //! - at RCPT, refuses every recipient whose local part starts with `reject` with the custom reply
 //!   [`REJECT_CODE`] [`REJECT_ENHANCED`] [`REJECT_TEXT`], and tempfails (no custom reply) every
-//!   recipient whose local part starts with `tempfail`;
+//!   recipient whose local part starts with `tempfail`, and never answers the RCPT of one whose
+//!   local part starts with `hang`;
 //! - fails on purpose (panics, returns an error or stalls) at the stage a [`Failure`] word of
 //!   the control header names;
 //! - at end of message, performs the actions listed in the message's [`CONTROL_HEADER`]
@@ -374,6 +375,10 @@ impl Milter for TestMilter {
         }
         if local_part(&addr).starts_with("tempfail") {
             return Ok(Decision::Tempfail);
+        }
+        if local_part(&addr).starts_with("hang") {
+            // Never answers: whoever drives it gives up at its own timeout.
+            std::future::pending::<()>().await;
         }
         m.seen.rcpts.push(addr);
         Ok(Decision::Continue)

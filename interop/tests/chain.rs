@@ -529,6 +529,32 @@ fn evaluated_child_changes_nothing(mta: Mta) {
     }
 }
 
+/// The milterkit milter stops answering at a recipient (its RCPT hangs) behind the chain, with
+/// fail-safe tempfail: that recipient is deferred, and so is the message for the recipient
+/// accepted before it, as when the milter is listed directly (the MTA's default action at every
+/// later stage). Nothing is delivered unfiltered.
+fn child_failing_at_a_recipient_defers_the_message(mta: Mta) {
+    let Some(children) = Children::start(mta) else {
+        return;
+    };
+    let timeout = [(Child::Kit, "command_timeout = \"2s\"")];
+    let (chain, sink, running) = behind_chain(mta, &children, DKIM_LAST, &timeout);
+    let to = [BOB, "hang@example.net"];
+    let r = interop::send(running.port(), FROM, &to, &message()).unwrap();
+    assert_eq!(r.rcpts[0].code, 250, "{r}");
+    assert!(r.rcpts[1].is_transient(), "{r}");
+    assert!(!r.accepted() && r.last().is_transient(), "{r}");
+    std::thread::sleep(interop::QUIET_PERIOD);
+    assert!(sink.messages().is_empty(), "nothing delivered:\n{r}");
+    let text = chain.metrics();
+    for line in [
+        "milter_chain_child_errors_total{child=\"kit\",kind=\"timeout\"} 1",
+        "milter_chain_child_fail_safe_total{child=\"kit\",fail_safe=\"tempfail\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}
+
 /// Each case as two tests, one behind Postfix and one behind Sendmail.
 macro_rules! on_both_mtas {
     ($($postfix:ident, $sendmail:ident => $case:ident($($arg:expr),*);)*) => {$(
@@ -551,4 +577,5 @@ on_both_mtas! {
     postfix_chain_three_milters_dkim_first, sendmail_chain_three_milters_dkim_first => chain_three_milters(DKIM_FIRST);
     postfix_chain_child_killed_mid_load, sendmail_chain_child_killed_mid_load => child_killed_mid_load();
     postfix_chain_evaluated_child_changes_nothing, sendmail_chain_evaluated_child_changes_nothing => evaluated_child_changes_nothing();
+    postfix_chain_child_failing_at_a_recipient, sendmail_chain_child_failing_at_a_recipient => child_failing_at_a_recipient_defers_the_message();
 }

@@ -31,6 +31,8 @@ struct Kid {
     leading_space: bool,
     /// How long MAIL and end of message take.
     slow: HashMap<Stage, Duration>,
+    /// How long RCPT takes for one recipient.
+    slow_rcpt: Option<(&'static str, Duration)>,
 }
 
 impl Kid {
@@ -102,6 +104,11 @@ impl Milter for Kid {
             "rcpt {addr} rcpt_addr={:?}",
             r.macro_value("{rcpt_addr}")
         ));
+        if let Some((slow, how_long)) = self.slow_rcpt {
+            if addr == slow {
+                tokio::time::sleep(how_long).await;
+            }
+        }
         let d = self.rcpt.get(addr.as_str()).cloned();
         Ok(d.unwrap_or_else(|| self.decide(Stage::Rcpt)))
     }
@@ -367,8 +374,19 @@ async fn a_down_child_gets_its_own_fail_safe() {
         "{text}"
     );
     assert!(
+        text.contains("milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 1"),
+        "at negotiation only, not again in the same message: {text}"
+    );
+    // The next message on the connection tries it once more.
+    h.run(&message()).await.unwrap();
+    let text = exposed.encode();
+    assert!(
         text.contains("milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 2"),
-        "negotiation and MAIL: {text}"
+        "{text}"
+    );
+    assert!(
+        text.contains("milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 2"),
+        "{text}"
     );
 
     // Tempfail (the default): the message is deferred at MAIL.
@@ -616,12 +634,33 @@ async fn children_that_want_only_end_of_message_get_it() {
     let spec = listener.local_spec().unwrap().to_string();
     tokio::spawn(milterkit::serve(listener, || Stamp).into_future());
     let s = settings(vec![Child::new("one", &spec), Child::new("two", &spec)]);
-    let mut h = Harness::sendmail(Chain::new(s));
+    let mut h = Harness::sendmail(Chain::new(s.clone()));
     let out = h.run(&message()).await.unwrap();
     assert_eq!(
         delivered(&out).matches("X-Stamp: yes").count(),
         2,
         "{out:?}"
+    );
+    // Only what a child answered is timed and counted: each answered EOM alone.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let exposed = milterkit::metrics::Metrics::with_registry(registry);
+    let mut counted = Harness::sendmail(Chain::new(s.clone()).with_metrics(metrics));
+    counted.run(&message()).await.unwrap();
+    let text = exposed.encode();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let stage_eom = line.contains("stage=\"EOM\"") || line.contains("stage=\"NEGOTIATE\"");
+        let counted = !line.ends_with(" 0") && !line.ends_with(" 0.0");
+        let decisions = line.starts_with("milter_chain_child_decisions_total");
+        let durations = line.starts_with("milter_chain_child_duration_seconds_count");
+        assert!(
+            !(decisions || durations) || stage_eom || !counted,
+            "nothing was sent at that stage: {line}"
+        );
+    }
+    assert!(
+        text.contains("milter_chain_child_decisions_total{child=\"one\",stage=\"EOM\",decision=\"continue\",mode=\"enforce\"} 1"),
+        "{text}"
     );
     let agreed = h.agreement().unwrap();
     assert!(
@@ -781,7 +820,141 @@ async fn a_child_that_is_not_a_milter_gets_its_fail_safe() {
     assert_eq!(decision_at(&out, Stage::Mail), Decision::Tempfail);
     let text = exposed.encode();
     assert!(
-        text.contains("milter_chain_child_errors_total{child=\"smtp\",kind=\"connect\"} 2"),
+        text.contains("milter_chain_child_errors_total{child=\"smtp\",kind=\"connect\"} 1"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_child_that_fails_at_a_recipient_refuses_the_later_ones_and_the_message() {
+    // It times out on carol's RCPT; its fail-safe is tempfail (the default).
+    let flaky = serve(Kid {
+        slow_rcpt: Some(("<carol@example.com>", Duration::from_secs(3))),
+        ..Kid::default()
+    })
+    .await;
+    let stamp = serve(Kid::adding("X-Stamp", "1")).await;
+    let children = || {
+        let mut flaky = Child::new("flaky", &flaky.spec);
+        flaky.command_timeout = Duration::from_millis(300);
+        vec![flaky, Child::new("stamp", &stamp.spec)]
+    };
+    let tempfail = |rcpt: &str| (bytes::Bytes::from(rcpt.to_owned()), Decision::Tempfail);
+
+    // bob first (accepted), then carol (its failure): bob's message must not pass unfiltered,
+    // as with the child listed directly in Postfix (its default action at every later stage).
+    let out = once(children()).await;
+    assert_eq!(
+        out.refused,
+        vec![tempfail("<carol@example.com>")],
+        "{out:?}"
+    );
+    assert_eq!(
+        decision_at(&out, Stage::Data),
+        Decision::Tempfail,
+        "{out:?}"
+    );
+    assert!(out.delivery.is_none(), "{out:?}");
+
+    // carol first: every later recipient gets the fail-safe too.
+    let tx = Transaction::new()
+        .from("<alice@example.org>")
+        .to("<carol@example.com>")
+        .to("<bob@example.net>")
+        .message("From: alice@example.org\r\nSubject: hi\r\n\r\nhello\r\n");
+    let out = chain_of(children()).run(&tx).await.unwrap();
+    assert_eq!(
+        out.refused,
+        vec![
+            tempfail("<carol@example.com>"),
+            tempfail("<bob@example.net>")
+        ],
+        "{out:?}"
+    );
+    assert!(out.delivery.is_none(), "{out:?}");
+
+    // With skip, the message goes on without it.
+    let mut skipping = children();
+    skipping[0].fail_safe = FailSafe::Skip;
+    let out = once(skipping).await;
+    assert!(out.refused.is_empty(), "{out:?}");
+    assert!(delivered(&out).contains("X-Stamp: 1"), "{out:?}");
+}
+
+#[tokio::test]
+async fn a_child_for_some_domains_refusing_its_mail_refuses_each_of_its_recipients() {
+    let org = serve(Kid::default().at(Stage::Mail, Decision::Reject)).await;
+    let stamp = serve(Kid::adding("X-Stamp", "1")).await;
+    let mut only_org = Child::new("org", &org.spec);
+    only_org.when = toml_when("rcpt_domain = [\"example.org\"]");
+    let tx = Transaction::new()
+        .from("<eve@elsewhere.example>")
+        .to("<b@other.test>")
+        .to("<a@example.org>")
+        .to("<c@example.org>")
+        .message("From: eve@elsewhere.example\r\nSubject: hi\r\n\r\nhello\r\n");
+    let out = chain_of(vec![only_org, Child::new("stamp", &stamp.spec)])
+        .run(&tx)
+        .await
+        .unwrap();
+    let reject = |rcpt: &str| (bytes::Bytes::from(rcpt.to_owned()), Decision::Reject);
+    assert_eq!(
+        out.refused,
+        vec![reject("<a@example.org>"), reject("<c@example.org>")],
+        "{out:?}"
+    );
+    // b@other.test is none of its business.
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    let d = out.delivery.as_ref().unwrap();
+    let to: Vec<_> = d.recipients.iter().map(|r| r.address.clone()).collect();
+    assert_eq!(to, vec![bytes::Bytes::from("<b@other.test>")]);
+    assert!(delivered(&out).contains("X-Stamp: 1"), "{out:?}");
+    let seen = org.kid.seen();
+    assert_eq!(
+        seen[2], "mail <eve@elsewhere.example> auth=None",
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|s| s.starts_with("rcpt")), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_down_child_matters_only_for_mail_its_conditions_let_in() {
+    let stamp = serve(Kid::adding("X-Stamp", "1")).await;
+    // Down, refusing by fail-safe, for authenticated senders only.
+    let mut authed = Child::new("authed", nobody());
+    authed.fail_safe = FailSafe::Reject;
+    authed.when = toml_when("authenticated = true");
+    // Down, tempfailing by fail-safe, for example.org only.
+    let mut org = Child::new("org", nobody());
+    org.when = toml_when("rcpt_domain = [\"example.org\"]");
+    let children = vec![authed, org, Child::new("stamp", &stamp.spec)];
+    let tx = |to: &[&str]| {
+        let mut tx = Transaction::new().from("<eve@elsewhere.example>");
+        for rcpt in to {
+            tx = tx.to(*rcpt);
+        }
+        tx.message("From: eve@elsewhere.example\r\nSubject: hi\r\n\r\nhello\r\n")
+    };
+    let mut h = chain_of(children);
+    // Not authenticated, no recipient at example.org: neither is needed.
+    let out = h.run(&tx(&["<b@other.test>"])).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    assert!(delivered(&out).contains("X-Stamp: 1"), "{out:?}");
+    // A recipient at example.org: that one gets org's fail-safe, the other goes through.
+    let out = h
+        .run(&tx(&["<a@example.org>", "<b@other.test>"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.refused,
+        vec![(bytes::Bytes::from("<a@example.org>"), Decision::Tempfail)],
+        "{out:?}"
+    );
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    // Authenticated: authed's fail-safe, at MAIL.
+    let out = h
+        .run(&tx(&["<b@other.test>"]).with_macro(Stage::Mail, "{auth_authen}", "eve"))
+        .await
+        .unwrap();
+    assert_eq!(decision_at(&out, Stage::Mail), Decision::Reject, "{out:?}");
 }

@@ -32,6 +32,7 @@ type Counters = Family<Labels, Counter>;
 /// let mut registry = Registry::default();
 /// let chain = milterkit::chain::ChainMetrics::register(&mut registry);
 /// let metrics = milterkit::metrics::Metrics::with_registry(registry);
+/// assert!(metrics.encode().contains("milter_chain_reloads_total{result=\"failed\"} 0"));
 /// chain.reload(true);
 /// assert!(metrics.encode().contains("milter_chain_reloads_total{result=\"ok\"} 1"));
 /// ```
@@ -162,6 +163,15 @@ impl ChainMetrics {
         ];
         for (name, help, family) in counters {
             registry.register(name, help, family.clone());
+        }
+        // Both series from the start, at 0: an alert on `result="failed"` has a series to watch
+        // before the first reload.
+        for result in ["ok", "failed"] {
+            drop(
+                inner
+                    .reloads
+                    .get_or_create(&vec![("result", result.to_owned())]),
+            );
         }
         ChainMetrics {
             inner: Arc::new(inner),

@@ -26,11 +26,14 @@
 //! - header values travel with or without their leading space as each child negotiated.
 //!
 //! A child that is down, slower than its timeout, or broken gets its own [`FailSafe`]
-//! (tempfail, reject, or skip it) at the stage where that shows, and sits out the rest of the
-//! message; the next message on the connection tries to connect to it again (CONNECT and HELO
-//! replayed). A child in [`Mode::Evaluate`] is driven the same way, but its decisions and
-//! modifications are only logged and counted. [`When`] limits a child to some clients, senders
-//! or recipient domains.
+//! (tempfail, reject, or skip it) at the stage where that shows. Tempfail and reject then also
+//! answer every later recipient the child filters, and the message once one of those was
+//! accepted, as the MTA's default action does for a milter listed directly; with skip the child
+//! sits out the rest of the message. The next message on the connection tries to connect to it
+//! again (CONNECT and HELO replayed), at most once a message. A child in [`Mode::Evaluate`] is
+//! driven the same way, but its decisions and modifications are only logged and counted.
+//! [`When`] limits a child to some clients, senders or recipient domains; a child is connected
+//! to only for what its conditions let in, so one that is down matters only there.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -108,6 +111,8 @@ pub struct Chain {
     deadlines: (Duration, Duration),
     /// When the current stage's share runs out.
     deadline: Instant,
+    /// Messages begun on this connection (MAIL commands).
+    messages: u64,
 }
 
 /// A child within one MTA connection.
@@ -125,6 +130,16 @@ struct Running {
     in_message: bool,
     /// Its MAIL waits for a recipient in its domains.
     mail_deferred: bool,
+    /// Its fail-safe after it failed in this message, or its refusal of a MAIL sent before its
+    /// first recipient: the answer to every later recipient it filters, and to the message
+    /// itself if one of those was accepted before.
+    refusing: Option<Decision>,
+    /// A recipient it filters was accepted in this message.
+    holds_rcpt: bool,
+    /// The first message (counted as [`Chain::messages`]) at which connecting to it again is
+    /// tried: one attempt a message at most, none in the message right after a failed
+    /// negotiation.
+    next_try: u64,
     /// Its metrics, when the chain counts.
     meter: Option<Arc<metrics::ChildMetrics>>,
     /// An exchange with it began and did not end (the chain's own handler was cut off at its
@@ -298,6 +313,7 @@ impl Chain {
                 (config.handler_timeout, config.eom_timeout)
             },
             deadline: Instant::now(),
+            messages: 0,
         }
     }
 
@@ -399,7 +415,7 @@ impl Chain {
                     detail: format!("no reply to {stage} within {limit:?}"),
                 })
             });
-        if let Some(m) = &self.children[i].meter {
+        if let (Some(m), Ok((Some(_), _))) = (&self.children[i].meter, &result) {
             m.duration(Some(stage), started.elapsed());
         }
         if let Ok((decision, _)) = &result {
@@ -459,13 +475,21 @@ impl Chain {
         cmd: Command,
     ) -> Option<Decision> {
         let decision = match self.exchange(i, stage, macros, cmd).await {
-            Ok((d, _)) => d.unwrap_or(Decision::Continue),
+            Ok((Some(d), _)) => {
+                self.count(i, stage, &d);
+                d
+            }
+            // Not sent (it asked not to see this stage), or sent without a reply owed.
+            Ok((None, _)) => Decision::Continue,
             Err(_) => {
                 self.leave(i, stage);
-                return self.fail_safe(i, stage);
+                let d = self.fail_safe(i, stage);
+                if matches!(stage, Stage::Mail | Stage::Rcpt) {
+                    self.children[i].refusing.clone_from(&d);
+                }
+                return d;
             }
         };
-        self.count(i, stage, &decision);
         let settings = self.settings.clone();
         let child = &settings.milters[self.children[i].index];
         let mode = child.mode;
@@ -558,11 +582,12 @@ impl Chain {
             Stage::Connect | Stage::Helo if any(&|i| !self.children[i].out_of_session) => {
                 Decision::Continue
             }
-            // Before DATA, a child that has not had MAIL yet may still have it.
+            // Before DATA, a child that has not had MAIL yet may still have it, and a refusing
+            // one may have to refuse the message at DATA.
             Stage::Mail | Stage::Rcpt
                 if any(&|i| {
                     let r = &self.children[i];
-                    !r.out_of_session && !r.out_of_message
+                    !r.out_of_session && (!r.out_of_message || r.refusing.is_some())
                 }) =>
             {
                 Decision::Continue
@@ -573,14 +598,16 @@ impl Chain {
         }
     }
 
-    /// Connects again to children that are down (or never came up) and not out of the session,
-    /// replaying CONNECT and HELO; a child that still fails gets its fail-safe.
-    async fn reconnect(&mut self) -> Option<Decision> {
-        for i in 0..self.children.len() {
-            let r = &self.children[i];
-            if r.conn.is_some() || r.out_of_session {
-                continue;
-            }
+    /// Child `i` before its first command of a message (MAIL, or the recipient its MAIL waits
+    /// for): connected again if it is down and was not tried in this message, with CONNECT and
+    /// HELO replayed. `Some` is the chain's decision: the child's fail-safe if it stays down
+    /// (which then stands for the rest of the message), or what it said to the replay.
+    async fn ensure(&mut self, i: usize, stage: Stage) -> Option<Decision> {
+        if self.children[i].conn.is_some() {
+            return None;
+        }
+        if self.children[i].next_try <= self.messages {
+            self.children[i].next_try = self.messages + 1;
             let child = self.child(i).clone();
             let budget = self.deadline.saturating_duration_since(Instant::now());
             match Chain::open(child.clone(), self.profile(), budget).await {
@@ -588,40 +615,49 @@ impl Chain {
                     info!(child = %child.name, "child milter connected again");
                     self.children[i].conn = Some(conn);
                     self.children[i].busy = false;
+                    let d = self.replay_session(i).await;
+                    self.children[i].refusing.clone_from(&d);
+                    return d;
                 }
-                Err(e) => {
-                    let f = Failure {
+                Err(e) => self.note_error(
+                    i,
+                    &Failure {
                         kind: "connect",
                         detail: e.to_string(),
-                    };
-                    self.note_error(i, &f);
-                    self.children[i].out_of_message = true;
-                    if let Some(d) = self.fail_safe(i, Stage::Mail) {
-                        return Some(d);
-                    }
-                    continue;
-                }
+                    },
+                ),
             }
-            if let Some((connect, macros)) = self.connect.clone() {
-                if let Some(d) = self
-                    .ask(i, Stage::Connect, &macros, Command::Connect(connect))
-                    .await
-                {
-                    return Some(d);
-                }
+        }
+        self.children[i].out_of_message = true;
+        let d = self.fail_safe(i, stage);
+        self.children[i].refusing.clone_from(&d);
+        d
+    }
+
+    /// CONNECT and HELO again, to child `i` connected again.
+    async fn replay_session(&mut self, i: usize) -> Option<Decision> {
+        if let Some((connect, macros)) = self.connect.clone() {
+            let cmd = Command::Connect(connect);
+            if let Some(d) = self.ask(i, Stage::Connect, &macros, cmd).await {
+                return Some(d);
             }
-            if let Some((name, macros)) = self.helo.clone() {
-                if !self.children[i].out_of_session {
-                    if let Some(d) = self
-                        .ask(i, Stage::Helo, &macros, Command::Helo { name })
-                        .await
-                    {
-                        return Some(d);
-                    }
-                }
+        }
+        if let Some((name, macros)) = self.helo.clone() {
+            if !self.children[i].out_of_session {
+                let cmd = Command::Helo { name };
+                return self.ask(i, Stage::Helo, &macros, cmd).await;
             }
         }
         None
+    }
+
+    /// The answer to the whole message of a child refusing it: one that failed (or refused its
+    /// MAIL) after a recipient it filters was accepted.
+    fn refusal_of_message(&self) -> Option<Decision> {
+        self.children
+            .iter()
+            .filter(|r| r.holds_rcpt)
+            .find_map(|r| r.refusing.clone())
     }
 
     /// Sends the waiting MAIL to child `i` before its first recipient.
@@ -630,8 +666,14 @@ impl Chain {
         r.mail_deferred = false;
         r.in_message = true;
         let (envelope, macros) = self.mail.clone()?;
-        self.ask(i, Stage::Mail, &macros, Command::Mail(envelope))
-            .await
+        let d = self
+            .ask(i, Stage::Mail, &macros, Command::Mail(envelope))
+            .await;
+        if d.is_some() {
+            // Refused for this recipient, so for every other one it filters.
+            self.children[i].refusing.clone_from(&d);
+        }
+        d
     }
 
     fn end_message(&mut self) {
@@ -639,6 +681,8 @@ impl Chain {
             r.in_message = false;
             r.out_of_message = false;
             r.mail_deferred = false;
+            r.refusing = None;
+            r.holds_rcpt = false;
         }
         self.mail = None;
         self.pending = None;
@@ -759,13 +803,17 @@ impl Milter for Chain {
             }
             match opened {
                 Ok(conn) => self.children[i].conn = Some(conn),
-                Err(e) => self.note_error(
-                    i,
-                    &Failure {
-                        kind: "connect",
-                        detail: e.to_string(),
-                    },
-                ),
+                Err(e) => {
+                    // Not tried again before the second message of this connection.
+                    self.children[i].next_try = self.messages + 2;
+                    self.note_error(
+                        i,
+                        &Failure {
+                            kind: "connect",
+                            detail: e.to_string(),
+                        },
+                    );
+                }
             }
         }
         *request = self.request(offer);
@@ -818,29 +866,34 @@ impl Milter for Chain {
     async fn mail(&mut self, _: &mut (), mail: Mail<'_>) -> Result<Decision> {
         self.begin(Stage::Mail);
         self.end_message();
+        self.messages += 1;
         let macros = pairs(mail.macros(), b'M');
         let envelope = mail.envelope.clone();
         self.mail = Some((envelope.clone(), macros.clone()));
-        if let Some(d) = self.reconnect().await {
-            return Ok(self.answer(Stage::Mail, Merged::Decided(d)));
-        }
         let authenticated = mail
             .macro_value("{auth_authen}")
             .is_some_and(|v| !v.is_empty());
+        let settings = self.settings.clone();
         for i in 0..self.children.len() {
-            let settings = self.settings.clone();
-            let r = &mut self.children[i];
-            let when = &settings.milters[r.index].when;
-            if r.out_of_session || r.out_of_message || r.conn.is_none() {
+            let when = &settings.milters[self.children[i].index].when;
+            if self.children[i].out_of_session {
                 continue;
             }
+            // Conditions first: a child this message is not for is not connected to, and its
+            // being down does not matter.
             if !when.admits_sender(authenticated) {
-                r.out_of_message = true;
-            } else if when.by_rcpt() {
-                r.mail_deferred = true;
-            } else {
-                r.in_message = true;
+                self.children[i].out_of_message = true;
+                continue;
             }
+            if when.by_rcpt() {
+                self.children[i].mail_deferred = true;
+                continue;
+            }
+            if let Some(d) = self.ensure(i, Stage::Mail).await {
+                return Ok(self.answer(Stage::Mail, Merged::Decided(d)));
+            }
+            let r = &mut self.children[i];
+            r.in_message = r.conn.is_some() && !r.out_of_session && !r.out_of_message;
         }
         let merged = self
             .forward(Stage::Mail, Scope::Message, &macros, |_| {
@@ -857,15 +910,30 @@ impl Milter for Chain {
         }
         let macros = pairs(rcpt.macros(), b'R');
         let envelope = rcpt.envelope.clone();
+        let settings = self.settings.clone();
+        let filters = |r: &Running| {
+            settings.milters[r.index]
+                .when
+                .admits_rcpt(&envelope.address)
+        };
         for i in 0..self.children.len() {
             let r = &self.children[i];
-            if r.out_of_session || r.out_of_message || r.conn.is_none() {
+            if r.out_of_session || !filters(r) {
                 continue;
             }
-            if !self.child(i).when.admits_rcpt(&envelope.address) {
+            if let Some(d) = r.refusing.clone() {
+                return Ok(self.answer(Stage::Rcpt, Merged::Decided(d)));
+            }
+            if r.out_of_message {
                 continue;
             }
             if r.mail_deferred {
+                if let Some(d) = self.ensure(i, Stage::Rcpt).await {
+                    return Ok(self.answer(Stage::Rcpt, Merged::Decided(d)));
+                }
+                if self.children[i].out_of_session {
+                    continue;
+                }
                 if let Some(d) = self.send_deferred_mail(i).await {
                     return Ok(self.answer(Stage::Rcpt, Merged::Decided(d)));
                 }
@@ -878,6 +946,12 @@ impl Milter for Chain {
                 return Ok(self.answer(Stage::Rcpt, Merged::Decided(d)));
             }
         }
+        // The recipient is accepted: the children that filter it hold one.
+        for i in 0..self.children.len() {
+            if self.takes(i, Scope::Message) && filters(&self.children[i]) {
+                self.children[i].holds_rcpt = true;
+            }
+        }
         Ok(self.answer(Stage::Rcpt, Merged::Continue))
     }
 
@@ -885,6 +959,9 @@ impl Milter for Chain {
         self.begin(Stage::Data);
         if let Some(d) = self.take_pending(Stage::Data) {
             return Ok(d);
+        }
+        if let Some(d) = self.refusal_of_message() {
+            return Ok(self.answer(Stage::Data, Merged::Decided(d)));
         }
         for r in &mut self.children {
             if r.mail_deferred {
@@ -934,7 +1011,7 @@ impl Milter for Chain {
 
     async fn eom(&mut self, _: &mut (), eom: &mut Eom<'_>) -> Result<Decision> {
         self.begin(Stage::Eom);
-        if let Some(d) = self.pending.take() {
+        if let Some(d) = self.pending.take().or_else(|| self.refusal_of_message()) {
             self.finish_message().await;
             return Ok(d);
         }

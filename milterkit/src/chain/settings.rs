@@ -75,8 +75,9 @@ impl MtaName {
 
 /// What the chain does for a child that is down (cannot be connected to or negotiated with),
 /// slow (past its timeout) or broken (a protocol error, or it closed the connection), at the
-/// stage where that happens. The child is left out of the rest of the connection either way; a
-/// later message on the same connection tries it again.
+/// stage where that happens. Tempfail and reject stand for the rest of the message: every later
+/// recipient the child filters, and the message once one of those was accepted. A later message
+/// on the same connection tries the child again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailSafe {
@@ -196,8 +197,9 @@ impl<'de> Deserialize<'de> for Net {
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct When {
-    /// Only for SMTP clients in these blocks (decided at CONNECT; a client without an IP
-    /// address, such as a local submission, is not in any).
+    /// Only for SMTP clients in these blocks (decided at CONNECT). Local submissions count
+    /// with the address the MTA gives them (Postfix's `non_smtpd_milters`: 127.0.0.1); a client
+    /// without an IP address is in no block.
     #[serde(default)]
     pub client: Vec<Net>,
     /// Never for SMTP clients in these blocks.
