@@ -771,7 +771,7 @@ async fn the_body_stays_apart_from_the_headers_without_end_of_headers() {
 async fn a_message_past_max_message_size_is_tempfailed() {
     let kid = serve(Kid::default()).await;
     let text = format!(
-        "max_message_size = 100\n[[milter]]\nname = \"k\"\nsocket = \"{}\"\n",
+        "max_message_size = 1024\n[[milter]]\nname = \"k\"\nsocket = \"{}\"\n",
         kid.spec
     );
     let s = Arc::new(Settings::from_toml(&text).unwrap());
@@ -779,7 +779,7 @@ async fn a_message_past_max_message_size_is_tempfailed() {
     let big = Transaction::new()
         .from("<a@example.org>")
         .to("<b@example.net>")
-        .message(format!("Subject: x\r\n\r\n{}\r\n", "y".repeat(200)));
+        .message(format!("Subject: x\r\n\r\n{}\r\n", "y".repeat(2000)));
     let out = h.run(&big).await.unwrap();
     assert!(
         matches!(out.decision(Stage::Eom), Some(Decision::Reply(r)) if r.code() == 452),

@@ -208,7 +208,7 @@ fn failure(e: &Error) -> Failure {
     };
     Failure {
         kind,
-        detail: e.to_string(),
+        detail: crate::error::Causes(e).to_string(),
     }
 }
 
@@ -623,7 +623,7 @@ impl Chain {
                     i,
                     &Failure {
                         kind: "connect",
-                        detail: e.to_string(),
+                        detail: crate::error::Causes(&e).to_string(),
                     },
                 ),
             }
@@ -810,7 +810,7 @@ impl Milter for Chain {
                         i,
                         &Failure {
                             kind: "connect",
-                            detail: e.to_string(),
+                            detail: crate::error::Causes(&e).to_string(),
                         },
                     );
                 }

@@ -212,7 +212,7 @@ pub struct When {
     /// Only for recipients in these domains (exact, case-insensitive; `.example.org` also
     /// matches its subdomains). The child sees only those recipients, and a message with none of
     /// them not at all: its MAIL is sent with the first matching recipient.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "domains")]
     pub rcpt_domain: Vec<String>,
 }
 
@@ -255,21 +255,105 @@ impl When {
     }
 }
 
+/// A timeout: text (`"500ms"`, `"1.5s"`, `"2m"`) or a number of seconds, more than 0.
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Spelled {
-        Seconds(u64),
-        Text(String),
+    struct Timeout;
+    impl serde::de::Visitor<'_> for Timeout {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a timeout such as \"500ms\", \"5s\", \"2m\" or a number of seconds")
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(n))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
+            u64::try_from(n)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a timeout must be more than 0"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(n).map_err(|_| E::custom("a timeout must be more than 0"))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+            parse_duration(s).map_err(E::custom)
+        }
     }
-    let d = match Spelled::deserialize(d)? {
-        Spelled::Seconds(n) => Duration::from_secs(n),
-        Spelled::Text(s) => parse_duration(&s).map_err(serde::de::Error::custom)?,
-    };
+    let d = d.deserialize_any(Timeout)?;
     if d.is_zero() {
         return Err(serde::de::Error::custom("a timeout must be more than 0"));
     }
     Ok(d)
+}
+
+/// Deserializes a string and checks it with `check`, so that the error has the value's line.
+fn checked<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    check: fn(&str) -> Result<(), String>,
+) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    check(&s).map_err(serde::de::Error::custom)?;
+    Ok(s)
+}
+
+fn name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked(d, check_name)
+}
+
+fn socket<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    checked(d, check_socket)
+}
+
+fn domains<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    for domain in &list {
+        check_domain(domain).map_err(serde::de::Error::custom)?;
+    }
+    Ok(list)
+}
+
+fn message_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n < Settings::MIN_MESSAGE_SIZE {
+        return Err(serde::de::Error::custom(format!(
+            "max_message_size must be at least {} bytes",
+            Settings::MIN_MESSAGE_SIZE
+        )));
+    }
+    Ok(n)
+}
+
+/// A child's name: letters, digits, `-`, `_`, `.`.
+fn check_name(name: &str) -> Result<(), String> {
+    let good = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || !name.chars().all(good) {
+        return Err(format!(
+            "name {name:?} must be letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// A child's socket: a spec the MTA side can connect to whatever the daemon's working folder.
+fn check_socket(spec: &str) -> Result<(), String> {
+    match spec.parse::<SocketSpec>().map_err(|e| e.to_string())? {
+        SocketSpec::Unix(path) if path.is_relative() => Err(format!(
+            "{spec:?}: the path of a unix socket must be absolute (unix:/run/…)"
+        )),
+        SocketSpec::Inet { port: 0, .. } => Err(format!("{spec:?}: port 0 cannot be connected to")),
+        _ => Ok(()),
+    }
+}
+
+/// An `rcpt_domain` entry: a domain, or `.domain` for it and its subdomains.
+fn check_domain(domain: &str) -> Result<(), String> {
+    let bare = domain.strip_prefix('.').unwrap_or(domain);
+    let good = |c: char| !c.is_whitespace() && !c.is_control() && !matches!(c, '@' | '<' | '>');
+    if bare.is_empty() || bare.starts_with('.') || !bare.chars().all(good) {
+        return Err(format!(
+            "rcpt_domain {domain:?} is not a domain such as \"example.org\" or \".example.org\""
+        ));
+    }
+    Ok(())
 }
 
 fn default_connect_timeout() -> Duration {
@@ -289,8 +373,11 @@ fn default_eom_timeout() -> Duration {
 #[non_exhaustive]
 pub struct Child {
     /// Its name in logs and metrics: letters, digits, `-`, `_`, `.`; unique in the chain.
+    #[serde(deserialize_with = "name")]
     pub name: String,
-    /// Its socket: `inet:PORT@HOST`, `inet:HOST:PORT`, `inet6:PORT@HOST`, `unix:/path`.
+    /// Its socket: `inet:PORT@HOST`, `inet:HOST:PORT`, `inet6:PORT@HOST`, `unix:/path` (an
+    /// absolute path).
+    #[serde(deserialize_with = "socket")]
     pub socket: String,
     /// Longest wait to connect and for its answer to OPTNEG, each. Default 5 s.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
@@ -381,7 +468,10 @@ pub struct Settings {
     /// The largest message (header fields and body, in bytes) the chain keeps to hand its
     /// children one after the other; a larger one is tempfailed (452 4.3.4). Default 64 MiB:
     /// above the default size limits of Postfix (10 MB) and Sendmail (none).
-    #[serde(default = "default_max_message_size")]
+    #[serde(
+        default = "default_max_message_size",
+        deserialize_with = "message_size"
+    )]
     pub max_message_size: usize,
 }
 
@@ -392,6 +482,8 @@ fn default_max_message_size() -> usize {
 impl Settings {
     /// Default [`Settings::max_message_size`]: 64 MiB.
     pub const MAX_MESSAGE_SIZE: usize = 64 << 20;
+    /// The smallest [`Settings::max_message_size`] a file may set: 1 KiB.
+    pub const MIN_MESSAGE_SIZE: usize = 1024;
 
     /// Settings with these children behind Postfix, checked as a file is.
     ///
@@ -431,7 +523,17 @@ impl Settings {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        s.check(path)?;
+        s.check(path).map_err(|e| match e {
+            // A name given twice: the line of the second.
+            SettingsError::Invalid { path, what } => match twice(text, &s) {
+                Some(line) => SettingsError::Invalid {
+                    path,
+                    what: format!("line {line}: {what}"),
+                },
+                None => SettingsError::Invalid { path, what },
+            },
+            other => other,
+        })?;
         Ok(s)
     }
 
@@ -449,23 +551,39 @@ impl Settings {
             ));
         }
         for (i, child) in self.milters.iter().enumerate() {
-            let good = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-            if child.name.is_empty() || !child.name.chars().all(good) {
-                return Err(invalid(format!(
-                    "milter {}: name {:?} must be letters, digits, '-', '_' or '.'",
-                    i + 1,
-                    child.name
-                )));
+            check_name(&child.name).map_err(|e| invalid(format!("milter {}: {e}", i + 1)))?;
+            check_socket(&child.socket)
+                .map_err(|e| invalid(format!("milter {:?}: {e}", child.name)))?;
+            for domain in &child.when.rcpt_domain {
+                check_domain(domain)
+                    .map_err(|e| invalid(format!("milter {:?}: {e}", child.name)))?;
             }
             if self.milters[..i].iter().any(|c| c.name == child.name) {
                 return Err(invalid(format!("milter {:?} is named twice", child.name)));
             }
-            if let Err(e) = child.socket.parse::<SocketSpec>() {
-                return Err(invalid(format!("milter {:?}: {e}", child.name)));
-            }
         }
         Ok(())
     }
+}
+
+/// The line of the second `name` of a child named twice in `text`, if there is one.
+fn twice(text: &str, settings: &Settings) -> Option<usize> {
+    #[derive(Deserialize)]
+    struct Names {
+        milter: Vec<Named>,
+    }
+    #[derive(Deserialize)]
+    struct Named {
+        name: toml::Spanned<String>,
+    }
+    let names: Names = toml::from_str(text).ok()?;
+    let second = names.milter.iter().enumerate().find(|(i, n)| {
+        settings.milters[..*i]
+            .iter()
+            .any(|c| c.name == *n.name.get_ref())
+    })?;
+    let start = second.1.name.span().start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
 }
 
 #[cfg(test)]
@@ -534,9 +652,45 @@ mod tests {
             "{typo}"
         );
         let twice = err("[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\n[[milter]]\nname = \"a\"\nsocket = \"inet:2@h\"\n");
-        assert!(twice.contains("named twice"), "{twice}");
-        let sock = err("[[milter]]\nname = \"a\"\nsocket = \"tcp:1\"\n");
-        assert!(sock.contains("milter \"a\""), "{sock}");
+        assert_eq!(twice, "<string>: line 5: milter \"a\" is named twice");
+        // What one value gets wrong is said with its line.
+        let at_line_3 = |key_value: &str, says: &str| {
+            let e = err(&format!("[[milter]]\nname = \"a\"\n{key_value}\n"));
+            assert!(e.contains("line 3") && e.contains(says), "{key_value}: {e}");
+        };
+        at_line_3("socket = \"tcp:1\"", "unknown protocol");
+        at_line_3("socket = \"unix:milter.sock\"", "must be absolute");
+        at_line_3("socket = \"inet:0@127.0.0.1\"", "port 0");
+        let e = err("[[milter]]\nname = \"a b\"\nsocket = \"inet:1@h\"\n");
+        assert!(e.contains("line 2") && e.contains("must be letters"), "{e}");
+        for bad in ["\"\"", "\"@example.org\"", "\"exa mple.org\"", "\"..org\""] {
+            let e = err(&format!(
+                "[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\nwhen = {{ rcpt_domain = [{bad}] }}\n"
+            ));
+            assert!(e.contains("line 4") && e.contains("is not a domain"), "{e}");
+        }
+        let e = err("max_message_size = 0\n[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\n");
+        assert!(e.contains("line 1") && e.contains("at least 1024"), "{e}");
+        // Timeouts: text with a fraction, seconds as a number, never 0 or less.
+        let timeout = |value: &str| {
+            Settings::from_toml(&format!(
+                "[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\ncommand_timeout = {value}\n"
+            ))
+            .map(|s| s.milters[0].command_timeout)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(timeout("\"0.5s\""), Ok(Duration::from_millis(500)));
+        assert_eq!(timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(timeout("7"), Ok(Duration::from_secs(7)));
+        for bad in ["-5", "0", "-1.5", "\"0s\""] {
+            let e = timeout(bad).unwrap_err();
+            assert!(
+                e.contains("line 4") && e.contains("more than 0"),
+                "{bad}: {e}"
+            );
+        }
+        let e = timeout("true").unwrap_err();
+        assert!(e.contains("a timeout such as"), "{e}");
         let time = err(
             "[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\ncommand_timeout = \"5 parsecs\"\n",
         );

@@ -484,26 +484,39 @@ fn parse_mode(s: &str) -> Result<u32, String> {
     }
 }
 
-/// `500ms`, `90s`, `5m`, `2h`, or a bare number of seconds.
+/// `500ms`, `90s`, `1.5s`, `5m`, `2h`, or a bare number of seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration such as 30s, 5m or 500ms"))?;
-    let secs = |mult: u64| {
-        n.checked_mul(mult)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{s:?} is too long"))
+    let bad = || format!("{s:?} is not a duration such as 30s, 5m, 1.5s or 500ms");
+    let (ms, secs): (u64, u64) = match unit.trim() {
+        "ms" => (1, 0),
+        "" | "s" => (1000, 1),
+        "m" | "min" => (60_000, 60),
+        "h" => (3_600_000, 3600),
+        _ if number.is_empty() => return Err(bad()),
+        other => return Err(format!("unknown unit {other:?} in {s:?} (ms, s, m, h)")),
     };
-    match unit.trim() {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => secs(1),
-        "m" | "min" => secs(60),
-        "h" => secs(3600),
-        other => Err(format!("unknown unit {other:?} in {s:?} (ms, s, m, h)")),
+    let too_long = || format!("{s:?} is too long");
+    if number.contains('.') {
+        // A fraction, to the millisecond.
+        let n: f64 = number.parse().map_err(|_| bad())?;
+        let millis = (n * ms as f64).round();
+        if millis >= u64::MAX as f64 {
+            return Err(too_long());
+        }
+        return Ok(Duration::from_millis(millis as u64));
     }
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    if secs == 0 {
+        return Ok(Duration::from_millis(n));
+    }
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(too_long)
 }
 
 #[cfg(test)]
@@ -516,6 +529,11 @@ mod tests {
         assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("0.5m"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration(".25s"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("1.2.3s").is_err());
+        assert!(parse_duration("-5s").is_err());
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
