@@ -957,4 +957,29 @@ async fn a_down_child_matters_only_for_mail_its_conditions_let_in() {
         .await
         .unwrap();
     assert_eq!(decision_at(&out, Stage::Mail), Decision::Reject, "{out:?}");
+
+    // With skip, its recipients go through without it; it is tried once a message, its
+    // fail-safe used once.
+    let mut org = Child::new("org", nobody());
+    org.fail_safe = FailSafe::Skip;
+    org.when = toml_when("rcpt_domain = [\"example.org\"]");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let exposed = milterkit::metrics::Metrics::with_registry(registry);
+    let chain = Chain::new(settings(vec![org, Child::new("stamp", &stamp.spec)]));
+    let mut h = Harness::postfix(chain.with_metrics(metrics));
+    let to = ["<a@example.org>", "<c@example.org>"];
+    for _ in 0..2 {
+        let out = h.run(&tx(&to)).await.unwrap();
+        assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+        assert!(out.refused.is_empty(), "{out:?}");
+    }
+    let text = exposed.encode();
+    for line in [
+        // At negotiation, then in the second message (not again in the first).
+        "milter_chain_child_errors_total{child=\"org\",kind=\"connect\"} 2",
+        "milter_chain_child_fail_safe_total{child=\"org\",fail_safe=\"skip\"} 2",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
 }

@@ -482,7 +482,9 @@ impl Chain {
             // Not sent (it asked not to see this stage), or sent without a reply owed.
             Ok((None, _)) => Decision::Continue,
             Err(_) => {
-                self.leave(i, stage);
+                // Out of this message only (even at CONNECT or HELO): its connection is gone,
+                // and the next message tries it again or gives it its fail-safe.
+                self.children[i].out_of_message = true;
                 let d = self.fail_safe(i, stage);
                 if matches!(stage, Stage::Mail | Stage::Rcpt) {
                     self.children[i].refusing.clone_from(&d);
@@ -931,7 +933,9 @@ impl Milter for Chain {
                 if let Some(d) = self.ensure(i, Stage::Rcpt).await {
                     return Ok(self.answer(Stage::Rcpt, Merged::Decided(d)));
                 }
-                if self.children[i].out_of_session {
+                let r = &self.children[i];
+                if r.out_of_session || r.out_of_message {
+                    // Down with fail-safe skip, or it accepted the replayed CONNECT or HELO.
                     continue;
                 }
                 if let Some(d) = self.send_deferred_mail(i).await {
