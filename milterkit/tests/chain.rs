@@ -29,7 +29,7 @@ struct Kid {
     /// A replacement body.
     body: Option<&'static str>,
     leading_space: bool,
-    /// How long MAIL and end of message take.
+    /// How long CONNECT, MAIL and end of message take.
     slow: HashMap<Stage, Duration>,
     /// How long RCPT takes for one recipient.
     slow_rcpt: Option<(&'static str, Duration)>,
@@ -48,7 +48,7 @@ impl Kid {
         self.at.insert(stage, decision);
         self
     }
-    /// This child taking `how_long` at `stage` (MAIL or EOM).
+    /// This child taking `how_long` at `stage` (CONNECT, MAIL or EOM).
     fn slow_at(mut self, stage: Stage, how_long: Duration) -> Kid {
         self.slow.insert(stage, how_long);
         self
@@ -81,6 +81,7 @@ impl Milter for Kid {
         Ok(())
     }
     async fn connect(&mut self, c: Connect<'_>) -> Result<Decision> {
+        self.wait(Stage::Connect).await;
         self.note(format!(
             "connect {} j={:?}",
             c.address(),
@@ -982,4 +983,53 @@ async fn a_down_child_matters_only_for_mail_its_conditions_let_in() {
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn a_child_failing_before_the_message_gets_its_fail_safe_at_mail_once() {
+    let slow = serve(Kid::default().slow_at(Stage::Connect, Duration::from_secs(3))).await;
+    let stamp = serve(Kid::adding("X-Stamp", "1")).await;
+    let run = |when: &str| {
+        let mut slow = Child::new("slow", &slow.spec);
+        slow.command_timeout = Duration::from_millis(200);
+        if !when.is_empty() {
+            slow.when = toml_when(when);
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = ChainMetrics::register(&mut registry);
+        let exposed = milterkit::metrics::Metrics::with_registry(registry);
+        let chain = Chain::new(settings(vec![slow, Child::new("stamp", &stamp.spec)]));
+        (Harness::postfix(chain.with_metrics(metrics)), exposed)
+    };
+    // Timed out at CONNECT: the session goes on, the message gets its fail-safe at MAIL.
+    let (mut h, exposed) = run("");
+    let out = h.run(&message()).await.unwrap();
+    assert_eq!(
+        decision_at(&out, Stage::Connect),
+        Decision::Continue,
+        "{out:?}"
+    );
+    assert_eq!(
+        decision_at(&out, Stage::Mail),
+        Decision::Tempfail,
+        "{out:?}"
+    );
+    let text = exposed.encode();
+    for line in [
+        "milter_chain_child_errors_total{child=\"slow\",kind=\"timeout\"} 1",
+        "milter_chain_child_fail_safe_total{child=\"slow\",fail_safe=\"tempfail\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(
+        !text.contains("kind=\"connect\""),
+        "not tried again: {text}"
+    );
+    // For authenticated senders only: a message from anybody else does not need it.
+    let (mut h, _) = run("authenticated = true");
+    let mut anonymous = message();
+    anonymous = anonymous.with_macro(Stage::Mail, "{auth_authen}", "");
+    let out = h.run(&anonymous).await.unwrap();
+    assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
+    assert!(delivered(&out).contains("X-Stamp: 1"), "{out:?}");
 }

@@ -481,14 +481,17 @@ impl Chain {
             }
             // Not sent (it asked not to see this stage), or sent without a reply owed.
             Ok((None, _)) => Decision::Continue,
+            Err(_) if matches!(stage, Stage::Connect | Stage::Helo) => {
+                // Before any message, as for a child down from the start: its fail-safe waits
+                // for the next MAIL, where its conditions are known, which does not try it
+                // again.
+                self.children[i].next_try = self.messages + 2;
+                return None;
+            }
             Err(_) => {
-                // Out of this message only (even at CONNECT or HELO): its connection is gone,
-                // and the next message tries it again or gives it its fail-safe.
                 self.children[i].out_of_message = true;
                 let d = self.fail_safe(i, stage);
-                if matches!(stage, Stage::Mail | Stage::Rcpt) {
-                    self.children[i].refusing.clone_from(&d);
-                }
+                self.children[i].refusing.clone_from(&d);
                 return d;
             }
         };
@@ -618,8 +621,16 @@ impl Chain {
                     self.children[i].conn = Some(conn);
                     self.children[i].busy = false;
                     let d = self.replay_session(i).await;
-                    self.children[i].refusing.clone_from(&d);
-                    return d;
+                    self.children[i].next_try = self.messages + 1;
+                    if d.is_some() {
+                        // It refused the replayed CONNECT or HELO.
+                        self.children[i].refusing.clone_from(&d);
+                        return d;
+                    }
+                    if self.children[i].conn.is_some() {
+                        return None;
+                    }
+                    // It failed in the replay: as if still down.
                 }
                 Err(e) => self.note_error(
                     i,
