@@ -23,10 +23,10 @@ pub(crate) struct BenchArgs {
     /// The milter's socket.
     socket: String,
     /// Connections open at once, each running messages one after another.
-    #[arg(long, default_value_t = 10)]
-    connections: usize,
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    connections: u32,
     /// Messages in all (ignored with --duration).
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     messages: u64,
     /// Body size of each message, in bytes.
     #[arg(long, default_value_t = 1024)]

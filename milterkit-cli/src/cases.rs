@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::envelope::split_envelope;
 use crate::error::print;
 use bytes::Bytes;
 use milterkit::mta::{Connection, Outcome, Profile, Transaction, Verdict};
@@ -313,21 +314,6 @@ const DECISION_WORDS: [&str; 10] = [
 fn line_of(text: &str, offset: usize) -> usize {
     text.get(..offset)
         .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
-}
-
-/// `<address> ARG ARG`: the address (up to `>` when it starts with `<`), then the arguments.
-fn split_envelope(s: &str) -> (String, Vec<String>) {
-    let s = s.trim();
-    let end = if s.starts_with('<') {
-        s.find('>').map_or(s.len(), |i| i + 1)
-    } else {
-        s.find(char::is_whitespace).unwrap_or(s.len())
-    };
-    let (address, rest) = s.split_at(end);
-    (
-        address.to_owned(),
-        rest.split_whitespace().map(str::to_owned).collect(),
-    )
 }
 
 fn stage_named(name: &str) -> Option<Stage> {

@@ -109,6 +109,21 @@ pub(crate) fn bracketed(given: &str) -> Option<String> {
     })
 }
 
+/// `<address> ARG ARG`: the address (up to `>` when it starts with `<`), then the arguments.
+pub(crate) fn split_envelope(s: &str) -> (String, Vec<String>) {
+    let s = s.trim();
+    let end = if s.starts_with('<') {
+        s.find('>').map_or(s.len(), |i| i + 1)
+    } else {
+        s.find(char::is_whitespace).unwrap_or(s.len())
+    };
+    let (address, rest) = s.split_at(end);
+    (
+        address.to_owned(),
+        rest.split_whitespace().map(str::to_owned).collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -276,14 +276,19 @@ fn build_transaction(args: &RunArgs, message: Bytes) -> Result<Transaction, Stri
         Some(f) => envelope_address("--from", f),
         None => envelope::header_sender(&message).unwrap_or_else(|| "<sender@example.org>".into()),
     };
+    // `<address> ARG …`: the ESMTP arguments go apart, as an MTA sends them.
+    let (from, from_args) = envelope::split_envelope(&from);
     let mut tx = Transaction::new()
-        .from(from)
+        .from_with_args(from, from_args)
         .helo(&args.helo)
         .client(name.as_deref(), ip, args.client_port)
         .message(message.clone());
     let rcpts = if args.rcpt.is_empty() {
         envelope::header_recipients(&message)
     } else {
+        if args.rcpt.iter().any(|r| r.trim().is_empty()) {
+            return Err("--rcpt: an empty recipient".into());
+        }
         args.rcpt
             .iter()
             .map(|r| envelope_address("--rcpt", r))
@@ -293,7 +298,8 @@ fn build_transaction(args: &RunArgs, message: Bytes) -> Result<Transaction, Stri
         return Err("no recipient: give --rcpt or a message with To: or Cc:".into());
     }
     for r in rcpts {
-        tx = tx.to(r);
+        let (address, args) = envelope::split_envelope(&r);
+        tx = tx.to_with_args(address, args);
     }
     for m in &args.macros {
         let (stage, pair) = match m.split_once(':') {
@@ -302,7 +308,7 @@ fn build_transaction(args: &RunArgs, message: Bytes) -> Result<Transaction, Stri
             }
             _ => (b'C', m.as_str()),
         };
-        let Some((name, value)) = pair.split_once('=') else {
+        let Some((name, value)) = pair.split_once('=').filter(|(n, _)| !n.is_empty()) else {
             return Err(format!("--macro {m:?}: expected NAME=VALUE"));
         };
         let stage = match Stage::from_code(stage) {

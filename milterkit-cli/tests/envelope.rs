@@ -87,3 +87,44 @@ fn bytes_that_are_not_a_message_are_refused_naming_the_file() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn esmtp_arguments_go_apart_from_the_address() {
+    let served = serve_policy().await;
+    let message = file("esmtp", b"Subject: s\r\n\r\nHi.\r\n");
+    // The policy milter refuses recipients at old.example: it must see the address alone.
+    let (code, out, err) = run(
+        &served.spec,
+        &message,
+        &[
+            "--rcpt",
+            "<carol@old.example> NOTIFY=NEVER",
+            "--rcpt",
+            "<bob@example.net> NOTIFY=SUCCESS ORCPT=rfc822;bob@example.net",
+            "--from",
+            "<a@example.org> BODY=8BITMIME",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let refused = &json["refused"];
+    assert_eq!(refused[0]["rcpt"], "<carol@old.example>", "{json:#}");
+    let bob = &json["delivery"]["recipients"][0];
+    assert_eq!(bob["address"], "<bob@example.net>", "{json:#}");
+    assert_eq!(
+        bob["args"],
+        serde_json::json!(["NOTIFY=SUCCESS", "ORCPT=rfc822;bob@example.net"]),
+        "{json:#}"
+    );
+    assert_eq!(
+        json["delivery"]["sender"]["args"][0], "BODY=8BITMIME",
+        "{json:#}"
+    );
+    for bad in [&["--rcpt", ""][..], &["--macro", "=x"]] {
+        let (code, _, err) = run(&served.spec, &message, bad).await;
+        assert_ne!(code, 0, "{bad:?}: {err}");
+    }
+    served.stop().await.unwrap();
+}

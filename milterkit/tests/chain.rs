@@ -12,8 +12,8 @@ use milterkit::chain::{Chain, ChainMetrics, Child, FailSafe, Mode, Settings};
 use milterkit::mta::{Transaction, Verdict};
 use milterkit::testing::Harness;
 use milterkit::{
-    Actions, Body, Connect, Decision, Eom, Header, Helo, Mail, Milter, Offer, ProtocolFlags, Rcpt,
-    Reply, Request, Result, Stage,
+    Actions, Body, Connect, Decision, Eom, Header, Helo, Mail, Milter, Modification, Offer,
+    ProtocolFlags, Rcpt, Reply, Request, Result, Stage,
 };
 use tokio::sync::oneshot;
 
@@ -33,6 +33,8 @@ struct Kid {
     slow: HashMap<Stage, Duration>,
     /// How long RCPT takes for one recipient.
     slow_rcpt: Option<(&'static str, Duration)>,
+    /// Header changes at end of message: name, index, value (empty: delete).
+    changes: Vec<(&'static str, u32, &'static str)>,
 }
 
 impl Kid {
@@ -71,7 +73,9 @@ impl Kid {
 
 impl Milter for Kid {
     type Message = ();
-    const ACTIONS: Actions = Actions::ADD_HEADER.union(Actions::CHANGE_BODY);
+    const ACTIONS: Actions = Actions::ADD_HEADER
+        .union(Actions::CHANGE_BODY)
+        .union(Actions::CHANGE_HEADER);
 
     async fn negotiate(&mut self, _: &Offer, request: &mut Request) -> Result<()> {
         request.options |= ProtocolFlags::SKIP;
@@ -129,6 +133,12 @@ impl Milter for Kid {
         }
         if let Some(body) = self.body {
             eom.replace_body(body)?;
+        }
+        for (name, index, value) in &self.changes {
+            match *value {
+                "" => eom.delete_header(name, *index)?,
+                value => eom.change_header(name, *index, value)?,
+            }
         }
         Ok(self.decide(Stage::Eom))
     }
@@ -1032,4 +1042,60 @@ async fn a_child_failing_before_the_message_gets_its_fail_safe_at_mail_once() {
     let out = h.run(&anonymous).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     assert!(delivered(&out).contains("X-Stamp: 1"), "{out:?}");
+}
+
+#[tokio::test]
+async fn later_childrens_header_indexes_reach_sendmail_as_listed_directly() {
+    // Each deletes X-Multi 1 and changes X-Multi 2, as the helper milters of the interop tests
+    // can be asked to.
+    let edits = Kid {
+        changes: vec![("X-Multi", 1, ""), ("X-Multi", 2, "changed")],
+        ..Kid::default()
+    };
+    let a = serve(edits.clone()).await;
+    let b = serve(edits).await;
+    let original = "X-Multi: 1\r\nSubject: s\r\nX-Multi: 2\r\nX-Multi: 3\r\n\r\nbody\r\n";
+    let tx = Transaction::new()
+        .from("<a@example.org>")
+        .to("<b@example.net>")
+        .message(original);
+    for (mta, harness) in [
+        ("sendmail", Harness::sendmail as fn(Chain) -> Harness<Chain>),
+        ("postfix", Harness::postfix),
+    ] {
+        let text = format!(
+            "mta = \"{mta}\"\n[[milter]]\nname = \"a\"\nsocket = \"{}\"\n\
+             [[milter]]\nname = \"b\"\nsocket = \"{}\"\n",
+            a.spec, b.spec
+        );
+        let chain = Chain::new(Arc::new(Settings::from_toml(&text).unwrap()));
+        let out = harness(chain).run(&tx).await.unwrap();
+        // Listed directly: a's edits with the MTA's rules, then b's on what a left.
+        let rules = if mta == "sendmail" {
+            milterkit::proto::message::Mta::Sendmail
+        } else {
+            milterkit::proto::message::Mta::Postfix
+        };
+        let nobody = milterkit::proto::command::Envelope::new(bytes::Bytes::new());
+        let mut direct = milterkit::proto::message::Message::parse(original.into());
+        for _ in 0..2 {
+            let mods = [
+                Modification::ChangeHeader {
+                    index: 1,
+                    name: "X-Multi".into(),
+                    value: bytes::Bytes::new(),
+                },
+                Modification::ChangeHeader {
+                    index: 2,
+                    name: "X-Multi".into(),
+                    value: " changed".into(),
+                },
+            ];
+            let applied = direct.apply(&nobody, &[], &mods, rules, true);
+            direct = milterkit::proto::message::Message::parse(applied.message);
+        }
+        let want = String::from_utf8_lossy(&direct.to_bytes()).into_owned();
+        assert_eq!(out.verdict, Some(Verdict::Accept), "{mta}: {out:?}");
+        assert_eq!(delivered(&out), want, "{mta}: {out:?}");
+    }
 }

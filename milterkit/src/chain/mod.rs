@@ -32,8 +32,8 @@
 //! sits out the rest of the message. The next message on the connection tries to connect to it
 //! again (CONNECT and HELO replayed), at most once a message. A child in [`Mode::Evaluate`] is
 //! driven the same way, but its decisions and modifications are only logged and counted.
-//! [`When`] limits a child to some clients, senders or recipient domains; a child is connected
-//! to only for what its conditions let in, so one that is down matters only there.
+//! [`When`] limits a child to some clients, senders or recipient domains; a child that is down
+//! matters only for what its conditions let in.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -183,6 +183,95 @@ struct Content {
     eoh: Pairs,
     /// Bigger than the settings allow: no more is kept.
     too_large: bool,
+}
+
+/// Sendmail's list of header fields as the chain's modifications reach it, all as one milter's.
+/// Sendmail only marks a deleted field: it still counts for later CHGHEADER indexes of the same
+/// milter, but not for a later milter's (seen with Sendmail 8.17 and two milters listed
+/// directly: the second one's index 1 is the first field left). A later child's index, counted on
+/// the fields it was sent, is turned into the one Sendmail counts for the chain.
+struct SendmailFields {
+    /// The message's own fields in Sendmail's order: name, and the child that deleted it.
+    fields: Vec<(Bytes, Option<usize>)>,
+}
+
+impl SendmailFields {
+    /// Entries Sendmail keeps ahead of the message's own fields, which INSHEADER indexes count
+    /// (its `Received:` and seven default fields; as `Message::apply` has them).
+    const AHEAD: usize = 8;
+
+    fn new(message: &Message) -> SendmailFields {
+        let fields = message.headers.iter().map(|h| (h.name.clone(), None));
+        SendmailFields {
+            fields: fields.collect(),
+        }
+    }
+
+    /// Child `child`'s modification `m` for Sendmail, noted in the list.
+    fn translate(&mut self, child: usize, m: Modification) -> Modification {
+        match m {
+            Modification::ChangeHeader { index, name, value } => {
+                let wanted = index.max(1) as usize;
+                let same = |f: &(Bytes, Option<usize>)| f.0.eq_ignore_ascii_case(&name);
+                // Counted as the child counts (not the fields earlier children deleted), and as
+                // Sendmail counts (all).
+                let (mut seen, mut all) = (0, 0);
+                let mut found = None;
+                for (at, f) in self.fields.iter().enumerate() {
+                    if !same(f) {
+                        continue;
+                    }
+                    all += 1;
+                    if f.1.is_none_or(|by| by == child) {
+                        seen += 1;
+                        if seen == wanted {
+                            found = Some(at);
+                            break;
+                        }
+                    }
+                }
+                let index = match found {
+                    Some(at) => {
+                        if value.is_empty() {
+                            self.fields[at].1 = Some(child);
+                        }
+                        all
+                    }
+                    // None of that index: Sendmail adds the field (unless deleting).
+                    None => {
+                        if !value.is_empty() {
+                            self.fields.push((name.clone(), None));
+                        }
+                        all + (wanted - seen)
+                    }
+                };
+                Modification::ChangeHeader {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    name,
+                    value,
+                }
+            }
+            Modification::AddHeader { ref name, .. } => {
+                // A trace field goes on top, as Sendmail puts it.
+                let at = if name.eq_ignore_ascii_case(b"Received") {
+                    0
+                } else {
+                    self.fields.len()
+                };
+                self.fields.insert(at, (name.clone(), None));
+                m
+            }
+            Modification::InsertHeader {
+                index, ref name, ..
+            } => {
+                let at = (index as usize).saturating_sub(Self::AHEAD);
+                self.fields
+                    .insert(at.min(self.fields.len()), (name.clone(), None));
+                m
+            }
+            other => other,
+        }
+    }
 }
 
 /// What a child made of the message replayed to it.
@@ -811,7 +900,7 @@ impl Milter for Chain {
             let Ok((i, opened, took)) = joined else {
                 continue;
             };
-            if let Some(m) = &self.children[i].meter {
+            if let (Some(m), Ok(_)) = (&self.children[i].meter, &opened) {
                 m.duration(None, took);
             }
             match opened {
@@ -1046,6 +1135,8 @@ impl Milter for Chain {
         raw.extend_from_slice(b"\r\n");
         raw.append(&mut self.content.body);
         let mut message = Message::parse(raw.into());
+        let mut sendmail =
+            (self.settings.mta == MtaName::Sendmail).then(|| SendmailFields::new(&message));
         let mut upward = Vec::new();
         let mut body_replaced = false;
         let mut decided = None;
@@ -1099,6 +1190,10 @@ impl Milter for Chain {
             let changed = message.apply(&nobody, &[], &mods, mta, child_space);
             message = Message::parse(changed.message);
             for m in mods {
+                let m = match &mut sendmail {
+                    Some(fields) => fields.translate(i, m),
+                    None => m,
+                };
                 match m {
                     Modification::ReplaceBody { .. } => body_replaced = true,
                     m => upward.push(header_for_mta(m, chain_space, child_space)),

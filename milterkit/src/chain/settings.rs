@@ -200,10 +200,10 @@ pub struct When {
     /// Only for SMTP clients in these blocks (decided at CONNECT). Local submissions count
     /// with the address the MTA gives them (Postfix's `non_smtpd_milters`: 127.0.0.1); a client
     /// without an IP address is in no block.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nets")]
     pub client: Vec<Net>,
     /// Never for SMTP clients in these blocks.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nets")]
     pub not_client: Vec<Net>,
     /// `true`: only for messages whose sender authenticated (the `{auth_authen}` macro at MAIL,
     /// which Postfix and Sendmail send by default); `false`: only for the others.
@@ -272,7 +272,13 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
                 .map_err(|_| E::custom("a timeout must be more than 0"))
         }
         fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Duration, E> {
-            Duration::try_from_secs_f64(n).map_err(|_| E::custom("a timeout must be more than 0"))
+            Duration::try_from_secs_f64(n).map_err(|_| {
+                E::custom(if n > 0.0 {
+                    "the timeout is too long"
+                } else {
+                    "a timeout must be more than 0"
+                })
+            })
         }
         fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
             parse_duration(s).map_err(E::custom)
@@ -305,6 +311,9 @@ fn socket<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 
 fn domains<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let list = Vec::<String>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(EMPTY_LIST));
+    }
     for domain in &list {
         check_domain(domain).map_err(serde::de::Error::custom)?;
     }
@@ -320,6 +329,17 @@ fn message_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Erro
         )));
     }
     Ok(n)
+}
+
+/// An empty list in `when` would read as "never" but mean "always": not allowed.
+const EMPTY_LIST: &str = "an empty list: leave the key out for no condition";
+
+fn nets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Net>, D::Error> {
+    let list = Vec::<Net>::deserialize(d)?;
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(EMPTY_LIST));
+    }
+    Ok(list)
 }
 
 /// A child's name: letters, digits, `-`, `_`, `.`.
@@ -344,11 +364,22 @@ fn check_socket(spec: &str) -> Result<(), String> {
     }
 }
 
-/// An `rcpt_domain` entry: a domain, or `.domain` for it and its subdomains.
+/// An `rcpt_domain` entry: a domain, or `.domain` for it and its subdomains. Labels of letters
+/// (any script), digits and inner hyphens, as in an address's domain.
 fn check_domain(domain: &str) -> Result<(), String> {
     let bare = domain.strip_prefix('.').unwrap_or(domain);
-    let good = |c: char| !c.is_whitespace() && !c.is_control() && !matches!(c, '@' | '<' | '>');
-    if bare.is_empty() || bare.starts_with('.') || !bare.chars().all(good) {
+    let label = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if bare.ends_with('.') && bare.len() > 1 && bare[..bare.len() - 1].split('.').all(label) {
+        return Err(format!(
+            "rcpt_domain {domain:?}: write it without the trailing dot"
+        ));
+    }
+    if !bare.split('.').all(label) {
         return Err(format!(
             "rcpt_domain {domain:?} is not a domain such as \"example.org\" or \".example.org\""
         ));
@@ -663,12 +694,35 @@ mod tests {
         at_line_3("socket = \"inet:0@127.0.0.1\"", "port 0");
         let e = err("[[milter]]\nname = \"a b\"\nsocket = \"inet:1@h\"\n");
         assert!(e.contains("line 2") && e.contains("must be letters"), "{e}");
-        for bad in ["\"\"", "\"@example.org\"", "\"exa mple.org\"", "\"..org\""] {
+        for bad in [
+            "\"\"",
+            "\"@example.org\"",
+            "\"exa mple.org\"",
+            "\"..org\"",
+            "\"example..org\"",
+            "\"[192.0.2.1]\"",
+            "\"-bad.org\"",
+            "\"ex_ample.org\"",
+        ] {
             let e = err(&format!(
                 "[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\nwhen = {{ rcpt_domain = [{bad}] }}\n"
             ));
             assert!(e.contains("line 4") && e.contains("is not a domain"), "{e}");
         }
+        let e = err("[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\nwhen = { rcpt_domain = [\"example.org.\"] }\n");
+        assert!(e.contains("line 4") && e.contains("trailing dot"), "{e}");
+        for key in ["rcpt_domain", "client", "not_client"] {
+            let e = err(&format!(
+                "[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\nwhen = {{ {key} = [] }}\n"
+            ));
+            assert!(
+                e.contains("line 4") && e.contains("an empty list"),
+                "{key}: {e}"
+            );
+        }
+        assert!(
+            Settings::from_toml("[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\nwhen = { rcpt_domain = [\".Bücher.example\", \"xn--bcher-kva.example\", \"a-b.example\"] }\n").is_ok()
+        );
         let e = err("max_message_size = 0\n[[milter]]\nname = \"a\"\nsocket = \"inet:1@h\"\n");
         assert!(e.contains("line 1") && e.contains("at least 1024"), "{e}");
         // Timeouts: text with a fraction, seconds as a number, never 0 or less.
@@ -688,6 +742,10 @@ mod tests {
                 e.contains("line 4") && e.contains("more than 0"),
                 "{bad}: {e}"
             );
+        }
+        for huge in ["1e300", "inf"] {
+            let e = timeout(huge).unwrap_err();
+            assert!(e.contains("too long"), "{huge}: {e}");
         }
         let e = timeout("true").unwrap_err();
         assert!(e.contains("a timeout such as"), "{e}");
