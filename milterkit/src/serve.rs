@@ -51,7 +51,8 @@ pub struct Config {
     /// connection-level commands during shutdown. Default tempfail: the client retries later, no
     /// mail is lost or wrongly accepted. Where it is not allowed (DISCARD at CONNECT), tempfail.
     pub fail_safe: Decision,
-    /// On shutdown, how long open messages may take to finish. Default 30 s.
+    /// On shutdown, how long open messages may take to finish (a handler still running 10 s
+    /// after it is given up). Default 30 s.
     pub grace_period: Duration,
     /// Where connections served with this config count their connections, messages, decisions,
     /// modifications, errors and handler times. Default `None`: nothing is counted or timed.
@@ -170,8 +171,9 @@ impl<F, S> std::fmt::Debug for Serve<F, S> {
 impl<F, S> Serve<F, S> {
     /// Stops when `signal` completes: no new connections; connection-level commands get the
     /// fail-safe decision; open messages get [`Config::grace_period`] to finish; then each
-    /// remaining connection answers its next command with the fail-safe and closes. The future
-    /// returns when every connection has ended.
+    /// remaining connection answers its next command with the fail-safe and closes; 10 s later,
+    /// a connection whose handler is still running is closed (the MTA applies its own default
+    /// action). The future returns when every connection has ended.
     pub fn with_graceful_shutdown<S2>(self, signal: S2) -> Serve<F, S2>
     where
         S2: Future<Output = ()> + Send + 'static,

@@ -232,7 +232,26 @@ where
                 interval: config.progress_interval,
                 write_timeout: config.write_timeout,
             };
-            let ended = d.turn(session, config, &mut waiter).await;
+            // A handler still running when shutdown reaches its last step (the grace period
+            // and the last call over) is given up: the connection closes, and the MTA applies
+            // its own default, as for a milter that went away. Checked only while the turn
+            // waits, so a turn that finishes at its first poll (nearly all) costs nothing more.
+            let ended = {
+                let mut turn = std::pin::pin!(d.turn(session, config, &mut waiter));
+                let shutdown = &mut *waits.shutdown;
+                std::future::poll_fn(|cx| match turn.as_mut().poll(cx) {
+                    std::task::Poll::Ready(ended) => std::task::Poll::Ready(Some(ended)),
+                    std::task::Poll::Pending if shutdown.poll_state(cx) == Shutdown::Abandon => {
+                        std::task::Poll::Ready(None)
+                    }
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                })
+                .await
+            };
+            let Some(ended) = ended else {
+                debug!("shutdown: a handler still running is given up");
+                return Some(Err(Error::Shutdown));
+            };
             if session.poll_transmit(out) {
                 let written = write_all(io, out, config.write_timeout).await;
                 out.clear();
@@ -281,7 +300,7 @@ mod tests {
     use tokio::time::Instant;
 
     use crate::shutdown::{Shutdown, Signal};
-    use crate::{Config, Error, Milter};
+    use crate::{Config, Decision, Error, Milter};
 
     #[derive(Default)]
     struct Quiet;
@@ -411,5 +430,55 @@ mod tests {
         signal.send(Shutdown::Abandon);
         let result = served.await.unwrap();
         assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
+    }
+
+    /// A milter whose MAIL handler never returns.
+    struct Stuck;
+
+    impl Milter for Stuck {
+        type Message = ();
+
+        async fn mail(&mut self, _: &mut (), _: crate::Mail<'_>) -> crate::Result<Decision> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_still_running_at_abandon_is_given_up() {
+        let signal = Signal::default();
+        let config = Config {
+            handler_timeout: Duration::from_secs(7200),
+            ..Config::default()
+        };
+        let (mut mta, milter) = tokio::io::duplex(4096);
+        let shutdown = signal.subscribe();
+        let served =
+            tokio::spawn(async move { super::run(milter, Stuck, &config, shutdown).await });
+        let mut optneg = BytesMut::new();
+        Command::Optneg(Offer::default()).encode(&mut optneg);
+        mta.write_all(&optneg).await.unwrap();
+        let mut reply = [0u8; 64];
+        assert!(mta.read(&mut reply).await.unwrap() > 0);
+        let mut mail = BytesMut::new();
+        Command::Mail(milterkit_proto::Envelope::new("<a@example.org>")).encode(&mut mail);
+        mta.write_all(&mail).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        signal.send(Shutdown::Closing);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if served.is_finished() {
+            panic!("finished early: {:?}", served.await);
+        }
+        signal.send(Shutdown::Abandon);
+        let result = tokio::time::timeout(Duration::from_secs(60), served)
+            .await
+            .expect("given up at once, not at the handler's deadline")
+            .unwrap();
+        assert!(matches!(result, Err(Error::Shutdown)), "{result:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }
