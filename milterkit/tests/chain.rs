@@ -33,6 +33,8 @@ struct Kid {
     slow: HashMap<Stage, Duration>,
     /// How long RCPT takes for one recipient.
     slow_rcpt: Option<(&'static str, Duration)>,
+    /// Asks for the recipients the MTA rejected (`SMFIP_RCPT_REJ`).
+    rcpt_rej: bool,
     /// Header changes at end of message: name, index, value (empty: delete).
     changes: Vec<(&'static str, u32, &'static str)>,
 }
@@ -81,6 +83,9 @@ impl Milter for Kid {
         request.options |= ProtocolFlags::SKIP;
         if self.leading_space {
             request.options |= ProtocolFlags::HDR_LEADSPC;
+        }
+        if self.rcpt_rej {
+            request.options |= ProtocolFlags::RCPT_REJ;
         }
         Ok(())
     }
@@ -1098,4 +1103,40 @@ async fn later_childrens_header_indexes_reach_sendmail_as_listed_directly() {
         assert_eq!(out.verdict, Some(Verdict::Accept), "{mta}: {out:?}");
         assert_eq!(delivered(&out), want, "{mta}: {out:?}");
     }
+}
+
+#[tokio::test]
+async fn recipients_the_mta_rejected_go_only_to_children_that_asked() {
+    let asks = serve(Kid {
+        rcpt_rej: true,
+        ..Kid::default()
+    })
+    .await;
+    let plain = serve(Kid::default()).await;
+    let mut h = chain_of(vec![
+        Child::new("asks", &asks.spec),
+        Child::new("plain", &plain.spec),
+    ]);
+    // As the MTA reports a recipient it rejected itself: `{rcpt_mailer}` is `error`.
+    let tx = Transaction::new()
+        .from("<a@example.org>")
+        .to("<nobody@example.net>")
+        .with_macro(Stage::Rcpt, "{rcpt_mailer}", "error")
+        .message("Subject: s\r\n\r\nb\r\n");
+    let out = h.run(&tx).await.unwrap();
+    assert!(
+        h.agreement()
+            .unwrap()
+            .protocol
+            .contains(ProtocolFlags::RCPT_REJ),
+        "one child asked, so the chain asks"
+    );
+    assert_eq!(
+        decision_at(&out, Stage::Rcpt),
+        Decision::Continue,
+        "{out:?}"
+    );
+    let rcpt = |kid: &Kid| kid.seen().iter().any(|s| s.starts_with("rcpt <nobody@"));
+    assert!(rcpt(&asks.kid), "{:?}", asks.kid.seen());
+    assert!(!rcpt(&plain.kid), "{:?}", plain.kid.seen());
 }

@@ -762,6 +762,23 @@ impl Chain {
             .find_map(|r| r.refusing.clone())
     }
 
+    /// A recipient the MTA rejected itself (`SMFIP_RCPT_REJ`): told to the children in the
+    /// message that asked for such recipients, for their information; it decides nothing.
+    async fn rejected_rcpt(&mut self, macros: &Pairs, envelope: &Envelope) {
+        for i in 0..self.children.len() {
+            let wants = self.children[i]
+                .conn
+                .as_ref()
+                .and_then(Connection::agreement)
+                .is_some_and(|a| a.protocol.contains(ProtocolFlags::RCPT_REJ));
+            let filters = self.child(i).when.admits_rcpt(&envelope.address);
+            if wants && filters && self.takes(i, Scope::Message) {
+                let cmd = Command::Rcpt(envelope.clone());
+                let _ = self.ask(i, Stage::Rcpt, macros, cmd).await;
+            }
+        }
+    }
+
     /// Sends the waiting MAIL to child `i` before its first recipient.
     async fn send_deferred_mail(&mut self, i: usize) -> Option<Decision> {
         let r = &mut self.children[i];
@@ -833,12 +850,14 @@ impl Chain {
                     request.no_reply |= stage.as_set();
                 }
             }
-            if agreements
-                .iter()
-                .all(|a| a.protocol.contains(ProtocolFlags::RCPT_REJ))
-            {
-                request.options |= ProtocolFlags::RCPT_REJ;
-            }
+        }
+        // Recipients the MTA rejected itself, for the children that want them (only they are
+        // sent them, see `rcpt`).
+        if agreements
+            .iter()
+            .any(|a| a.protocol.contains(ProtocolFlags::RCPT_REJ))
+        {
+            request.options |= ProtocolFlags::RCPT_REJ;
         }
         // Macro lists: where any child asked for one, its names and the MTA's defaults for the
         // stage (a list replaces the defaults for every milter behind the chain).
@@ -1012,6 +1031,10 @@ impl Milter for Chain {
         }
         let macros = pairs(rcpt.macros(), b'R');
         let envelope = rcpt.envelope.clone();
+        if rcpt.rejected() {
+            self.rejected_rcpt(&macros, &envelope).await;
+            return Ok(Decision::Continue);
+        }
         let settings = self.settings.clone();
         let filters = |r: &Running| {
             settings.milters[r.index]
