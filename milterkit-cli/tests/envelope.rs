@@ -93,20 +93,16 @@ async fn esmtp_arguments_go_apart_from_the_address() {
     let served = serve_policy().await;
     let message = file("esmtp", b"Subject: s\r\n\r\nHi.\r\n");
     // The policy milter refuses recipients at old.example: it must see the address alone.
-    let (code, out, err) = run(
-        &served.spec,
-        &message,
-        &[
-            "--rcpt",
-            "<carol@old.example> NOTIFY=NEVER",
-            "--rcpt",
-            "<bob@example.net> NOTIFY=SUCCESS ORCPT=rfc822;bob@example.net",
-            "--from",
-            "<a@example.org> BODY=8BITMIME",
-            "--json",
-        ],
-    )
-    .await;
+    let envelope = [
+        "--rcpt",
+        "<carol@old.example> NOTIFY=NEVER",
+        "--rcpt",
+        "<bob@example.net> NOTIFY=SUCCESS ORCPT=rfc822;bob@example.net",
+        "--from",
+        "<a@example.org> BODY=8BITMIME",
+        "--json",
+    ];
+    let (code, out, err) = run(&served.spec, &message, &envelope).await;
     assert_eq!(code, 0, "{out}{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let refused = &json["refused"];

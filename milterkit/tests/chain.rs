@@ -227,6 +227,22 @@ fn message() -> Transaction {
         .message("From: alice@example.org\r\nSubject: hi\r\n\r\nhello\r\n")
 }
 
+/// `chain` counting into a registry of its own, and the endpoint that shows it.
+fn metered(chain: Chain) -> (Chain, milterkit::metrics::Metrics) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ChainMetrics::register(&mut registry);
+    let exposed = milterkit::metrics::Metrics::with_registry(registry);
+    (chain.with_metrics(metrics), exposed)
+}
+
+/// Asserts that what `exposed` shows has each of `lines`.
+fn shows(exposed: &milterkit::metrics::Metrics, lines: &[&str]) {
+    let text = exposed.encode();
+    for line in lines {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+}
+
 /// The decision `out` got at `stage`.
 fn decision_at(out: &milterkit::mta::Outcome, stage: Stage) -> Decision {
     let decision = out.decision(stage).cloned();
@@ -343,10 +359,8 @@ async fn an_evaluated_child_changes_nothing_and_is_counted() {
     let mut eval = Child::new("judge", &judge.spec);
     eval.mode = Mode::Evaluate;
     let s = settings(vec![eval, Child::new("signer", &signer.spec)]);
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ChainMetrics::register(&mut registry);
-    let exposed = milterkit::metrics::Metrics::with_registry(registry);
-    let mut h = Harness::postfix(Chain::new(s).with_metrics(metrics));
+    let (chain, exposed) = metered(Chain::new(s));
+    let mut h = Harness::postfix(chain);
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     let msg = delivered(&out);
@@ -354,19 +368,14 @@ async fn an_evaluated_child_changes_nothing_and_is_counted() {
         msg.contains("X-Signed: 1") && !msg.contains("X-Spam"),
         "{msg}"
     );
-    let text = exposed.encode();
-    for line in [
-        "milter_chain_child_decisions_total{child=\"judge\",stage=\"EOM\",decision=\"reject\",mode=\"evaluate\"} 1",
-        "milter_chain_child_modifications_total{child=\"judge\",kind=\"add_header\",mode=\"evaluate\"} 1",
-        "milter_chain_child_decisions_total{child=\"signer\",stage=\"EOM\",decision=\"continue\",mode=\"enforce\"} 1",
-    ] {
-        assert!(text.contains(line), "{line} missing from\n{text}");
-    }
-    assert!(
-        text.contains(
-            "milter_chain_child_duration_seconds_count{child=\"signer\",stage=\"RCPT\"} 2"
-        ),
-        "{text}"
+    shows(
+        &exposed,
+        &[
+            "milter_chain_child_decisions_total{child=\"judge\",stage=\"EOM\",decision=\"reject\",mode=\"evaluate\"} 1",
+            "milter_chain_child_modifications_total{child=\"judge\",kind=\"add_header\",mode=\"evaluate\"} 1",
+            "milter_chain_child_decisions_total{child=\"signer\",stage=\"EOM\",decision=\"continue\",mode=\"enforce\"} 1",
+            "milter_chain_child_duration_seconds_count{child=\"signer\",stage=\"RCPT\"} 2",
+        ],
     );
 }
 
@@ -376,33 +385,28 @@ async fn a_down_child_gets_its_own_fail_safe() {
     // Skip: the message goes on without it.
     let mut down = Child::new("down", nobody());
     down.fail_safe = FailSafe::Skip;
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ChainMetrics::register(&mut registry);
-    let exposed = milterkit::metrics::Metrics::with_registry(registry);
     let s = settings(vec![down, Child::new("up", &up.spec)]);
-    let mut h = Harness::postfix(Chain::new(s.clone()).with_metrics(metrics));
+    let (chain, exposed) = metered(Chain::new(s.clone()));
+    let mut h = Harness::postfix(chain);
     let out = h.run(&message()).await.unwrap();
     assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
     assert!(delivered(&out).contains("X-Up: 1"));
-    let text = exposed.encode();
-    assert!(
-        text.contains("milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 1"),
-        "at negotiation only, not again in the same message: {text}"
+    // Connected to at negotiation only, not again in the same message.
+    shows(
+        &exposed,
+        &[
+            "milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 1",
+            "milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 1",
+        ],
     );
     // The next message on the connection tries it once more.
     h.run(&message()).await.unwrap();
-    let text = exposed.encode();
-    assert!(
-        text.contains("milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 2"),
-        "{text}"
-    );
-    assert!(
-        text.contains("milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 2"),
-        "{text}"
+    shows(
+        &exposed,
+        &[
+            "milter_chain_child_errors_total{child=\"down\",kind=\"connect\"} 2",
+            "milter_chain_child_fail_safe_total{child=\"down\",fail_safe=\"skip\"} 2",
+        ],
     );
 
     // Tempfail (the default): the message is deferred at MAIL.
@@ -658,10 +662,8 @@ async fn children_that_want_only_end_of_message_get_it() {
         "{out:?}"
     );
     // Only what a child answered is timed and counted: each answered EOM alone.
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ChainMetrics::register(&mut registry);
-    let exposed = milterkit::metrics::Metrics::with_registry(registry);
-    let mut counted = Harness::sendmail(Chain::new(s.clone()).with_metrics(metrics));
+    let (chain, exposed) = metered(Chain::new(s.clone()));
+    let mut counted = Harness::sendmail(chain);
     counted.run(&message()).await.unwrap();
     let text = exposed.encode();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -828,16 +830,12 @@ async fn a_child_that_is_not_a_milter_gets_its_fail_safe() {
             });
         }
     });
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ChainMetrics::register(&mut registry);
-    let exposed = milterkit::metrics::Metrics::with_registry(registry);
-    let chain = Chain::new(settings(vec![Child::new("smtp", &spec)])).with_metrics(metrics);
+    let (chain, exposed) = metered(Chain::new(settings(vec![Child::new("smtp", &spec)])));
     let out = Harness::postfix(chain).run(&message()).await.unwrap();
     assert_eq!(decision_at(&out, Stage::Mail), Decision::Tempfail);
-    let text = exposed.encode();
-    assert!(
-        text.contains("milter_chain_child_errors_total{child=\"smtp\",kind=\"connect\"} 1"),
-        "{text}"
+    shows(
+        &exposed,
+        &["milter_chain_child_errors_total{child=\"smtp\",kind=\"connect\"} 1"],
     );
 }
 
@@ -979,25 +977,25 @@ async fn a_down_child_matters_only_for_mail_its_conditions_let_in() {
     let mut org = Child::new("org", nobody());
     org.fail_safe = FailSafe::Skip;
     org.when = toml_when("rcpt_domain = [\"example.org\"]");
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = ChainMetrics::register(&mut registry);
-    let exposed = milterkit::metrics::Metrics::with_registry(registry);
-    let chain = Chain::new(settings(vec![org, Child::new("stamp", &stamp.spec)]));
-    let mut h = Harness::postfix(chain.with_metrics(metrics));
+    let (chain, exposed) = metered(Chain::new(settings(vec![
+        org,
+        Child::new("stamp", &stamp.spec),
+    ])));
+    let mut h = Harness::postfix(chain);
     let to = ["<a@example.org>", "<c@example.org>"];
     for _ in 0..2 {
         let out = h.run(&tx(&to)).await.unwrap();
         assert_eq!(out.verdict, Some(Verdict::Accept), "{out:?}");
         assert!(out.refused.is_empty(), "{out:?}");
     }
-    let text = exposed.encode();
-    for line in [
-        // At negotiation, then in the second message (not again in the first).
-        "milter_chain_child_errors_total{child=\"org\",kind=\"connect\"} 2",
-        "milter_chain_child_fail_safe_total{child=\"org\",fail_safe=\"skip\"} 2",
-    ] {
-        assert!(text.contains(line), "{line} missing:\n{text}");
-    }
+    // At negotiation, then in the second message (not again in the first).
+    shows(
+        &exposed,
+        &[
+            "milter_chain_child_errors_total{child=\"org\",kind=\"connect\"} 2",
+            "milter_chain_child_fail_safe_total{child=\"org\",fail_safe=\"skip\"} 2",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -1010,11 +1008,11 @@ async fn a_child_failing_before_the_message_gets_its_fail_safe_at_mail_once() {
         if !when.is_empty() {
             slow.when = toml_when(when);
         }
-        let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = ChainMetrics::register(&mut registry);
-        let exposed = milterkit::metrics::Metrics::with_registry(registry);
-        let chain = Chain::new(settings(vec![slow, Child::new("stamp", &stamp.spec)]));
-        (Harness::postfix(chain.with_metrics(metrics)), exposed)
+        let (chain, exposed) = metered(Chain::new(settings(vec![
+            slow,
+            Child::new("stamp", &stamp.spec),
+        ])));
+        (Harness::postfix(chain), exposed)
     };
     // Timed out at CONNECT: the session goes on, the message gets its fail-safe at MAIL.
     let (mut h, exposed) = run("");
@@ -1029,13 +1027,14 @@ async fn a_child_failing_before_the_message_gets_its_fail_safe_at_mail_once() {
         Decision::Tempfail,
         "{out:?}"
     );
+    shows(
+        &exposed,
+        &[
+            "milter_chain_child_errors_total{child=\"slow\",kind=\"timeout\"} 1",
+            "milter_chain_child_fail_safe_total{child=\"slow\",fail_safe=\"tempfail\"} 1",
+        ],
+    );
     let text = exposed.encode();
-    for line in [
-        "milter_chain_child_errors_total{child=\"slow\",kind=\"timeout\"} 1",
-        "milter_chain_child_fail_safe_total{child=\"slow\",fail_safe=\"tempfail\"} 1",
-    ] {
-        assert!(text.contains(line), "{line} missing:\n{text}");
-    }
     assert!(
         !text.contains("kind=\"connect\""),
         "not tried again: {text}"

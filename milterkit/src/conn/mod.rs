@@ -369,10 +369,21 @@ mod tests {
         tokio::io::DuplexStream,
         tokio::task::JoinHandle<Result<(), Error>>,
     ) {
-        let (mut mta, milter) = tokio::io::duplex(4096);
+        negotiated_with(Quiet, signal, config).await
+    }
+
+    /// `milter` served with `config` under `signal`, negotiated with.
+    async fn negotiated_with<M: Milter>(
+        milter: M,
+        signal: &crate::shutdown::Signal,
+        config: Config,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
+        let (mut mta, io) = tokio::io::duplex(4096);
         let shutdown = signal.subscribe();
-        let served =
-            tokio::spawn(async move { super::run(milter, Quiet, &config, shutdown).await });
+        let served = tokio::spawn(async move { super::run(io, milter, &config, shutdown).await });
         let mut optneg = BytesMut::new();
         Command::Optneg(Offer::default()).encode(&mut optneg);
         mta.write_all(&optneg).await.unwrap();
@@ -445,20 +456,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_handler_still_running_at_abandon_is_given_up() {
+        // Given up well before the handler's deadline (8 s).
         let signal = Signal::default();
-        let config = Config {
-            handler_timeout: Duration::from_secs(7200),
-            ..Config::default()
-        };
-        let (mut mta, milter) = tokio::io::duplex(4096);
-        let shutdown = signal.subscribe();
-        let served =
-            tokio::spawn(async move { super::run(milter, Stuck, &config, shutdown).await });
-        let mut optneg = BytesMut::new();
-        Command::Optneg(Offer::default()).encode(&mut optneg);
-        mta.write_all(&optneg).await.unwrap();
-        let mut reply = [0u8; 64];
-        assert!(mta.read(&mut reply).await.unwrap() > 0);
+        let (mut mta, served) = negotiated_with(Stuck, &signal, Config::default()).await;
         let mut mail = BytesMut::new();
         Command::Mail(milterkit_proto::Envelope::new("<a@example.org>")).encode(&mut mail);
         mta.write_all(&mail).await.unwrap();
