@@ -312,6 +312,17 @@ impl<M: Milter> Dispatcher<M> {
         Flow::Close(err)
     }
 
+    /// Shutdown gave up the handler that was running (its future dropped): the awaited stage,
+    /// if any, gets the fail-safe reply without the handler's modifications, so the MTA does not
+    /// fall back on its own default action (which may be to accept).
+    pub(crate) fn abandoned(&mut self, session: &mut MilterSession, config: &Config) {
+        if let Some(stage) = session.awaiting() {
+            warn!(%stage, "shutdown: a handler still running is given up; fail-safe reply");
+            session.discard_modifications();
+            self.fail_safe(session, config, stage);
+        }
+    }
+
     /// Answers the awaited stage with the configured fail-safe decision (tempfail where the
     /// configured one is not allowed).
     fn fail_safe(&mut self, session: &mut MilterSession, config: &Config, stage: Stage) -> Flow {

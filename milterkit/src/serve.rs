@@ -172,8 +172,8 @@ impl<F, S> Serve<F, S> {
     /// Stops when `signal` completes: no new connections; connection-level commands get the
     /// fail-safe decision; open messages get [`Config::grace_period`] to finish; then each
     /// remaining connection answers its next command with the fail-safe and closes; 10 s later,
-    /// a connection whose handler is still running is closed (the MTA applies its own default
-    /// action). The future returns when every connection has ended.
+    /// a handler still running is given up, its command answered with the fail-safe. The future
+    /// returns when every connection has ended.
     pub fn with_graceful_shutdown<S2>(self, signal: S2) -> Serve<F, S2>
     where
         S2: Future<Output = ()> + Send + 'static,

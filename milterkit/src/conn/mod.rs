@@ -233,9 +233,9 @@ where
                 write_timeout: config.write_timeout,
             };
             // A handler still running when shutdown reaches its last step (the grace period
-            // and the last call over) is given up: the connection closes, and the MTA applies
-            // its own default, as for a milter that went away. Checked only while the turn
-            // waits, so a turn that finishes at its first poll (nearly all) costs nothing more.
+            // and the last call over) is given up: its command gets the fail-safe reply and the
+            // connection closes. Checked only while the turn waits, so a turn that finishes at
+            // its first poll (nearly all) costs nothing more.
             let ended = {
                 let mut turn = std::pin::pin!(d.turn(session, config, &mut waiter));
                 let shutdown = &mut *waits.shutdown;
@@ -249,7 +249,10 @@ where
                 .await
             };
             let Some(ended) = ended else {
-                debug!("shutdown: a handler still running is given up");
+                d.abandoned(session, config);
+                if session.poll_transmit(out) {
+                    let _ = write_all(io, out, config.write_timeout).await;
+                }
                 return Some(Err(Error::Shutdown));
             };
             if session.poll_transmit(out) {
@@ -480,5 +483,9 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+        // MAIL is answered with the fail-safe (tempfail), not left to the MTA's default.
+        let mut got = Vec::new();
+        mta.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [0, 0, 0, 1, b't'], "{got:?}");
     }
 }
