@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -179,17 +179,31 @@ pub enum Listener {
 }
 
 /// The path of a Unix socket; removes the file when dropped if [`bind`] made it (libmilter leaves
-/// it behind; a stale file would stop the next start). A socket passed in (systemd) is left alone:
-/// its maker removes it.
+/// it behind; a stale file would stop the next start), and only while the file there is still
+/// the one it made (not another instance's). A socket passed in (systemd) is left alone: its
+/// maker removes it.
 #[derive(Debug)]
 pub struct UnixSocketFile {
     path: PathBuf,
-    remove: bool,
+    /// The device and inode of the file [`bind`] made; `None` for a socket passed in.
+    made: Option<(u64, u64)>,
+}
+
+impl UnixSocketFile {
+    /// The file at `path`, made by [`bind`] just now.
+    fn made(path: PathBuf) -> UnixSocketFile {
+        let made = std::fs::symlink_metadata(&path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        UnixSocketFile { path, made }
+    }
 }
 
 impl Drop for UnixSocketFile {
     fn drop(&mut self) {
-        if self.remove {
+        let Some(made) = self.made else { return };
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == made);
+        if ours {
             // After a privilege drop the directory may no longer be ours: nothing to do then.
             let _ = std::fs::remove_file(&self.path);
         }
@@ -198,8 +212,9 @@ impl Drop for UnixSocketFile {
 
 /// Binds the socket a spec names (`smfi_setconn` + `smfi_opensocket`).
 ///
-/// A Unix socket path that exists is removed first only if it is a socket (as
-/// `smfi_opensocket(true)` does); any other file there is an error.
+/// A Unix socket path that exists is removed first only if it is a socket nobody listens on
+/// (libmilter's `smfi_opensocket(true)` removes any socket); a live socket or any other file
+/// there is an error.
 ///
 /// ```no_run
 /// # async fn f() -> Result<(), milterkit::Error> {
@@ -233,10 +248,7 @@ pub async fn bind_with_backlog(spec: &str, backlog: u32) -> Result<Listener, Err
             let socket = UnixSocket::new_stream().map_err(fail)?;
             socket.bind(&path).map_err(fail)?;
             let listener = socket.listen(backlog).map_err(fail)?;
-            Ok(Listener::Unix(
-                listener,
-                UnixSocketFile { path, remove: true },
-            ))
+            Ok(Listener::Unix(listener, UnixSocketFile::made(path)))
         }
         inet => {
             let addrs = inet.addrs().await.map_err(fail)?;
@@ -264,9 +276,26 @@ fn listen_tcp(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Removes the socket file at `path` if it is stale: a socket nobody listens on (a connection to
+/// it is refused). A live one is another instance's, and an error, as a TCP port in use is.
 fn remove_stale_socket(path: &Path) -> io::Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is listening on this socket",
+                )),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    std::fs::remove_file(path)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot tell whether another process listens on this socket: {e}"),
+                )),
+            }
+        }
         Ok(_) => Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "a file that is not a socket is in the way",
@@ -295,10 +324,7 @@ impl Listener {
             .unwrap_or_default();
         Ok(Listener::Unix(
             UnixListener::from_std(listener)?,
-            UnixSocketFile {
-                path,
-                remove: false,
-            },
+            UnixSocketFile { path, made: None },
         ))
     }
 

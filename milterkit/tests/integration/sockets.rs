@@ -265,6 +265,28 @@ async fn a_stale_unix_socket_is_replaced_and_another_file_is_refused() {
 }
 
 #[tokio::test]
+async fn a_live_unix_socket_is_not_taken_over_and_stays_its_owners() {
+    let spec = unix_path("live.sock");
+    let path = std::path::PathBuf::from(spec.trim_start_matches("unix:"));
+    let first = milterkit::bind(&spec).await.unwrap();
+    // A second instance on the same path: refused, as a TCP port in use is.
+    let second = milterkit::bind(&spec).await.err().expect("in use");
+    assert!(
+        second.to_string().contains("another process is listening"),
+        "{second}"
+    );
+    assert!(path.exists());
+    // The file replaced under the first (a start that removed it by hand): the first's stop
+    // leaves the newcomer's file alone.
+    std::fs::remove_file(&path).unwrap();
+    let newcomer = milterkit::bind(&spec).await.unwrap();
+    drop(first);
+    assert!(path.exists(), "not the first listener's file any more");
+    drop(newcomer);
+    assert!(!path.exists(), "removed by its own listener");
+}
+
+#[tokio::test]
 async fn binds_every_spelling_of_a_socket() {
     for spec in [
         "inet:0@127.0.0.1",
