@@ -270,7 +270,7 @@ async fn a_live_unix_socket_is_not_taken_over_and_stays_its_owners() {
     let path = std::path::PathBuf::from(spec.trim_start_matches("unix:"));
     let first = milterkit::bind(&spec).await.unwrap();
     // A second instance on the same path: refused, as a TCP port in use is.
-    let second = milterkit::bind(&spec).await.err().expect("in use");
+    let second = milterkit::bind(&spec).await.expect_err("in use");
     assert!(
         second.to_string().contains("another process is listening"),
         "{second}"
