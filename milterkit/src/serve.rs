@@ -36,6 +36,12 @@ pub struct Config {
     /// Deadline of every handler but end of message. Default 8 s: below Sendmail's 10 s reply
     /// timeout (`T=R:10s`), so the fail-safe reply reaches the MTA before it gives up; Postfix
     /// waits 30 s (`milter_command_timeout`).
+    ///
+    /// A deadline ends a handler at a point where it waits (an `.await` that is pending), and
+    /// counts from the first of those: its timer is armed only when a handler does not finish
+    /// at once (it costs nothing for the ones that do). Work that never waits cannot be
+    /// interrupted in async Rust; run long computations with `tokio::task::spawn_blocking`
+    /// and await them, so that the deadline holds.
     pub handler_timeout: Duration,
     /// Deadline of the end-of-message handler. Default 240 s: below Sendmail's overall 5 min
     /// end-of-message limit (`T=E:5m`), which progress does not extend; Postfix waits 300 s per
