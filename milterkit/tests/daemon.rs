@@ -389,7 +389,7 @@ fn environment_configures() {
 /// Settings that cannot work stop the daemon at once with a clear message.
 fn bad_settings_are_refused() {
     let exe = std::env::current_exe().unwrap();
-    let cases: [(&[&str], i32, &str); 6] = [
+    let cases: [(&[&str], i32, &str); 8] = [
         (
             &["--socket", "inet:1@127.0.0.1", "--log", "milterkit=loud"],
             2,
@@ -406,7 +406,19 @@ fn bad_settings_are_refused() {
             2,
             "invalid value",
         ),
-        (&["--socket", "bogus:1"], 1, "cannot bind"),
+        // A spec that does not parse is a usage error; one that parses but cannot be bound
+        // (a port in use, a directory that is not there) fails at start.
+        (&["--socket", "bogus:1"], 2, "unknown protocol"),
+        (
+            &["--socket", "inet:99999@127.0.0.1"],
+            2,
+            "invalid socket specification",
+        ),
+        (
+            &["--socket", "unix:/nonexistent-dir/x.sock"],
+            1,
+            "cannot bind",
+        ),
         (
             &[
                 "--socket",

@@ -154,7 +154,7 @@ impl From<FailSafe> for Decision {
 pub struct Options {
     /// Where to listen: `unix:/path`, `inet:PORT@HOST`, `inet6:PORT@HOST`, `inet:HOST:PORT`.
     /// Not needed (and ignored) when systemd passes the sockets.
-    #[arg(long, short = 's', env = "MILTERKIT_SOCKET", value_name = "SPEC")]
+    #[arg(long, short = 's', env = "MILTERKIT_SOCKET", value_name = "SPEC", value_parser = parse_spec)]
     pub socket: Option<String>,
     /// Listen backlog of a socket bound here.
     #[arg(long, env = "MILTERKIT_BACKLOG", default_value_t = DEFAULT_BACKLOG)]
@@ -482,6 +482,13 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         Ok(m) if m <= 0o7777 => Ok(m),
         _ => Err(format!("{s:?} is not an octal mode such as 660")),
     }
+}
+
+/// A socket specification that parses (kept as given): a bad one is a usage error (exit 2).
+fn parse_spec(s: &str) -> Result<String, String> {
+    s.parse::<crate::SocketSpec>()
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// `500ms`, `90s`, `1.5s`, `5m`, `2h`, or a bare number of seconds.
