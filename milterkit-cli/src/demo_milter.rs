@@ -47,7 +47,8 @@ impl Milter for Policy {
             .trim_end_matches('>')
             .rsplit('@')
             .next()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .trim_end_matches('.');
         if domain == self.retired_domain {
             m.refused += 1;
             return Ok(Decision::Reply(Reply::new(

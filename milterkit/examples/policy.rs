@@ -41,11 +41,13 @@ impl Milter for Policy {
 
     async fn rcpt(&mut self, m: &mut Verdicts, rcpt: Rcpt<'_>) -> Result<Decision> {
         let addr = rcpt.address().to_str()?.to_ascii_lowercase();
+        // `<bob@old.example.>` is the same domain: Postfix and Sendmail drop the final dot.
         let domain = addr
             .trim_end_matches('>')
             .rsplit('@')
             .next()
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .trim_end_matches('.');
         if domain == self.retired_domain {
             m.refused += 1;
             return Ok(Decision::Reply(Reply::new(
@@ -98,16 +100,17 @@ mod tests {
         let mut h = Harness::postfix(Policy::default());
         let tx = Transaction::new()
             .to("<alice@old.example>")
+            .to("<carol@OLD.example.>")
             .to("<bob@new.example>");
         let out = h.run(&tx).await.unwrap();
-        assert_eq!(out.refused.len(), 1);
+        assert_eq!(out.refused.len(), 2, "{out:?}");
         assert!(matches!(out.decision(Stage::Rcpt), Some(Decision::Reply(r)) if r.code() == 550));
         assert_eq!(out.verdict, Some(Verdict::Accept));
         assert_eq!(
             out.modifications,
             [Modification::AddHeader {
                 name: "X-Policy".into(),
-                value: "checked; 1 recipient(s) refused".into()
+                value: "checked; 2 recipient(s) refused".into()
             }]
         );
     }

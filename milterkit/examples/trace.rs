@@ -8,6 +8,15 @@ use milterkit::{
     Rcpt, Request, Result, Unknown,
 };
 
+/// `println!` that does not panic when standard output has gone (`trace | head`): the milter
+/// goes on answering the MTA.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Counts connections' messages; prints everything.
 #[derive(Default)]
 struct Trace {
@@ -15,9 +24,9 @@ struct Trace {
 }
 
 fn show(stage: &str, what: String, macros: &Macros) {
-    println!("{stage} {what}");
+    say!("{stage} {what}");
     for (name, value) in macros.iter() {
-        println!(
+        say!(
             "    {} = {}",
             String::from_utf8_lossy(name),
             String::from_utf8_lossy(value)
@@ -29,7 +38,7 @@ impl Milter for Trace {
     type Message = ();
 
     async fn negotiate(&mut self, offer: &Offer, _: &mut Request) -> Result<()> {
-        println!(
+        say!(
             "negotiate version={} actions={:#x} protocol={:#x}",
             offer.version,
             offer.actions.bits(),
@@ -77,7 +86,7 @@ impl Milter for Trace {
     }
 
     async fn header(&mut self, _: &mut (), h: Header<'_>) -> Result<Decision> {
-        println!("header {}: {:?}", h.name(), h.value());
+        say!("header {}: {:?}", h.name(), h.value());
         Ok(Decision::Continue)
     }
 
@@ -87,7 +96,7 @@ impl Milter for Trace {
     }
 
     async fn body(&mut self, _: &mut (), b: Body<'_>) -> Result<Decision> {
-        println!("body {} bytes", b.chunk().len());
+        say!("body {} bytes", b.chunk().len());
         Ok(Decision::Continue)
     }
 
@@ -107,7 +116,7 @@ impl Milter for Trace {
     }
 
     async fn close(&mut self) {
-        println!("close after {} messages", self.messages);
+        say!("close after {} messages", self.messages);
     }
 }
 
