@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::{hidden, Mta, SENDMAIL_DEFAULTS};
+use super::{Mta, SENDMAIL_DEFAULTS};
 use crate::response::Modification;
 
 /// One field of an edited header list: its name and value (as the milter sees values: without
@@ -113,7 +113,7 @@ pub fn header_modifications(
             continue;
         }
         if model.is_empty() {
-            model.resize(hidden(rules), None);
+            model.resize(rules.hidden_fields(), None);
             model.extend(
                 (0..original.len())
                     .filter(|&o| retained[o] || rules == Mta::Sendmail)

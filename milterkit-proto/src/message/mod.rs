@@ -232,19 +232,27 @@ const SENDMAIL_DEFAULTS: &[&str] = &[
     "Message-Id",
 ];
 
-/// How many entries stand ahead of the message's own headers that INSHEADER indexes count but
-/// the milter never saw and the result does not show: Postfix's own `Received:`; Sendmail's
-/// `Received:` and its default headers but `Return-Path`, kept in its list ahead of the message's
-/// own and written only when the message lacks them (seen with real Sendmail 8.17 in
-/// interop/tests/prediction.rs: indexes 1 to 8 all land below `Received:`, index 0 above it).
-fn hidden(rules: Mta) -> usize {
-    match rules {
-        Mta::Postfix => 1,
-        Mta::Sendmail => {
-            1 + SENDMAIL_DEFAULTS
-                .iter()
-                .filter(|h| **h != "Return-Path")
-                .count()
+impl Mta {
+    /// How many entries stand ahead of the message's own headers that INSHEADER indexes count but
+    /// the milter never saw and the result does not show: Postfix's own `Received:`; Sendmail's
+    /// `Received:` and its default headers but `Return-Path`, kept in its list ahead of the message's
+    /// own and written only when the message lacks them (seen with real Sendmail 8.17 in
+    /// interop/tests/prediction.rs: indexes 1 to 8 all land below `Received:`, index 0 above it).
+    ///
+    /// ```
+    /// use milterkit_proto::message::Mta;
+    /// assert_eq!(Mta::Postfix.hidden_fields(), 1);
+    /// assert_eq!(Mta::Sendmail.hidden_fields(), 8);
+    /// ```
+    pub fn hidden_fields(self) -> usize {
+        match self {
+            Mta::Postfix => 1,
+            Mta::Sendmail => {
+                1 + SENDMAIL_DEFAULTS
+                    .iter()
+                    .filter(|h| **h != "Return-Path")
+                    .count()
+            }
         }
     }
 }
@@ -335,7 +343,7 @@ impl Message {
             out.extend_from_slice(eol);
             out.into()
         };
-        let mut headers: Vec<Entry> = (0..hidden(rules))
+        let mut headers: Vec<Entry> = (0..rules.hidden_fields())
             .map(|_| Entry {
                 name: Bytes::new(),
                 raw: Bytes::new(),

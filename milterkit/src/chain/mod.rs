@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use milterkit_proto::command::{Connect as ConnectCmd, Envelope};
-use milterkit_proto::message::Message;
+use milterkit_proto::message::{Message, Mta};
 use milterkit_proto::{
     Actions, Agreement, Command, Decision, MacroStage, Macros, Modification, Offer, ProtocolFlags,
     Reply, Request, Sent, Stage, Stages,
@@ -196,10 +196,6 @@ struct SendmailFields {
 }
 
 impl SendmailFields {
-    /// Entries Sendmail keeps ahead of the message's own fields, which INSHEADER indexes count
-    /// (its `Received:` and seven default fields; as `Message::apply` has them).
-    const AHEAD: usize = 8;
-
     fn new(message: &Message) -> SendmailFields {
         let fields = message.headers.iter().map(|h| (h.name.clone(), None));
         SendmailFields {
@@ -264,7 +260,7 @@ impl SendmailFields {
             Modification::InsertHeader {
                 index, ref name, ..
             } => {
-                let at = (index as usize).saturating_sub(Self::AHEAD);
+                let at = (index as usize).saturating_sub(Mta::Sendmail.hidden_fields());
                 self.fields
                     .insert(at.min(self.fields.len()), (name.clone(), None));
                 m
